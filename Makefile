@@ -1,0 +1,45 @@
+# The two commands: `make serve` and `make test`. Both run `setup` first, which
+# installs only what is missing and is a no-op the second time.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CHASER := $(VENV)/bin/chaser
+APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils mmdebstrap \
+	kmod xz-utils zstd cpio skopeo umoci docker-registry apache2-utils tmux python3-venv \
+	ca-certificates curl jq
+PYTEST_ARGS ?=
+
+.PHONY: setup guest serve test unit bench
+
+setup: .stamps/apt $(VENV)/.installed guest
+
+.stamps/apt: Makefile
+	@mkdir -p .stamps
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml .stamps/apt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@
+
+# Cached by content hash inside chaser itself: fast when nothing changed.
+guest: $(VENV)/.installed
+	$(CHASER) guest build --template
+
+serve: setup
+	$(CHASER) server
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/runtime.py

@@ -1,0 +1,37 @@
+"""Host <-> agent contract. Standard library only: the host imports this module,
+the agent ships it; nothing else is shared."""
+
+AGENT_PROTOCOL_VERSION = 1
+AGENT_PORT = 8420
+
+# virtio-blk serial numbers, so the guest finds its disks whatever the probe order.
+OS_DISK_SERIAL = "chaser-os"
+IMAGE_DISK_SERIAL = "chaser-image"
+WRITABLE_DISK_SERIAL = "chaser-data"
+
+# Kernel command-line keys read by the initramfs and the agent.
+CMDLINE_TOKEN = "chaser.token"
+CMDLINE_PROBE = "chaser.probe"
+PROBE_MARKER = "CHASER-PROBE-OK"
+AGENT_READY_MARKER = "CHASER-AGENT-READY"
+
+SANDBOX_ROOT = "/run/chaser/root"
+DEFAULT_WORKDIR = "/workspace"
+
+# --- Agent API details (added with the agent implementation) ---
+
+# Default PATH of every user process inside the sandbox.
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Each process keeps this many trailing output bytes for /processes/{id}/output.
+PROCESS_OUTPUT_RING_BYTES = 8 * 1024 * 1024
+# Default cap of the output returned inline by a foreground /exec.
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+# Longest wait_ms accepted by /processes/{id}/output.
+MAX_OUTPUT_WAIT_MS = 30_000
+# Chunk size used to stream files in and out.
+FILE_CHUNK_BYTES = 256 * 1024
+# Where the guest mounts the image (lower) and writable (data) disks.
+LOWER_MOUNT = "/run/chaser/lower"
+DATA_MOUNT = "/run/chaser/data"
+# DNS server of QEMU's user-mode network.
+SANDBOX_NAMESERVER = "10.0.2.3"

@@ -1,0 +1,102 @@
+"""Where the client finds its server and key.
+
+Order: explicit arguments, then env `CHASER_API_URL` / `CHASER_API_KEY`, then the
+config file (`$CHASER_CONFIG`, default `~/.config/chaser/config.json`), which holds
+`{"api_url", "api_key", "current_session"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+CONFIG_ENV = "CHASER_CONFIG"
+API_URL_ENV = "CHASER_API_URL"
+API_KEY_ENV = "CHASER_API_KEY"
+
+
+def config_path() -> Path:
+    override = os.environ.get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path.home() / ".config" / "chaser" / "config.json"
+
+
+def load_config(path: Path | None = None) -> dict[str, Any]:
+    """The config file as a dict; `{}` when it is missing or unreadable."""
+    path = path or config_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_config(data: dict[str, Any], path: Path | None = None) -> None:
+    """Write atomically with mode 0600: the file holds an API key."""
+    path = path or config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def update_config(path: Path | None = None, **values: Any) -> dict[str, Any]:
+    """Set (or, with value None, remove) keys in the config file."""
+    data = load_config(path)
+    for key, value in values.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    save_config(data, path)
+    return data
+
+
+def get_current_session(path: Path | None = None) -> str | None:
+    value = load_config(path).get("current_session")
+    return value if isinstance(value, str) and value else None
+
+
+def set_current_session(session_id: str | None, path: Path | None = None) -> None:
+    update_config(path, current_session=session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    api_url: str
+    api_key: str | None
+
+
+def resolve_settings(
+    api_url: str | None = None,
+    api_key: str | None = None,
+    *,
+    path: Path | None = None,
+) -> ClientSettings:
+    file_values: dict[str, Any] | None = None
+
+    def from_file(key: str) -> Any:
+        nonlocal file_values
+        if file_values is None:
+            file_values = load_config(path)
+        return file_values.get(key)
+
+    url = api_url or os.environ.get(API_URL_ENV) or from_file("api_url") or DEFAULT_API_URL
+    key = api_key or os.environ.get(API_KEY_ENV) or from_file("api_key") or None
+    return ClientSettings(api_url=str(url).rstrip("/"), api_key=key)

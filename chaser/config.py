@@ -1,0 +1,79 @@
+"""The one settings object. Every knob is an env var `CHASER_<NAME>`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+
+
+def _default_home() -> Path:
+    return Path.home() / ".local" / "share" / "chaser"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHASER_", extra="ignore")
+
+    home: Path = _default_home()
+
+    # --- VM runtime ---
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    memory_mib: int = 512
+    vcpus: int = 1
+    tcg_tb_size_mib: int = 64
+    # Every disk slot keeps one apparent size so a restored clone sees the size
+    # the template saw at boot (DESIGN.md §3).
+    image_slot_bytes: int = 16 * GIB
+    writable_slot_bytes: int = 64 * GIB
+    writable_size_bytes: int = 4 * GIB
+    cold_boot_timeout_s: float = 180.0
+    restore_timeout_s: float = 60.0
+    exec_max_output_bytes: int = 1024 * 1024
+    use_template: bool = True
+
+    # --- server ---
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str | None = None
+    session_idle_timeout_s: int = 1800
+    session_max_lifetime_s: int = 6 * 3600
+    max_transfer_bytes: int = 16 * 1024 * 1024
+    public_url: str | None = None
+    base_domain: str | None = None
+    # Local CLI config written by `chaser server` on first start (api_url + api_key).
+    config_file: Path = Path.home() / ".config" / "chaser" / "config.json"
+    # Workspace used by sessions and /v1/exec that name neither a workspace nor ephemeral.
+    default_workspace: str | None = None
+
+    @property
+    def guest_dir(self) -> Path:
+        return self.home / "guest"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.home / "vms"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.home / "sessions"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.home / "workspaces"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'chaser.db'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,141 @@
+"""One hierarchy of domain errors. Each has a stable `code` and an HTTP `status`;
+the API maps them to `{"code", "message"}` bodies in one place.
+
+    ChaserError
+    ├── InvalidRequest (400) ── UnsupportedSessionType, WorkspaceRequired, InvalidImage
+    ├── Unauthorized (401), Forbidden (403)
+    ├── NotFound (404) ── FileNotFound, ImageNotFound
+    ├── Conflict (409)
+    ├── PayloadTooLarge (413)
+    ├── PortNotListening (502), ImagePullFailed (502)
+    └── RuntimeError_ (503) ── BootTimeout, AgentUnavailable, VMCrashed, GuestAssetsMissing
+"""
+
+from __future__ import annotations
+
+
+class ChaserError(Exception):
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        if code:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidRequest(ChaserError):
+    """The request is not valid."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class UnsupportedSessionType(InvalidRequest):
+    code = "unsupported_session_type"
+
+
+class WorkspaceRequired(InvalidRequest):
+    code = "workspace_required"
+
+
+class InvalidImage(InvalidRequest):
+    code = "invalid_image"
+
+
+class Unauthorized(ChaserError):
+    """Missing or invalid API key."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(ChaserError):
+    """The API key lacks the scope for this operation."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(ChaserError):
+    """Not found."""
+
+    code = "not_found"
+    status = 404
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+
+class ImageNotFound(NotFound):
+    code = "image_not_found"
+
+
+class Conflict(ChaserError):
+    """The resource is not in a state that allows this."""
+
+    code = "conflict"
+    status = 409
+
+
+class PayloadTooLarge(ChaserError):
+    """The payload is larger than allowed."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class PortNotListening(ChaserError):
+    """Nothing listens on that port inside the sandbox."""
+
+    code = "port_not_listening"
+    status = 502
+
+
+class ImagePullFailed(ChaserError):
+    code = "image_pull_failed"
+    status = 502
+
+
+class SandboxRuntimeError(ChaserError):
+    """The VM runtime could not serve the request."""
+
+    code = "runtime_unavailable"
+    status = 503
+
+
+class GuestAssetsMissing(SandboxRuntimeError):
+    """Guest kernel/initramfs/OS are not built; run `chaser guest build`."""
+
+    code = "guest_assets_missing"
+
+
+class BootTimeout(SandboxRuntimeError):
+    """The VM did not become ready in time."""
+
+    code = "boot_timeout"
+
+
+class AgentUnavailable(SandboxRuntimeError):
+    """The in-guest agent did not answer."""
+
+    code = "agent_unavailable"
+
+
+class VMCrashed(SandboxRuntimeError):
+    """The VM's QEMU process exited unexpectedly."""
+
+    code = "vm_crashed"
+
+
+class AgentError(ChaserError):
+    """The agent answered with an error; keeps its code and status."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message, code=code)
+        self.status = status

@@ -1,0 +1,154 @@
+"""A running microVM: its QEMU process, QMP connection and agent client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import QMPClient
+
+from chaser import errors
+from chaser.vm.agent_client import AgentClient
+from chaser.vm.process import kill_process_group
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class VirtualMachine:
+    def __init__(
+        self,
+        *,
+        vm_id: str,
+        vm_dir: Path,
+        process: asyncio.subprocess.Process,
+        qmp: QMPClient,
+        agent: AgentClient,
+        on_stopped: Callable[[VirtualMachine], None] | None = None,
+    ) -> None:
+        self.id = vm_id
+        self.dir = vm_dir
+        self.process = process
+        self.qmp = qmp
+        self.agent = agent
+        self.session_id = ""
+        self.boot_method = "cold"
+        self.boot_ms = 0.0
+        self.started_at = time.time()
+        self._on_stopped = on_stopped
+        self._stopping = False
+        self._stopped = False
+        self.exit_reason: str | None = None
+        self._exited = asyncio.ensure_future(process.wait())
+        self._exited.add_done_callback(self._note_exit)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return not self._exited.done()
+
+    @property
+    def crashed(self) -> bool:
+        return self._exited.done() and not self._stopping
+
+    @property
+    def serial_log(self) -> Path:
+        return self.dir / "serial.log"
+
+    def _note_exit(self, _future: asyncio.Future) -> None:
+        if not self._stopping:
+            self.exit_reason = f"QEMU exited unexpectedly (code {self.process.returncode})"
+            log.warning("VM %s: %s", self.id, self.exit_reason)
+
+    async def wait_exit(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def guard(self, awaitable: Awaitable[T]) -> T:
+        """Await `awaitable`, but fail with VMCrashed as soon as QEMU dies."""
+        if not self.alive:
+            raise errors.VMCrashed(self.exit_reason or "the VM is not running")
+        task = asyncio.ensure_future(awaitable)
+        done, _ = await asyncio.wait({task, self._exited}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            try:
+                return task.result()
+            except errors.AgentUnavailable:
+                # The connection usually drops a moment before QEMU is reaped.
+                if await self.wait_exit(1.0):
+                    raise errors.VMCrashed(self.exit_reason or "the VM stopped") from None
+                raise
+        task.cancel()
+        raise errors.VMCrashed(self.exit_reason or "the VM stopped")
+
+    async def exec(
+        self,
+        command: str | list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        timeout_ms: int | None = None,
+        max_output_bytes: int | None = None,
+        background: bool = False,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"command": command, "background": background}
+        for key, value in (
+            ("cwd", cwd), ("env", env), ("user", user),
+            ("timeout_ms", timeout_ms), ("max_output_bytes", max_output_bytes),
+        ):
+            if value is not None:
+                payload[key] = value
+        return await self.guard(self.agent.exec(payload))
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Guarded call of an AgentClient coroutine method, e.g. `call("stat", "/x")`."""
+        return await self.guard(getattr(self.agent, method)(*args, **kwargs))
+
+    async def stop(self, *, graceful: bool = True, timeout: float = 15.0) -> None:
+        """Agent shutdown (flushes disks), then QMP quit, then SIGKILL; then
+        delete everything the VM had on disk except disks owned by the caller."""
+        if self._stopped:
+            return
+        self._stopping = True
+        try:
+            if graceful and self.alive:
+                try:
+                    await asyncio.wait_for(self.agent.shutdown(), 5.0)
+                    await self.wait_exit(timeout)
+                except (errors.ChaserError, asyncio.TimeoutError):
+                    pass
+            if self.alive:
+                try:
+                    await asyncio.wait_for(self.qmp.execute("quit"), 3.0)
+                except Exception:  # noqa: BLE001 - QMP may already be gone
+                    pass
+                await self.wait_exit(3.0)
+            if self.alive:
+                kill_process_group(self.process.pid)
+                await self.wait_exit(10.0)
+        finally:
+            kill_process_group(self.process.pid)  # any helper QEMU forked (e.g. `exec:cat`)
+            await self._close_connections()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._stopped = True
+            if self._on_stopped:
+                self._on_stopped(self)
+
+    async def _close_connections(self) -> None:
+        try:
+            await asyncio.wait_for(self.qmp.disconnect(), 2.0)
+        except Exception:  # noqa: BLE001
+            pass
+        await self.agent.close()

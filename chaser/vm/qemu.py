@@ -1,0 +1,131 @@
+"""QEMU command-line building, kept apart from process and QMP handling so it
+can be unit-tested and another VMM could be added behind the same interface."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chaser.agent.protocol import (
+    AGENT_PORT,
+    IMAGE_DISK_SERIAL,
+    OS_DISK_SERIAL,
+    WRITABLE_DISK_SERIAL,
+)
+
+QEMU_BINARY = "qemu-system-x86_64"
+# pit/pic/rtc on: DESIGN.md §3 found boots reliable with them under TCG.
+MACHINE = "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on"
+
+
+@dataclass(frozen=True)
+class MemoryFile:
+    """Guest RAM backed by a file. The template maps it shared (its RAM is the
+    file); clones map it private, i.e. copy-on-write over the template's RAM."""
+
+    path: Path
+    shared: bool
+
+
+@dataclass
+class QemuCommand:
+    kernel: Path
+    initramfs: Path
+    os_disk: Path
+    image_disk: Path
+    writable_disk: Path
+    qmp_socket: Path
+    serial_log: Path
+    agent_host_port: int
+    accel: str  # "kvm" | "tcg"
+    memory_mib: int
+    vcpus: int
+    kernel_args: list[str] = field(default_factory=list)
+    memory_file: MemoryFile | None = None
+    incoming: bool = False  # wait for `migrate-incoming` (snapshot restore)
+    tcg_tb_size_mib: int = 64
+
+    def argv(self) -> list[str]:
+        machine = MACHINE
+        args = [QEMU_BINARY, "-name", "chaser", "-nodefaults", "-no-user-config"]
+        if self.memory_file is not None:
+            share = "on" if self.memory_file.shared else "off"
+            args += [
+                "-object",
+                f"memory-backend-file,id=mem,size={self.memory_mib}M,"
+                f"mem-path={self.memory_file.path},share={share}",
+            ]
+            machine += ",memory-backend=mem"
+        args += ["-M", machine]
+        if self.accel == "kvm":
+            args += ["-accel", "kvm", "-cpu", "host"]
+        else:
+            args += ["-accel", f"tcg,tb-size={self.tcg_tb_size_mib}", "-cpu", "max"]
+        args += [
+            "-m", f"{self.memory_mib}M",
+            "-smp", str(self.vcpus),
+            "-display", "none",
+            "-no-reboot",  # the guest's reboot ends the VM: that is how it powers off
+            "-kernel", str(self.kernel),
+            "-initrd", str(self.initramfs),
+            "-append", " ".join(self.kernel_args),
+            "-chardev", f"file,id=console,path={self.serial_log}",
+            "-serial", "chardev:console",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+        ]
+        args += _disk("os", self.os_disk, OS_DISK_SERIAL, read_only=True)
+        args += _disk("image", self.image_disk, IMAGE_DISK_SERIAL, read_only=True)
+        args += _disk("data", self.writable_disk, WRITABLE_DISK_SERIAL, read_only=False)
+        args += [
+            "-netdev",
+            f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.agent_host_port}-:{AGENT_PORT}",
+            "-device", "virtio-net-device,netdev=net0",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-device,rng=rng0",
+        ]
+        if self.incoming:
+            # -S: stay paused after the state is loaded; we `cont` explicitly.
+            args += ["-incoming", "defer", "-S"]
+        return args
+
+
+def _disk(name: str, path: Path, serial: str, *, read_only: bool) -> list[str]:
+    mode = "on" if read_only else "off"
+    return [
+        "-drive", f"id={name},file={path},format=raw,if=none,readonly={mode},cache=writeback",
+        "-device", f"virtio-blk-device,drive={name},serial={serial}",
+    ]
+
+
+def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
+    """The host TSC rate for `tsc_early_khz`: avoids the random hang at
+    'Unable to calibrate against PIT' under TCG (DESIGN.md §3)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    match = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", cpuinfo, re.MULTILINE)
+    if not match:
+        return None
+    return int(float(match.group(1)) * 1000)
+
+
+def kernel_args(*, token: str, extra: list[str] | None = None) -> list[str]:
+    args = [
+        "console=ttyS0",
+        "reboot=t",  # triple-fault reboot: instant with -no-reboot
+        "panic=-1",
+        "quiet",
+        "loglevel=4",
+        "i8042.noaux=1",
+        "i8042.nomux=1",
+        "i8042.nopnp=1",
+        "i8042.dumbkbd=1",
+        f"chaser.token={token}",
+    ]
+    khz = host_tsc_khz()
+    if khz:
+        args.append(f"tsc_early_khz={khz}")
+    return args + (extra or [])

@@ -1,0 +1,353 @@
+"""Runtime: starts microVMs from the template snapshot (or cold) and tracks them.
+
+    runtime = Runtime(settings)
+    vm = await runtime.start(VMSpec(image_disk=..., session_id="s-1"))
+    result = await vm.exec("echo hi")
+    await vm.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from qemu.qmp import QMPClient
+
+from chaser import errors
+from chaser.config import Settings
+from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
+from chaser.vm.accel import resolve_accel
+from chaser.vm.agent_client import AgentClient
+from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
+from chaser.vm.machine import VirtualMachine
+from chaser.vm.process import kill_process_group, reap_orphans, spawn_qemu
+from chaser.vm.qemu import MemoryFile, QemuCommand, kernel_args
+from chaser.vm.template import (
+    Template,
+    discard_template,
+    load_template,
+    retire_other_templates,
+    template_key,
+)
+
+log = logging.getLogger(__name__)
+BootMethod = Literal["auto", "template", "cold"]
+
+
+@dataclass
+class VMSpec:
+    image_disk: Path
+    # None: an ephemeral writable disk inside the VM directory, deleted with the VM.
+    writable_disk: Path | None = None
+    writable_size_bytes: int | None = None
+    session_id: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    hostname: str = "sandbox"
+    user: str | None = None
+    workdir: str | None = None
+    boot: BootMethod = "auto"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Runtime:
+    def __init__(self, settings: Settings, assets=None) -> None:
+        self.settings = settings
+        self._assets = assets
+        self._accel: str | None = None
+        self.vms: dict[str, VirtualMachine] = {}
+        self._template_lock = asyncio.Lock()
+        settings.vms_dir.mkdir(parents=True, exist_ok=True)
+        reaped = reap_orphans(settings.vms_dir)
+        if reaped:
+            log.warning("reaped %d VMs left by a dead process", len(reaped))
+
+    # --- configuration resolved on first use ---
+    @property
+    def assets(self):
+        if self._assets is None:
+            from chaser.guest.build import load_guest_assets
+
+            self._assets = load_guest_assets(self.settings)
+        return self._assets
+
+    @property
+    def accel(self) -> str:
+        if self._accel is None:
+            self._accel = resolve_accel(
+                self.settings.accel,
+                kernel=self.assets.kernel,
+                initramfs=self.assets.initramfs,
+                cache_dir=self.settings.guest_dir,
+            )
+        return self._accel
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.settings.guest_dir / "templates"
+
+    def template_dir(self) -> Path:
+        key = template_key(
+            fingerprint=self.assets.fingerprint,
+            memory_mib=self.settings.memory_mib,
+            vcpus=self.settings.vcpus,
+            accel=self.accel,
+            image_slot=self.settings.image_slot_bytes,
+            writable_slot=self.settings.writable_slot_bytes,
+        )
+        return self.templates_dir / key
+
+    # --- public API ---
+    async def start(self, spec: VMSpec) -> VirtualMachine:
+        pad_to_slot(spec.image_disk, self.settings.image_slot_bytes)
+        started = time.monotonic()
+        vm_id = f"vm-{secrets.token_hex(6)}"
+        vm_dir = self.settings.vms_dir / vm_id
+        vm_dir.mkdir(parents=True)
+        vm: VirtualMachine | None = None
+        try:
+            writable = await self._prepare_writable(spec, vm_dir)
+            if spec.boot != "cold" and self.settings.use_template:
+                template = await self.ensure_template()
+                vm = await self._restore(vm_id, vm_dir, template, spec.image_disk, writable)
+                if vm is None and spec.boot == "template":
+                    raise errors.BootTimeout("restoring the template snapshot failed")
+            if vm is None:
+                writable = await self._prepare_writable(spec, vm_dir)  # a failed restore removed the VM dir
+                vm = await self._cold_boot(vm_id, vm_dir, spec.image_disk, writable)
+            init = self._init_payload(spec)
+            await vm.guard(vm.agent.init(init))
+            vm.agent.set_token(init["token"])  # the boot token is dead from here on
+        except BaseException:
+            if vm is not None:
+                await vm.stop(graceful=False)
+            else:
+                _remove_dir(vm_dir)
+            raise
+        vm.session_id = spec.session_id
+        vm.boot_ms = (time.monotonic() - started) * 1000
+        self.vms[vm_id] = vm
+        return vm
+
+    async def stop_all(self, *, graceful: bool = False) -> None:
+        await asyncio.gather(*(vm.stop(graceful=graceful) for vm in list(self.vms.values())), return_exceptions=True)
+
+    async def ensure_template(self) -> Template:
+        """Load the template for the current inputs, building it if missing."""
+        directory = self.template_dir()
+        template = load_template(directory)
+        if template is not None:
+            return template
+        async with self._template_lock:
+            # A file lock too: several processes (test workers, CLI + server) share a home.
+            self.templates_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.templates_dir / ".lock", "w") as lock:
+                await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+                try:
+                    template = load_template(directory)
+                    if template is None:
+                        template = await self._build_template(directory)
+                        retire_other_templates(self.templates_dir, keep=directory)
+                    return template
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # --- internals ---
+    async def _prepare_writable(self, spec: VMSpec, vm_dir: Path) -> Path:
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        writable = spec.writable_disk or vm_dir / "writable.img"
+        if not writable.exists():
+            size = spec.writable_size_bytes or self.settings.writable_size_bytes
+            await asyncio.to_thread(
+                create_writable_disk, writable, size_bytes=size, slot_bytes=self.settings.writable_slot_bytes
+            )
+        else:
+            pad_to_slot(writable, self.settings.writable_slot_bytes)
+        return writable
+
+    async def _build_template(self, directory: Path) -> Template:
+        log.info("building template snapshot in %s", directory)
+        discard_template(directory)
+        directory.mkdir(parents=True)
+        template = Template(dir=directory, token=secrets.token_urlsafe(24))
+        create_sparse(template.image_placeholder, self.settings.image_slot_bytes)
+        create_sparse(template.writable_placeholder, self.settings.writable_slot_bytes)
+        vm_id = f"tpl-{secrets.token_hex(6)}"
+        vm_dir = self.settings.vms_dir / vm_id
+        vm_dir.mkdir(parents=True)
+        vm = await self._launch(
+            vm_id, vm_dir,
+            image=template.image_placeholder, writable=template.writable_placeholder,
+            token=template.token, memory_file=MemoryFile(template.memory_file, shared=True),
+        )
+        try:
+            await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
+            qmp = vm.qmp
+            await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+            await qmp.execute("stop")
+            await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(template.state_file))}"})
+            while True:
+                status = (await qmp.execute("query-migrate")).get("status")
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled"):
+                    raise errors.SandboxRuntimeError(f"template snapshot failed: {status}")
+                await asyncio.sleep(0.02)
+        finally:
+            await vm.stop(graceful=False)
+        template.meta_file.write_text(json.dumps({"token": template.token, "created_at": time.time()}))
+        return template
+
+    async def _restore(self, vm_id: str, vm_dir: Path, template: Template, image: Path, writable: Path) -> VirtualMachine | None:
+        """Restore a clone of the template; None (and the template discarded)
+        when the snapshot does not restore, so the caller boots cold."""
+        vm = None
+        try:
+            vm = await self._launch(
+                vm_id, vm_dir, image=image, writable=writable, token=template.token,
+                memory_file=MemoryFile(template.memory_file, shared=False), incoming=True,
+            )
+            qmp = vm.qmp
+            await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+            await qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(template.state_file))}"})
+            deadline = time.monotonic() + self.settings.restore_timeout_s
+            while (await vm.guard(qmp.execute("query-status")))["status"] != "paused":
+                if time.monotonic() > deadline:
+                    raise errors.BootTimeout("snapshot did not load in time")
+                await asyncio.sleep(0.01)
+            await qmp.execute("cont")
+            await self._wait_for_agent(vm, self.settings.restore_timeout_s)
+            vm.boot_method = "template"
+            return vm
+        except asyncio.CancelledError:
+            if vm is not None:
+                await vm.stop(graceful=False)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure means: boot cold
+            log.warning("template restore failed (%s); discarding it and booting cold", exc)
+            if vm is not None:
+                await vm.stop(graceful=False)
+            discard_template(template.dir)
+            return None
+
+    async def _cold_boot(self, vm_id: str, vm_dir: Path, image: Path, writable: Path) -> VirtualMachine:
+        token = secrets.token_urlsafe(24)
+        vm = await self._launch(vm_id, vm_dir, image=image, writable=writable, token=token)
+        try:
+            await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
+        except BaseException:
+            await vm.stop(graceful=False)
+            raise
+        vm.boot_method = "cold"
+        return vm
+
+    async def _launch(
+        self,
+        vm_id: str,
+        vm_dir: Path,
+        *,
+        image: Path,
+        writable: Path,
+        token: str,
+        memory_file: MemoryFile | None = None,
+        incoming: bool = False,
+    ) -> VirtualMachine:
+        last_error = ""
+        for _attempt in range(3):  # the host port can be taken between probe and bind
+            port = _free_port()
+            command = QemuCommand(
+                kernel=self.assets.kernel,
+                initramfs=self.assets.initramfs,
+                os_disk=self.assets.os_disk,
+                image_disk=image,
+                writable_disk=writable,
+                qmp_socket=vm_dir / "qmp.sock",
+                serial_log=vm_dir / "serial.log",
+                agent_host_port=port,
+                accel=self.accel,
+                memory_mib=self.settings.memory_mib,
+                vcpus=self.settings.vcpus,
+                kernel_args=kernel_args(token=token),
+                memory_file=memory_file,
+                incoming=incoming,
+                tcg_tb_size_mib=self.settings.tcg_tb_size_mib,
+            )
+            process = await spawn_qemu(command.argv(), vm_dir=vm_dir, log_path=vm_dir / "qemu.log")
+            qmp = QMPClient(vm_id)
+            try:
+                await self._connect_qmp(qmp, command.qmp_socket, process)
+            except errors.VMCrashed:
+                last_error = (vm_dir / "qemu.log").read_text(errors="replace")[-2000:]
+                if "hostfwd" in last_error or "forwarding" in last_error:
+                    continue
+                raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}") from None
+            vm = VirtualMachine(
+                vm_id=vm_id, vm_dir=vm_dir, process=process, qmp=qmp,
+                agent=AgentClient(port, token), on_stopped=self._forget,
+            )
+            return vm
+        raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}")
+
+    async def _connect_qmp(self, qmp: QMPClient, path: Path, process: asyncio.subprocess.Process) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            if process.returncode is not None:
+                raise errors.VMCrashed("QEMU exited during start-up")
+            if path.exists():
+                try:
+                    await qmp.connect(str(path))
+                    return
+                except Exception:  # noqa: BLE001 - socket not accepting yet
+                    pass
+            if time.monotonic() > deadline:
+                kill_process_group(process.pid)
+                await process.wait()
+                raise errors.VMCrashed("QEMU did not open its QMP socket")
+            try:
+                await asyncio.wait_for(process.wait(), 0.02)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _wait_for_agent(self, vm: VirtualMachine, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not await vm.guard(vm.agent.ping(timeout=2.0)):
+            if time.monotonic() > deadline:
+                tail = vm.serial_log.read_text(errors="replace")[-1500:] if vm.serial_log.exists() else ""
+                raise errors.BootTimeout(f"agent not ready after {timeout:.0f}s; console tail:\n{tail}")
+            await asyncio.sleep(0.02)
+
+    def _init_payload(self, spec: VMSpec) -> dict:
+        return {
+            "token": secrets.token_urlsafe(32),
+            "session_id": spec.session_id,
+            "env": spec.env,
+            "hostname": spec.hostname,
+            "time_ns": time.time_ns(),
+            "entropy": base64.b64encode(os.urandom(64)).decode(),
+            "disks": {"image": IMAGE_DISK_SERIAL, "writable": WRITABLE_DISK_SERIAL},
+            "user": spec.user,
+            "workdir": spec.workdir,
+        }
+
+    def _forget(self, vm: VirtualMachine) -> None:
+        self.vms.pop(vm.id, None)
+
+
+def _remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

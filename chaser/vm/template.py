@@ -1,0 +1,88 @@
+"""The template snapshot: one guest booted once per (guest assets, memory,
+vCPUs, accel), its RAM kept in a file and its device state in another. Clones
+map the RAM file privately (copy-on-write) and load only the device state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from chaser.agent.protocol import AGENT_PROTOCOL_VERSION
+
+TEMPLATE_FORMAT = 1  # bump when the way templates are made changes
+
+
+@dataclass(frozen=True)
+class Template:
+    dir: Path
+    token: str
+
+    @property
+    def memory_file(self) -> Path:
+        return self.dir / "memory.ram"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.bin"
+
+    @property
+    def image_placeholder(self) -> Path:
+        return self.dir / "image.placeholder"
+
+    @property
+    def writable_placeholder(self) -> Path:
+        return self.dir / "writable.placeholder"
+
+    @property
+    def meta_file(self) -> Path:
+        return self.dir / "meta.json"
+
+
+@lru_cache
+def qemu_version() -> str:
+    try:
+        return subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    except OSError:
+        return "unknown"
+
+
+def template_key(
+    *, fingerprint: str, memory_mib: int, vcpus: int, accel: str, image_slot: int, writable_slot: int
+) -> str:
+    parts = [
+        fingerprint, str(memory_mib), str(vcpus), accel, str(image_slot), str(writable_slot),
+        qemu_version(), str(TEMPLATE_FORMAT), str(AGENT_PROTOCOL_VERSION),
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def load_template(directory: Path) -> Template | None:
+    """A template counts only once its meta file exists (written last)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    template = Template(dir=directory, token=meta["token"])
+    for path in (template.memory_file, template.state_file, template.image_placeholder, template.writable_placeholder):
+        if not path.exists():
+            return None
+    return template
+
+
+def discard_template(directory: Path) -> None:
+    """Unlink (never rewrite) the files: running clones keep their mapping of
+    the old RAM file's inode."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def retire_other_templates(templates_dir: Path, keep: Path) -> None:
+    if not templates_dir.is_dir():
+        return
+    for entry in templates_dir.iterdir():
+        if entry != keep and entry.is_dir() and not entry.name.startswith("."):
+            discard_template(entry)

@@ -1,0 +1,239 @@
+"""The microVM runtime end to end: real QEMU, real agent, under TCG here."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from chaser import errors
+from chaser.vm.runtime import VMSpec
+from tests.integration.vm_fixtures import pid_alive, qemu_pids_for, runtime, settings, vm  # noqa: F401
+
+pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="session")]
+
+
+def text(result: dict) -> str:
+    return base64.b64decode(result["output"]).decode()
+
+
+async def test_restored_vm_runs_commands(vm):
+    assert vm.boot_method == "template"
+    result = await vm.exec("echo hello; echo oops >&2; exit 3")
+    assert result["exit_code"] == 3
+    assert result["status"] == "completed"
+    assert "hello" in text(result) and "oops" in text(result)
+
+
+async def test_exec_env_cwd_and_default_workdir(vm):
+    result = await vm.exec("pwd; echo $GREETING", env={"GREETING": "hi there"})
+    assert text(result).split("\n")[:2] == ["/workspace", "hi there"]
+    result = await vm.exec("pwd", cwd="/tmp")
+    assert text(result).strip() == "/tmp"
+
+
+async def test_exec_runs_in_the_sandbox_root_not_the_guest_os(vm):
+    # The base image has git and bash; the guest OS (minbase + python) has neither.
+    result = await vm.exec("command -v git bash && cat /etc/hostname && mount | grep -c overlay")
+    lines = text(result).split()
+    assert lines[0].endswith("/git") and lines[1].endswith("/bash")
+    assert lines[2] == "sandbox"
+
+
+async def test_exec_as_another_user(vm):
+    result = await vm.exec("id -un; echo $HOME", user="nobody")
+    assert text(result).split() == ["nobody", "/nonexistent"]
+
+
+async def test_timeout_kills_the_process_group(vm):
+    started = time.monotonic()
+    result = await vm.exec("sleep 300 & sleep 300; echo never", timeout_ms=1500)
+    assert result["status"] == "timed_out"
+    assert time.monotonic() - started < 30
+    check = await vm.exec("pgrep -c -x sleep || true")
+    assert text(check).strip() == "0"
+
+
+async def test_flood_is_capped_and_vm_stays_responsive(vm):
+    result = await vm.exec("head -c 20000000 /dev/zero | tr '\\0' x", max_output_bytes=4096)
+    assert result["truncated"] is True
+    assert result["output_bytes"] == 20_000_000
+    assert len(base64.b64decode(result["output"])) == 4096
+    assert text(await vm.exec("echo alive")).strip() == "alive"
+
+
+async def test_background_stdin_round_trip_and_stream_offsets(vm):
+    started = await vm.exec("cat", background=True)
+    process_id = started["id"]
+    assert started["status"] == "running"
+    await vm.call("write_stdin", process_id, b"first line\n")
+    chunk = await vm.call("output", process_id, offset=0, wait_ms=10_000)
+    assert chunk["data"] == b"first line\n"
+    await vm.call("write_stdin", process_id, b"second\n", close=True)
+    rest = await vm.call("output", process_id, offset=chunk["next_offset"], wait_ms=10_000)
+    assert rest["data"] == b"second\n"
+    for _ in range(100):
+        info = await vm.call("process", process_id)
+        if info["status"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert info["status"] == "completed" and info["exit_code"] == 0
+    with pytest.raises(errors.Conflict):
+        await vm.call("write_stdin", process_id, b"late")
+
+
+async def test_signal_to_background_process(vm):
+    started = await vm.exec("trap 'echo got-term; exit 7' TERM; while true; do sleep 0.2; done", background=True)
+    await asyncio.sleep(1.0)
+    await vm.call("signal", started["id"], "TERM")
+    for _ in range(100):
+        info = await vm.call("process", started["id"])
+        if info["status"] != "running":
+            break
+        await asyncio.sleep(0.1)
+    assert info["exit_code"] == 7
+    output = await vm.call("output", started["id"], offset=0)
+    assert b"got-term" in output["data"]
+    with pytest.raises(errors.InvalidRequest):
+        await vm.call("signal", started["id"], "NOPE")
+
+
+async def test_binary_file_round_trip_16_mib(vm):
+    payload = os.urandom(16 * 1024 * 1024 + 123)
+    await vm.call("write_file", "/workspace/data/blob.bin", payload)
+    back = await vm.agent.read_file("/workspace/data/blob.bin")
+    assert hashlib.sha256(back).hexdigest() == hashlib.sha256(payload).hexdigest()
+    inside = await vm.exec("sha256sum /workspace/data/blob.bin")
+    assert text(inside).split()[0] == hashlib.sha256(payload).hexdigest()
+    stat = await vm.call("stat", "/workspace/data/blob.bin")
+    assert stat["size"] == len(payload) and stat["type"] == "file"
+    with pytest.raises(errors.FileNotFound):
+        await vm.call("stat", "/workspace/nope")
+
+
+async def test_writes_through_symlinks_and_dotdot_stay_in_the_sandbox(vm):
+    await vm.exec("ln -sfn / /workspace/to-root && ln -sfn ../../../../.. /workspace/up")
+    await vm.call("write_file", "/workspace/up/../../escaped-1", b"one")
+    await vm.call("write_file", "/workspace/to-root/escaped-2", b"two")
+    # Both resolved inside the sandbox root: visible from inside the sandbox at /.
+    result = await vm.exec("cat /escaped-1 /escaped-2")
+    assert text(result) == "onetwo"
+
+
+async def test_pty_echo_resize_and_exit_code(vm):
+    async with vm.agent.websocket("/pty", {"rows": 24, "cols": 80}) as ws:
+        await ws.send(b"echo pty-$((40+2))\n")
+        seen = b""
+        while b"pty-42" not in seen:
+            seen += await asyncio.wait_for(ws.recv(), 20)
+        await ws.send(json.dumps({"type": "resize", "rows": 33, "cols": 111}))
+        await ws.send(b"stty size\n")
+        while b"33 111" not in seen:
+            seen += await asyncio.wait_for(ws.recv(), 20)
+        await ws.send(b"exit 5\n")
+        exit_frame = None
+        while exit_frame is None:
+            frame = await asyncio.wait_for(ws.recv(), 20)
+            if isinstance(frame, str):
+                exit_frame = json.loads(frame)
+        assert exit_frame == {"type": "exit", "exit_code": 5}
+
+
+async def test_relay_reaches_a_server_inside_the_guest(vm):
+    await vm.exec("python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1", background=True)
+    for _ in range(100):
+        check = await vm.exec("python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000))\"")
+        if check["exit_code"] == 0:
+            break
+        await asyncio.sleep(0.2)
+    async with vm.agent.websocket("/relay", {"port": 8000}) as ws:
+        await ws.send(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        response = b""
+        try:
+            while True:
+                response += await asyncio.wait_for(ws.recv(), 20)
+        except Exception:  # noqa: BLE001 - the server closes after HTTP/1.0
+            pass
+    assert response.startswith(b"HTTP/1.0 200") and b"Directory listing" in response
+    with pytest.raises(errors.PortNotListening):
+        async with vm.agent.websocket("/relay", {"port": 8999}):
+            pass
+
+
+async def test_agent_rejects_wrong_or_missing_token(vm):
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{vm.agent.base_url}/health")).status_code == 401
+        bad = await client.get(f"{vm.agent.base_url}/health", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["code"] == "unauthorized"
+
+
+async def test_selftest_facts(vm):
+    facts = await vm.call("selftest")
+    assert facts["cwd"] == "/workspace" and facts["user"] == "root"
+    assert "/usr/bin" in facts["path_entries"]
+    assert {"python3", "git", "node"} <= set(facts["tools"])
+    assert facts["tool_versions"]["node"].startswith("v")
+
+
+async def test_two_vms_are_isolated(runtime, vm):
+    other = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="other", hostname="other"))
+    try:
+        await vm.exec("echo mine > /workspace/secret")
+        result = await other.exec("cat /workspace/secret; hostname")
+        assert result["exit_code"] != 0 or "mine" not in text(result)
+        assert "other" in text(result)
+        assert other.agent.port != vm.agent.port
+    finally:
+        await other.stop()
+
+
+async def test_memory_hog_and_fork_bomb_stay_inside_their_vm(runtime, vm):
+    victim = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="victim"))
+    try:
+        hog = await victim.exec("python3 -c 'a = bytearray(4 * 1024**3)'", timeout_ms=60_000)
+        assert hog["exit_code"] != 0  # MemoryError or OOM kill inside the guest
+        await victim.exec("bomb() { bomb | bomb & }; bomb", background=True)
+        await asyncio.sleep(2)
+        result = await vm.exec("echo unaffected")  # another VM keeps working
+        assert text(result).strip() == "unaffected"
+    finally:
+        await victim.stop(graceful=False)
+    assert not pid_alive(victim.pid)
+
+
+async def test_qemu_killed_from_outside_raises_vm_crashed(runtime):
+    doomed = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="doomed"))
+    try:
+        pending = asyncio.ensure_future(doomed.exec("sleep 600"))
+        await asyncio.sleep(0.5)
+        os.kill(doomed.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(errors.VMCrashed):
+            await pending
+        assert time.monotonic() - started < 5
+        assert doomed.crashed
+        with pytest.raises(errors.VMCrashed):
+            await doomed.exec("true")
+    finally:
+        await doomed.stop()
+    assert not doomed.dir.exists()
+
+
+async def test_graceful_stop_flushes_a_persistent_disk(runtime, tmp_path):
+    disk = tmp_path / "disk.img"
+    first = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, writable_disk=disk))
+    await first.exec("echo kept > /workspace/note && mkdir -p /opt/extra")
+    await first.stop()
+    assert disk.exists()
+    second = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, writable_disk=disk))
+    try:
+        assert text(await second.exec("cat /workspace/note; test -d /opt/extra && echo dir")).split() == ["kept", "dir"]
+    finally:
+        await second.stop()

@@ -1,0 +1,108 @@
+"""Fixtures that run the in-guest agent on the host as a subprocess."""
+
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+READY = "CHASER-AGENT-READY"
+_GUEST_COPY = None
+
+
+def guest_copy() -> str:
+    """Lay the agent out as the guest does (/opt/chaser/chaser_agent), which also
+    proves it depends on nothing else from the chaser package."""
+    global _GUEST_COPY
+    if _GUEST_COPY is None:
+        import tempfile
+        base = tempfile.mkdtemp(prefix="chaser-agent-")
+        shutil.copytree(REPO / "chaser" / "agent", os.path.join(base, "chaser_agent"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        _GUEST_COPY = base
+    return _GUEST_COPY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AgentProcess:
+    def __init__(self, sandbox_root: str = "/"):
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}"
+        # CHASER_AGENT_PYTHON lets the suite run the agent under another interpreter
+        # (e.g. a venv with the guest's aiohttp 3.8).
+        python = os.environ.get("CHASER_AGENT_PYTHON", sys.executable)
+        self.proc = subprocess.Popen(
+            [python, "-m", "chaser_agent", "--port", str(self.port), "--token", self.token,
+             "--sandbox-root", sandbox_root],
+            cwd="/", env={**os.environ, "PYTHONPATH": guest_copy()},
+            stdout=subprocess.PIPE, start_new_session=True,  # own group: killed by pgid
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if READY.encode() in line:
+                    return
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"agent did not start (last line {line!r})")
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # agent kills its user processes
+                self.proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def agent():
+    a = AgentProcess("/")
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def make_agent():
+    started = []
+
+    def factory(sandbox_root: str = "/") -> AgentProcess:
+        a = AgentProcess(sandbox_root)
+        started.append(a)
+        return a
+
+    yield factory
+    for a in started:
+        a.stop()

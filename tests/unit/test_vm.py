@@ -1,0 +1,97 @@
+"""Pure logic of the VM layer: command lines, keys, reaping, error mapping."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from chaser import errors
+from chaser.vm.agent_client import error_from_agent
+from chaser.vm.process import process_start_time, reap_orphans
+from chaser.vm.qemu import MemoryFile, QemuCommand, host_tsc_khz, kernel_args
+from chaser.vm.template import template_key
+
+
+def command(**overrides) -> QemuCommand:
+    values = dict(
+        kernel=Path("/k"), initramfs=Path("/i"), os_disk=Path("/os"), image_disk=Path("/img"),
+        writable_disk=Path("/w"), qmp_socket=Path("/q.sock"), serial_log=Path("/s.log"),
+        agent_host_port=4321, accel="tcg", memory_mib=512, vcpus=2, kernel_args=["a=1", "b"],
+    )
+    values.update(overrides)
+    return QemuCommand(**values)
+
+
+def test_argv_has_microvm_disks_net_and_qmp():
+    argv = command().argv()
+    joined = " ".join(argv)
+    assert argv[0] == "qemu-system-x86_64"
+    assert "-M microvm," in joined and "-no-reboot" in argv
+    assert "serial=chaser-os" in joined and "serial=chaser-image" in joined and "serial=chaser-data" in joined
+    assert "hostfwd=tcp:127.0.0.1:4321-:8420" in joined
+    assert "unix:/q.sock,server=on,wait=off" in joined
+    assert argv[argv.index("-append") + 1] == "a=1 b"
+    assert argv[argv.index("-smp") + 1] == "2"
+    assert "tcg,tb-size=64" in joined and "-incoming" not in argv
+
+
+def test_argv_for_a_clone_maps_template_memory_privately():
+    argv = command(memory_file=MemoryFile(Path("/t/memory.ram"), shared=False), incoming=True, accel="kvm").argv()
+    joined = " ".join(argv)
+    assert "mem-path=/t/memory.ram,share=off" in joined and "memory-backend=mem" in joined
+    assert argv[argv.index("-incoming") + 1] == "defer" and "-S" in argv
+    assert "-accel kvm -cpu host" in joined
+
+
+def test_image_and_os_disks_are_read_only():
+    drives = [a for a in command().argv() if a.startswith("id=")]
+    assert [("readonly=on" in d) for d in drives] == [True, True, False]
+
+
+def test_tsc_rate_from_cpuinfo():
+    assert host_tsc_khz("processor: 0\ncpu MHz\t\t: 2596.138\n") == 2596138
+    assert host_tsc_khz("nothing here") is None
+    assert any(arg.startswith("chaser.token=abc") for arg in kernel_args(token="abc"))
+
+
+def test_template_key_changes_with_every_input():
+    base = dict(fingerprint="f", memory_mib=512, vcpus=1, accel="tcg", image_slot=1, writable_slot=2)
+    key = template_key(**base)
+    assert template_key(**base) == key
+    for name, value in [("fingerprint", "g"), ("memory_mib", 1024), ("vcpus", 2), ("accel", "kvm"), ("image_slot", 3)]:
+        assert template_key(**{**base, name: value}) != key
+
+
+def test_reap_orphans_kills_qemu_of_a_dead_owner(tmp_path):
+    dead_owner = subprocess.Popen(["true"])
+    dead_owner.wait()
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        vm_dir = tmp_path / "vm-dead"
+        vm_dir.mkdir()
+        (vm_dir / "owner.json").write_text(json.dumps({
+            "owner_pid": dead_owner.pid, "owner_start": "0",
+            "qemu_pid": orphan.pid, "qemu_start": process_start_time(orphan.pid),
+        }))
+        live_dir = tmp_path / "vm-live"
+        live_dir.mkdir()
+        (live_dir / "owner.json").write_text(json.dumps({
+            "owner_pid": os.getpid(), "owner_start": process_start_time(os.getpid()),
+            "qemu_pid": orphan.pid, "qemu_start": process_start_time(orphan.pid),
+        }))
+        assert reap_orphans(tmp_path) == ["vm-dead"]
+        assert orphan.wait(timeout=5) == -9
+        assert not vm_dir.exists() and live_dir.exists()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+
+
+def test_agent_errors_map_to_domain_errors():
+    err = error_from_agent(404, b'{"code": "file_not_found", "message": "no such file"}')
+    assert isinstance(err, errors.FileNotFound) and err.message == "no such file"
+    assert isinstance(error_from_agent(409, b'{"code": "conflict", "message": "done"}'), errors.Conflict)
+    assert isinstance(error_from_agent(502, b'{"code": "port_not_listening", "message": "x"}'), errors.PortNotListening)
+    assert error_from_agent(500, b"boom").status == 500
