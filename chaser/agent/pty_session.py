@@ -161,6 +161,7 @@ async def handle_pty(agent, request):
     exit_task = asyncio.ensure_future(session.proc.wait())
     try:
         await asyncio.wait([in_task, exit_task], return_when=asyncio.FIRST_COMPLETED)
+        agent.ptys.pop(session.id, None)  # no longer resizable, before the client hears of it
         if exit_task.done():
             # Drain what is left; a background grandchild may hold the tty open.
             try:

@@ -186,7 +186,7 @@ class Agent:
         body = await read_json(request)
         argv = argv_of(body.get("command"))
         timeout_ms = opt_int(body.get("timeout_ms"), "timeout_ms", minimum=1)
-        max_output = opt_int(body.get("max_output_bytes"), "max_output_bytes", minimum=0)
+        max_output = opt_int(body.get("max_output_bytes"), "max_output_bytes", minimum=0, maximum=256 * 1024 * 1024)
         max_output = DEFAULT_MAX_OUTPUT_BYTES if max_output is None else max_output
         background = body.get("background", False)
         if not isinstance(background, bool):

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Optional
+
 import typer
 
-from chaser.cli.commands import guest
+from chaser.cli.commands import _common, commands, execute, files, guest, keys, sandbox, sessions, workspaces
 
 app = typer.Typer(help="Chaser: sandbox sessions in microVMs.", no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def main(
+    api_url: Optional[str] = typer.Option(
+        None, "--api-url", envvar="CHASER_API_URL", show_envvar=True, help="Server URL (default: config file, then http://127.0.0.1:8080)."
+    ),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="CHASER_API_KEY", show_envvar=True, help="API key (default: config file)."
+    ),
+) -> None:
+    """Chaser: sandbox sessions in microVMs. Config file: $CHASER_CONFIG or ~/.config/chaser/config.json."""
+    _common.GLOBAL_OPTIONS["api_url"] = api_url
+    _common.GLOBAL_OPTIONS["api_key"] = api_key
+
+
+app.command("sandbox")(sandbox.sandbox_command)
+app.command("exec", context_settings=execute.CONTEXT_SETTINGS)(execute.exec_command)
+app.command("upload")(files.upload_command)
+app.command("download")(files.download_command)
+app.add_typer(sessions.app, name="sessions")
+app.add_typer(commands.app, name="commands")
+app.add_typer(workspaces.app, name="workspaces")
+app.add_typer(keys.app, name="keys")
 app.add_typer(guest.app, name="guest")
+
+# `chaser server` lives in its own module, written separately; register it once it exists.
+if importlib.util.find_spec("chaser.cli.commands.server") is not None:
+    from chaser.cli.commands import server
+
+    app.command("server")(server.server_command)
 
 
 if __name__ == "__main__":

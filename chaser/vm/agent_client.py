@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,9 +28,9 @@ _ERRORS_BY_CODE: dict[str, type[errors.ChaserError]] = {
 
 def error_from_agent(status: int, body: bytes) -> errors.ChaserError:
     try:
-        payload = httpx.Response(status, content=body).json()
+        payload = json.loads(body)
         code, message = payload.get("code"), payload.get("message")
-    except ValueError:
+    except (ValueError, AttributeError):
         code, message = None, body.decode(errors="replace")[:500]
     cls = _ERRORS_BY_CODE.get(code or "") or _ERRORS_BY_STATUS.get(status)
     if cls is None:

@@ -78,6 +78,8 @@ class VirtualMachine:
     async def guard(self, awaitable: Awaitable[T]) -> T:
         """Await `awaitable`, but fail with VMCrashed as soon as QEMU dies."""
         if not self.alive:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
             raise errors.VMCrashed(self.exit_reason or "the VM is not running")
         task = asyncio.ensure_future(awaitable)
         done, _ = await asyncio.wait({task, self._exited}, return_when=asyncio.FIRST_COMPLETED)

@@ -41,7 +41,7 @@ async def test_exec_env_cwd_and_default_workdir(vm):
 
 async def test_exec_runs_in_the_sandbox_root_not_the_guest_os(vm):
     # The base image has git and bash; the guest OS (minbase + python) has neither.
-    result = await vm.exec("command -v git bash && cat /etc/hostname && mount | grep -c overlay")
+    result = await vm.exec("command -v git; command -v bash; cat /etc/hostname && mount | grep -c overlay")
     lines = text(result).split()
     assert lines[0].endswith("/git") and lines[1].endswith("/bash")
     assert lines[2] == "sandbox"

@@ -1,5 +1,6 @@
 """Fixtures that run the in-guest agent on the host as a subprocess."""
 
+import atexit
 import os
 import secrets
 import select
@@ -27,6 +28,7 @@ def guest_copy() -> str:
         base = tempfile.mkdtemp(prefix="chaser-agent-")
         shutil.copytree(REPO / "chaser" / "agent", os.path.join(base, "chaser_agent"),
                         ignore=shutil.ignore_patterns("__pycache__"))
+        atexit.register(shutil.rmtree, base, True)
         _GUEST_COPY = base
     return _GUEST_COPY
 

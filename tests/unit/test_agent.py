@@ -3,11 +3,13 @@
 import asyncio
 import base64
 import hashlib
+import io
 import json
 import os
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -299,7 +301,7 @@ async def test_pty_client_disconnect_kills_child(http, agent):
 async def test_files_roundtrip_and_metadata(http, agent, tmp_path):
     data = os.urandom(16 * 1024 * 1024)
     path = f"{tmp_path}/sub/dir/blob.bin"
-    status, body = await call(http, agent, "PUT", f"/files?path={path}&mode=0600", data=data)
+    status, body = await call(http, agent, "PUT", f"/files?path={path}&mode=0600", data=io.BytesIO(data))
     assert (status, body) == (200, {"path": path, "size": len(data)})
     assert os.stat(path).st_mode & 0o777 == 0o600
     async with http.get(agent.url + "/files", params={"path": path}, headers=agent.headers) as r:
@@ -308,7 +310,7 @@ async def test_files_roundtrip_and_metadata(http, agent, tmp_path):
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
     # overwrite is atomic and leaves no temp files
     status, _ = await call(http, agent, "PUT", f"/files?path={path}", data=b"small")
-    assert status == 200 and open(path, "rb").read() == b"small"
+    assert status == 200 and Path(path).read_bytes() == b"small"
     _, listing = await call(http, agent, "GET", f"/files/list?path={tmp_path}/sub/dir")
     assert [(e["name"], e["type"], e["size"]) for e in listing["entries"]] == [("blob.bin", "file", 5)]
     _, st = await call(http, agent, "GET", f"/files/stat?path={tmp_path}/sub")

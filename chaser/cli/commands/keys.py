@@ -1,0 +1,61 @@
+"""`chaser keys …`: API keys."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from chaser.cli.commands._common import JSON_OPTION_HELP, api_command, console, make_client, print_json, print_table
+
+app = typer.Typer(help="API keys: list, create, revoke.", no_args_is_help=True)
+
+JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
+
+
+@app.command("list")
+@api_command
+def list_keys(as_json: bool = JsonOption) -> None:
+    """List API keys (prefixes only; keys are shown once, at creation)."""
+    with make_client() as client:
+        page = client.keys.list_page()
+    if as_json:
+        print_json(page)
+        return
+    print_table(
+        page.get("keys", []),
+        [("id", "ID"), ("key_prefix", "PREFIX"), ("name", "NAME"), ("scopes", "SCOPES"), ("full_access", "FULL"),
+         ("created_at", "CREATED"), ("last_used_at", "LAST USED"), ("revoked", "REVOKED")],
+        empty="no keys",
+    )
+
+
+@app.command("create")
+@api_command
+def create_key(
+    name: Optional[str] = typer.Option(None, "--name", help="A label for the key."),
+    scopes: Optional[list[str]] = typer.Option(None, "--scope", help="Scope (repeatable); none = full access."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create an API key and print it (it is not shown again)."""
+    with make_client() as client:
+        created = client.keys.create(name=name, scopes=scopes or None)
+    if as_json:
+        print_json(created)
+        return
+    print(created.get("key", ""))
+    access = "full access" if created.get("full_access") else ", ".join(created.get("scopes") or []) or "no scopes"
+    print(f"key {created.get('id')} ({access}); store it now, it is not shown again", file=sys.stderr)
+
+
+@app.command("revoke")
+@api_command
+def revoke_key(key_id: str = typer.Argument(..., metavar="ID"), as_json: bool = JsonOption) -> None:
+    """Revoke an API key."""
+    with make_client() as client:
+        result = client.keys.revoke(key_id)
+    if as_json:
+        print_json(result or {"id": key_id, "revoked": True})
+    else:
+        console().print(f"revoked {key_id}")

@@ -1,0 +1,40 @@
+"""`chaser sandbox`: create a sandbox session and make it the current one."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from chaser.cli.commands._common import JSON_OPTION_HELP, api_command, console, make_client, parse_env, print_json
+
+
+@api_command
+def sandbox_command(
+    ephemeral: bool = typer.Option(False, "--ephemeral", help="Throw the session's disk away when it ends."),
+    image: Optional[str] = typer.Option(None, "--image", help="OCI image reference for the sandbox root."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace (name or id) to attach."),
+    env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE for the session (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+) -> None:
+    """Create a sandbox session (remembered as the current session)."""
+    from chaser.client import set_current_session
+
+    environment = parse_env(env)
+    with make_client() as client:
+        session = client.sessions.create(
+            ephemeral=True if ephemeral else None,
+            workspace=workspace,
+            image=image,
+            env=environment,
+        )
+    set_current_session(session["id"])
+    if as_json:
+        print_json(session)
+        return
+    details = [f"status {session.get('status', '?')}"]
+    if session.get("workspace_id"):
+        details.append(f"workspace {session['workspace_id']}")
+    if session.get("image"):
+        details.append(f"image {session['image']}")
+    console().print(f"session [bold]{session['id']}[/bold] ({', '.join(details)}) is now the current session")

@@ -1,0 +1,144 @@
+"""`chaser sessions …`: list, inspect, terminate, self-test."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from chaser.cli.commands._common import (
+    JSON_OPTION_HELP,
+    api_command,
+    console,
+    fail,
+    format_value,
+    make_client,
+    print_fields,
+    print_json,
+    print_table,
+    resolve_session,
+    split_multi,
+)
+
+app = typer.Typer(help="Sessions: list, get, terminate, self-test.", no_args_is_help=True)
+
+JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
+IdArgument = typer.Argument(None, metavar="[ID]", help="Session id (default: the current session).")
+
+
+@app.command("list")
+@api_command
+def list_sessions(as_json: bool = JsonOption) -> None:
+    """List sessions."""
+    from chaser.client import get_current_session
+
+    with make_client() as client:
+        page = client.sessions.list_page()
+    if as_json:
+        print_json(page)
+        return
+    current = get_current_session()
+    rows = [{**s, "current": "*" if s.get("id") == current else ""} for s in page.get("sessions", [])]
+    print_table(
+        rows,
+        [("current", ""), ("id", "ID"), ("status", "STATUS"), ("workspace_id", "WORKSPACE"), ("image", "IMAGE"),
+         ("created_at", "CREATED"), ("expires_at", "EXPIRES")],
+        empty="no sessions",
+    )
+
+
+@app.command("get")
+@api_command
+def get_session(session_id: Optional[str] = IdArgument, as_json: bool = JsonOption) -> None:
+    """Show one session."""
+    session_id = resolve_session(session_id)
+    with make_client() as client:
+        session = client.sessions.get(session_id)
+    if as_json:
+        print_json(session)
+    else:
+        print_fields(session)
+
+
+@app.command("terminate")
+@api_command
+def terminate_session(
+    session_id: Optional[str] = IdArgument,
+    force: bool = typer.Option(False, "--force", help="Terminate even if commands or connections are active."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Terminate a session (the current one by default)."""
+    from chaser.client import get_current_session, set_current_session
+
+    session_id = resolve_session(session_id)
+    with make_client() as client:
+        result = client.sessions.terminate(session_id, force=force)
+    if get_current_session() == session_id:
+        set_current_session(None)
+    if as_json:
+        print_json(result or {"id": session_id, "status": "terminated"})
+    else:
+        console().print(f"terminated {session_id}")
+
+
+@app.command("self-test")
+@api_command
+def self_test(session_id: Optional[str] = IdArgument, as_json: bool = JsonOption) -> None:
+    """Describe the session's runtime: cwd, PATH, shell, tools, Chaser markers."""
+    session_id = resolve_session(session_id)
+    with make_client() as client:
+        report = client.sessions.self_test(session_id)
+    if as_json:
+        print_json(report)
+        return
+    runtime = report.get("runtime") or {}
+    out = console()
+    out.print(f"[bold]{report.get('status', '?')}[/bold] session {report.get('session_id', session_id)}")
+    for key in ("cwd", "home", "user", "shell", "term", "lang"):
+        if key in runtime:
+            out.print(f"  {key}: {format_value(runtime[key])}")
+    if runtime.get("path_entries"):
+        out.print("  path:")
+        for entry in runtime["path_entries"]:
+            out.print(f"    {entry}")
+    versions = runtime.get("tool_versions") or {}
+    tools = runtime.get("tools") or {}
+    if tools or versions:
+        out.print("  tools:")
+        for name in sorted(set(tools) | set(versions)):
+            out.print(f"    {name}: {format_value(versions.get(name) or tools.get(name))}")
+    for key, value in sorted((runtime.get("chaser") or {}).items()):
+        out.print(f"  chaser.{key}: {format_value(value)}")
+
+
+@app.command("bulk-terminate")
+@api_command
+def bulk_terminate(
+    all_sessions: bool = typer.Option(False, "--all", help="Every session of this key's owner."),
+    ids: Optional[list[str]] = typer.Option(None, "--ids", "--id", help="Session ids (repeatable or comma-separated)."),
+    workspaces: Optional[list[str]] = typer.Option(None, "--workspace", "-w", help="Sessions of this workspace (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Terminate even if busy."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Terminate many sessions at once."""
+    from chaser.client import get_current_session, set_current_session
+
+    id_list, workspace_list = split_multi(ids), split_multi(workspaces)
+    if not (all_sessions or id_list or workspace_list):
+        fail("invalid_argument", "say which sessions: --all, --ids or --workspace")
+    with make_client() as client:
+        result = client.sessions.bulk_terminate(ids=id_list, workspaces=workspace_list, all=all_sessions, force=force)
+    if get_current_session() in set(result.get("terminated") or []):
+        set_current_session(None)
+    if as_json:
+        print_json(result)
+    else:
+        out = console()
+        for session_id in result.get("terminated") or []:
+            out.print(f"terminated {session_id}")
+        for failure in result.get("failed") or []:
+            out.print(f"failed {failure.get('id')}: {failure.get('code')}: {failure.get('message')}")
+        if not result.get("terminated") and not result.get("failed"):
+            out.print("no sessions matched")
+    if result.get("failed"):
+        raise typer.Exit(1)

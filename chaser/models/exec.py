@@ -1,0 +1,90 @@
+"""Command execution wire schemas (exec and the command API)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from chaser.models.common import MAX_TIMEOUT_MS, RequestModel, check_command, check_env, check_path
+
+
+class SessionExecCreate(RequestModel):
+    command: str = Field(min_length=1)
+    cwd: str | None = Field(default=None, min_length=1)
+    env: dict[str, str] | None = None
+    timeout_ms: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT_MS)
+    background: bool = False
+
+    _command = field_validator("command")(check_command)
+    _cwd = field_validator("cwd")(check_path)
+    _env = field_validator("env")(check_env)
+
+
+class ExecCreate(SessionExecCreate):
+    """`POST /v1/exec`: the session is found or started for you."""
+
+    workspace: str | None = Field(default=None, min_length=1, max_length=200)
+    ephemeral: bool = False
+    image: str | None = Field(default=None, max_length=1000)
+    session_type: str = "sandbox"
+
+
+class ExecPublic(BaseModel):
+    kind: Literal["sandbox_exec"] = "sandbox_exec"
+    status: str  # completed | failed | timed_out | running
+    session_id: str
+    workspace: str | None = None
+    workspace_id: str | None = None
+    ephemeral: bool
+    command: str
+    background: bool
+    command_id: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    output: str = ""
+    output_truncated: bool = False
+
+
+class CommandPublic(BaseModel):
+    command_id: str
+    session_id: str
+    status: str  # queued | starting | running | completed | failed | killed | timed_out
+    pid: int | None = None
+    exit_code: int | None = None
+    command: str | None = None
+    cwd: str | None = None
+    user: str | None = None
+    started_at_epoch: int | None = None
+    finished_at_epoch: int | None = None
+    output_bytes: int = 0
+    output: str | None = None
+    output_truncated: bool = False
+
+
+class CommandsPublic(BaseModel):
+    commands: list[CommandPublic]
+
+
+class StdinCreate(RequestModel):
+    input: str = Field(max_length=16 * 1024 * 1024)
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    close: bool = False
+
+
+class StdinPublic(BaseModel):
+    command_id: str
+    session_id: str
+    written: int
+    closed: bool
+
+
+class KillCreate(RequestModel):
+    signal: str | int = "TERM"
+
+
+class KillPublic(BaseModel):
+    command_id: str
+    session_id: str
+    status: Literal["signal_sent"] = "signal_sent"
+    signal: str

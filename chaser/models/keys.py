@@ -1,0 +1,50 @@
+"""API key wire schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from chaser.models.common import RequestModel
+
+SCOPES = (
+    "sessions.read", "sessions.write", "exec.write", "files.read", "files.write",
+    "workspaces.read", "workspaces.write", "keys.read", "keys.write",
+)
+FULL_ACCESS = "full_access"
+
+
+class KeyCreate(RequestModel):
+    name: str | None = Field(default=None, max_length=200)
+    scopes: list[str] | None = None
+
+
+class KeyPublic(BaseModel):
+    id: str
+    key_prefix: str
+    name: str | None = None
+    scopes: list[str]
+    full_access: bool
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked: bool
+    revoked_at: datetime | None = None
+
+
+class KeysPublic(BaseModel):
+    keys: list[KeyPublic]
+
+
+class KeyCreatedPublic(BaseModel):
+    id: str
+    key: str  # shown once
+    key_prefix: str
+    name: str | None = None
+    scopes: list[str]
+    full_access: bool
+
+
+class KeyRevokedPublic(BaseModel):
+    id: str
+    revoked: bool = True

@@ -1,0 +1,129 @@
+"""API keys: `sk_` + token_urlsafe, stored only as a sha256 hash; scopes or full access."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from chaser import errors
+from chaser.models.keys import FULL_ACCESS, SCOPES
+from chaser.store import Account, ApiKey, Database
+from chaser.store.tables import PERSONAL_ACCOUNT_ID, utcnow
+
+KEY_PREFIX_CHARS = 11  # "sk_" + 8
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: one API key of one account."""
+
+    key_id: str
+    account_id: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    full_access: bool = False
+
+    def has(self, scope: str) -> bool:
+        return self.full_access or scope in self.scopes
+
+    def require(self, scope: str) -> None:
+        if not self.has(scope):
+            raise errors.Forbidden(f"this API key lacks the {scope!r} scope")
+
+
+@dataclass
+class CreatedKey:
+    row: ApiKey
+    key: str
+
+
+class KeyManager:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def ensure_account(self, account_id: str = PERSONAL_ACCOUNT_ID, name: str | None = None) -> None:
+        with self.db.session() as s:
+            if s.get(Account, account_id) is None:
+                s.add(Account(id=account_id, name=name or account_id))
+
+    def has_any_key(self, account_id: str = PERSONAL_ACCOUNT_ID) -> bool:
+        with self.db.session() as s:
+            return s.scalar(select(ApiKey.id).where(ApiKey.account_id == account_id).limit(1)) is not None
+
+    def create(
+        self,
+        *,
+        account_id: str = PERSONAL_ACCOUNT_ID,
+        name: str | None = None,
+        scopes: list[str] | None = None,
+        full_access: bool = False,
+    ) -> CreatedKey:
+        """Create a key without permission checks (server start-up, tests)."""
+        self.ensure_account(account_id)
+        key = "sk_" + secrets.token_urlsafe(32)
+        row = ApiKey(
+            id="key_" + secrets.token_hex(8), account_id=account_id, key_hash=hash_key(key),
+            key_prefix=key[:KEY_PREFIX_CHARS], name=name, scopes=sorted(set(scopes or [])),
+            full_access=full_access, created_at=utcnow(),
+        )
+        with self.db.session() as s:
+            s.add(row)
+        return CreatedKey(row=row, key=key)
+
+    def create_for(self, principal: Principal, *, name: str | None, scopes: list[str] | None) -> CreatedKey:
+        """A key created by `principal`: it can never grant more than it holds.
+        No scopes means "like me": full access for a full-access caller, else the caller's scopes."""
+        requested = set(scopes or [])
+        unknown = requested - set(SCOPES) - {FULL_ACCESS}
+        if unknown:
+            raise errors.InvalidRequest(f"unknown scopes: {', '.join(sorted(unknown))}; known: {', '.join(SCOPES)}")
+        full = FULL_ACCESS in requested or not requested and principal.full_access
+        requested.discard(FULL_ACCESS)
+        if full and not principal.full_access:
+            raise errors.Forbidden("only a full-access key can create a full-access key")
+        if not requested and not full:
+            requested = set(principal.scopes)
+        missing = {scope for scope in requested if not principal.has(scope)}
+        if missing:
+            raise errors.Forbidden(f"a key cannot grant scopes it lacks: {', '.join(sorted(missing))}")
+        return self.create(account_id=principal.account_id, name=name,
+                           scopes=[] if full else sorted(requested), full_access=full)
+
+    def authenticate(self, key: str | None) -> Principal:
+        if not key:
+            raise errors.Unauthorized("missing API key: send 'Authorization: Bearer sk_…'")
+        with self.db.session() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+            if row is None or row.revoked_at is not None:
+                raise errors.Unauthorized("invalid or revoked API key")
+            row.last_used_at = utcnow()
+            return Principal(key_id=row.id, account_id=row.account_id,
+                             scopes=frozenset(row.scopes or []), full_access=row.full_access)
+
+    def is_valid(self, key: str | None) -> bool:
+        try:
+            self.authenticate(key)
+            return True
+        except errors.Unauthorized:
+            return False
+
+    def list(self, account_id: str) -> list[ApiKey]:
+        with self.db.session() as s:
+            return list(s.scalars(select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.created_at)))
+
+    def revoke(self, principal: Principal, key_id: str) -> ApiKey:
+        with self.db.session() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == principal.account_id))
+            if row is None:
+                raise errors.NotFound(f"no API key {key_id!r}")
+            if row.full_access and not principal.full_access:
+                raise errors.Forbidden("only a full-access key can revoke a full-access key")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return row
