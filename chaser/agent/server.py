@@ -340,7 +340,14 @@ def announce_ready() -> None:
         pass
 
 
+# Imported before the agent answers: a template snapshot is taken after the
+# first answer, so every restored clone starts with these already in memory.
+WARM_MODULES = ("pty_session", "files", "relay", "selftest", "sandbox", "safepath")
+
+
 async def serve(token: str, port: int, sandbox_root=None) -> None:
+    for module in WARM_MODULES:
+        importlib.import_module("." + module, __package__)
     agent = Agent(token, sandbox_root)
     runner = web.AppRunner(agent.make_app(), access_log=None)
     await runner.setup()

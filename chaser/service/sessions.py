@@ -1,0 +1,451 @@
+"""Sessions: one microVM each. The state machine is
+
+    starting ──► running ──► terminated   (user, idle_timeout, max_lifetime, server_shutdown, server_restart)
+        │           └──────► failed       (vm_crashed)
+        └──────────────────► failed       (the VM did not start: end_reason = the error's code)
+
+Rows live in the store; the VMs of this process live in `SessionManager.live`.
+A per-session asyncio lock serialises start and stop; requests that use a VM do
+not take it (a long exec must not block a terminate) but run inside `using()`,
+which turns a VM stopped under them into 409 `session_not_running`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+
+from chaser import errors
+from chaser.config import Settings
+from chaser.models.sessions import BulkTerminateCreate, SessionCreate
+from chaser.service.images import DEFAULT_IMAGE, check_image_ref, resolve_image
+from chaser.service.keys import Principal
+from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager
+from chaser.store import Database, SessionRow, Workspace
+from chaser.store.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+ENDED_STATUSES = ("terminated", "failed")
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4")
+
+
+def session_not_running(session_id: str, status: str) -> errors.Conflict:
+    return errors.Conflict(f"session {session_id} is {status}, not running", code="session_not_running")
+
+
+@dataclass
+class LiveSession:
+    """A session whose VM belongs to this process."""
+
+    id: str
+    account_id: str
+    workspace_id: str | None
+    workspace_name: str | None
+    ephemeral: bool
+    image: str | None
+    proxy: str | None
+    expires_at: datetime
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    vm: object | None = None
+    terminating: bool = False
+    last_activity: float = field(default_factory=time.time)
+    active_requests: int = 0
+
+    def touch(self) -> None:
+        self.last_activity = time.time()
+
+
+def proxy_env(proxy: str | None) -> dict[str, str]:
+    if not proxy:
+        return {}
+    no_proxy = "localhost,127.0.0.1,::1"
+    return {
+        "http_proxy": proxy, "https_proxy": proxy, "all_proxy": proxy, "no_proxy": no_proxy,
+        "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "ALL_PROXY": proxy, "NO_PROXY": no_proxy,
+    }
+
+
+def check_proxy(proxy: str | None) -> str | None:
+    if proxy is None or proxy == "":
+        return None
+    parts = urlsplit(proxy)
+    if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
+        raise errors.InvalidRequest(f"proxy must be a URL like http://host:port (schemes: {', '.join(PROXY_SCHEMES)})")
+    return proxy
+
+
+class SessionManager:
+    def __init__(self, db: Database, settings: Settings, runtime, workspaces: WorkspaceManager) -> None:
+        self.db = db
+        self.settings = settings
+        self.runtime = runtime
+        self.workspaces = workspaces
+        self.live: dict[str, LiveSession] = {}
+        self._workspace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._closing = False
+
+    # --- queries -------------------------------------------------------------
+    def get(self, principal: Principal, session_id: str) -> SessionRow:
+        return self.get_in_account(principal.account_id, session_id)
+
+    def get_in_account(self, account_id: str, session_id: str) -> SessionRow:
+        with self.db.session() as s:
+            row = s.scalar(select(SessionRow).where(SessionRow.id == session_id, SessionRow.account_id == account_id))
+        if row is None:
+            raise errors.NotFound(f"no session {session_id!r}", code="session_not_found")
+        return row
+
+    def list(self, principal: Principal, *, status: str = "active") -> list[SessionRow]:
+        query = select(SessionRow).where(SessionRow.account_id == principal.account_id)
+        if status == "active":
+            query = query.where(SessionRow.status.in_(ACTIVE_STATUSES))
+        elif status != "all":
+            query = query.where(SessionRow.status == status)
+        with self.db.session() as s:
+            return list(s.scalars(query.order_by(SessionRow.created_at)))
+
+    def workspace_name(self, row: SessionRow) -> str | None:
+        if row.workspace_id is None:
+            return None
+        live = self.live.get(row.id)
+        if live is not None:
+            return live.workspace_name
+        with self.db.session() as s:
+            workspace = s.get(Workspace, row.workspace_id)
+        return (workspace.name or workspace.id) if workspace else None
+
+    # --- create --------------------------------------------------------------
+    def resolve_workspace_ref(self, principal: Principal, *, ephemeral: bool, workspace: str | None,
+                              image: str | None) -> Workspace | None:
+        """The workspace a request targets, per the rules shared by sessions and /v1/exec."""
+        if image is not None and workspace is not None:
+            raise errors.InvalidRequest("pass either workspace or image, not both: a workspace carries its own image")
+        if ephemeral:
+            if workspace is not None:
+                raise errors.InvalidRequest("an ephemeral session has no workspace; pass one of ephemeral or workspace")
+            return None
+        if image is not None:
+            raise errors.InvalidRequest("image is only accepted with ephemeral: true; set the image on the workspace")
+        if workspace is None:
+            default = self.settings.default_workspace
+            if not default:
+                raise errors.WorkspaceRequired("pass a workspace, or ephemeral: true")
+            found = self.workspaces.find_in_account(principal.account_id, default)
+            if found is None:  # the configured default is created on first use
+                try:
+                    found = self.workspaces.create_row(account_id=principal.account_id, name=default)
+                except errors.Conflict:
+                    found = self.workspaces.get_in_account(principal.account_id, default)
+            return found
+        return self.workspaces.get(principal, workspace)
+
+    async def create(self, principal: Principal, request: SessionCreate) -> SessionRow:
+        if request.session_type != "sandbox":
+            raise errors.UnsupportedSessionType(
+                f"session_type {request.session_type!r} is not supported here; only 'sandbox'")
+        if request.github_repo is not None:
+            raise errors.InvalidRequest("github_repo is not supported")
+        max_lifetime = self.settings.session_max_lifetime_s
+        if request.ttl_seconds is not None and not 1 <= request.ttl_seconds <= max_lifetime:
+            raise errors.InvalidRequest(f"ttl_seconds must be between 1 and {max_lifetime}")
+        proxy = check_proxy(request.proxy)
+        workspace = self.resolve_workspace_ref(principal, ephemeral=request.ephemeral,
+                                               workspace=request.workspace, image=request.image)
+        live = await self._start(principal, workspace=workspace, image=request.image, env=request.env or {},
+                                 proxy=proxy, ttl_seconds=request.ttl_seconds, reuse=False)
+        return self.get(principal, live.id)
+
+    async def ensure_for_workspace(self, principal: Principal, workspace: Workspace) -> LiveSession:
+        """The workspace's running session, started if there is none (for /v1/exec)."""
+        return await self._start(principal, workspace=workspace, image=None, env={}, proxy=None,
+                                 ttl_seconds=None, reuse=True)
+
+    async def create_ephemeral(self, principal: Principal, *, image: str | None) -> LiveSession:
+        return await self._start(principal, workspace=None, image=image, env={}, proxy=None,
+                                 ttl_seconds=None, reuse=False)
+
+    async def _start(self, principal: Principal, *, workspace: Workspace | None, image: str | None,
+                     env: dict[str, str], proxy: str | None, ttl_seconds: int | None, reuse: bool) -> LiveSession:
+        if self._closing:
+            raise errors.SandboxRuntimeError("the server is shutting down")
+        image_ref = workspace.image if workspace is not None else check_image_ref(image)
+        image_disk = await resolve_image(image_ref, runtime=self.runtime)
+        now = utcnow()
+        session_id = "ses_" + secrets.token_hex(12)
+        live = LiveSession(
+            id=session_id, account_id=principal.account_id,
+            workspace_id=workspace.id if workspace else None,
+            workspace_name=(workspace.name or workspace.id) if workspace else None,
+            ephemeral=workspace is None, image=image_ref or DEFAULT_IMAGE, proxy=proxy,
+            expires_at=now + timedelta(seconds=ttl_seconds or self.settings.session_max_lifetime_s),
+        )
+        row = SessionRow(
+            id=session_id, account_id=principal.account_id, workspace_id=live.workspace_id,
+            session_type="sandbox", status="starting", ephemeral=live.ephemeral, image=live.image,
+            env=env, proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
+        )
+        await live.lock.acquire()
+        try:
+            if workspace is not None:
+                async with self._workspace_locks[workspace.id]:
+                    existing = self._active_for_workspace(workspace)
+                    if existing is not None:
+                        if not reuse:
+                            raise errors.Conflict(
+                                f"workspace {live.workspace_name} already has a running session {existing.id}",
+                                code="workspace_busy")
+                        live.lock.release()
+                        return await self._wait_running(existing)
+                    self._insert(row, live)
+            else:
+                self._insert(row, live)
+            await self._boot(live, image_disk=image_disk, env=env)
+            return live
+        finally:
+            if live.lock.locked():
+                live.lock.release()
+
+    def _insert(self, row: SessionRow, live: LiveSession) -> None:
+        with self.db.session() as s:
+            s.add(row)
+        self.live[live.id] = live
+
+    def _active_for_workspace(self, workspace: Workspace) -> LiveSession | None:
+        for live in self.live.values():
+            if live.workspace_id == workspace.id and not live.terminating:
+                return live
+        return None
+
+    async def _wait_running(self, live: LiveSession) -> LiveSession:
+        async with live.lock:  # held while it starts
+            pass
+        if self.live.get(live.id) is not live or live.terminating or live.vm is None:
+            raise session_not_running(live.id, "not running")
+        return live
+
+    async def _boot(self, live: LiveSession, *, image_disk, env: dict[str, str]) -> None:
+        from chaser.vm.runtime import VMSpec
+
+        writable = None
+        if live.workspace_id is not None:
+            writable = self.workspaces.disk_path(live.workspace_id)
+            writable.parent.mkdir(parents=True, exist_ok=True)
+        vm_env = {
+            **proxy_env(live.proxy),
+            "CHASER_MODE": "sandbox",
+            "CHASER_WORKSPACE_ROOT": "/workspace",
+            "CHASER_WORKSPACE_ID": live.workspace_id or "",
+            "CHASER_RUNTIME_ENV": "microvm",
+            **env,
+        }
+        spec = VMSpec(image_disk=image_disk, writable_disk=writable,
+                      writable_size_bytes=self.settings.writable_size_bytes,
+                      session_id=live.id, env=vm_env, hostname="sandbox")
+        started = time.monotonic()
+        try:
+            vm = await self.runtime.start(spec)
+        except BaseException as exc:
+            self.live.pop(live.id, None)
+            failure = exc if isinstance(exc, errors.ChaserError) else errors.SandboxRuntimeError(
+                f"the VM could not start: {type(exc).__name__}: {exc}")
+            self._finish_row(live.id, status="failed", reason=failure.code, message=failure.message)
+            log.warning("session %s failed to start: %s", live.id, failure.message)
+            if isinstance(exc, (errors.ChaserError, asyncio.CancelledError)) or not isinstance(exc, Exception):
+                raise
+            raise failure from exc
+        live.vm = vm
+        live.touch()
+        with self.db.session() as s:
+            row = s.get(SessionRow, live.id)
+            row.status = "running"
+            row.vm_id = getattr(vm, "id", None)
+        log.info("session %s running (vm %s, %s boot, %.2fs)", live.id, getattr(vm, "id", "?"),
+                 getattr(vm, "boot_method", "?"), time.monotonic() - started)
+
+    def _finish_row(self, session_id: str, *, status: str, reason: str, message: str | None = None) -> None:
+        with self.db.session() as s:
+            row = s.get(SessionRow, session_id)
+            if row is None or row.status in ENDED_STATUSES:
+                return
+            row.status = status
+            row.end_reason = reason
+            row.failure_message = message
+            row.ended_at = utcnow()
+
+    # --- use -----------------------------------------------------------------
+    async def live_session(self, principal: Principal, session_id: str) -> LiveSession:
+        """The running session, or 404 / 409 session_not_running / 503 vm_crashed."""
+        row = self.get(principal, session_id)
+        live = self.live.get(session_id)
+        if live is not None and row.status == "starting":
+            await self._wait_running(live)
+            row = self.get(principal, session_id)
+        if live is None or live.terminating or live.vm is None or row.status != "running":
+            raise session_not_running(session_id, row.status if row.status != "running" else "stopping")
+        if live.vm.crashed:
+            await self._mark_crashed(live)
+            raise errors.VMCrashed(live.vm.exit_reason or "the VM stopped unexpectedly")
+        live.touch()
+        return live
+
+    @asynccontextmanager
+    async def using(self, live: LiveSession) -> AsyncIterator[object]:
+        """Run a request against the VM; a VM stopped meanwhile becomes a clean error."""
+        live.active_requests += 1
+        try:
+            yield live.vm
+        except errors.VMCrashed:
+            if live.terminating or self.live.get(live.id) is not live:
+                raise session_not_running(live.id, "terminated") from None
+            await self._mark_crashed(live)
+            raise
+        finally:
+            live.active_requests -= 1
+            live.touch()
+
+    async def _mark_crashed(self, live: LiveSession) -> None:
+        reason = getattr(live.vm, "exit_reason", None) or "the VM stopped unexpectedly"
+        log.warning("session %s: VM crashed: %s", live.id, reason)
+        await self._stop(live, force=True, status="failed", reason="vm_crashed", message=reason)
+
+    # --- stop ----------------------------------------------------------------
+    async def terminate(self, principal: Principal, session_id: str, *, force: bool = False) -> SessionRow:
+        """Idempotent: terminating an ended session answers its current state."""
+        row = self.get(principal, session_id)
+        live = self.live.get(session_id)
+        if live is not None:
+            await self._stop(live, force=force, status="terminated", reason="terminated")
+        elif row.status in ACTIVE_STATUSES:  # no VM in this process: the row is stale
+            self._finish_row(session_id, status="terminated", reason="terminated")
+        return self.get(principal, session_id)
+
+    async def _stop(self, live: LiveSession, *, force: bool, status: str, reason: str,
+                    message: str | None = None) -> None:
+        live.terminating = True
+        async with live.lock:
+            if self.live.get(live.id) is not live:
+                return  # stopped by someone else meanwhile
+            vm = live.vm
+            # Ephemeral disks are thrown away, so only a workspace's VM needs the slow, flushing stop.
+            graceful = not force and not live.ephemeral
+            try:
+                if vm is not None:
+                    await vm.stop(graceful=graceful)
+            except Exception:  # noqa: BLE001 - the row must end whatever the VM did
+                log.exception("session %s: stopping its VM failed", live.id)
+            finally:
+                self.live.pop(live.id, None)
+                self._finish_row(live.id, status=status, reason=reason, message=message)
+        log.info("session %s %s (%s)", live.id, status, reason)
+
+    async def bulk_terminate(self, principal: Principal, request: BulkTerminateCreate
+                             ) -> tuple[list[str], list[tuple[str, str, str]]]:
+        targets: dict[str, None] = {}
+        failed: list[tuple[str, str, str]] = []
+        if request.session_type not in (None, "sandbox"):
+            return [], []
+        for session_id in request.ids or []:
+            targets[session_id] = None
+        for ref in request.workspaces or []:
+            try:
+                workspace = self.workspaces.get(principal, ref)
+            except errors.ChaserError as exc:
+                failed.append((ref, exc.code, exc.message))
+                continue
+            for live in list(self.live.values()):
+                if live.workspace_id == workspace.id and live.account_id == principal.account_id:
+                    targets[live.id] = None
+        if request.all:
+            for row in self.list(principal, status="active"):
+                targets[row.id] = None
+
+        async def one(session_id: str):
+            try:
+                await self.terminate(principal, session_id, force=request.force)
+                return session_id, None
+            except errors.ChaserError as exc:
+                return session_id, exc
+
+        terminated = []
+        for session_id, exc in await asyncio.gather(*(one(t) for t in targets)):
+            if exc is None:
+                terminated.append(session_id)
+            else:
+                failed.append((session_id, exc.code, exc.message))
+        return terminated, failed
+
+    async def stop_workspace_sessions(self, principal: Principal, workspace: Workspace, *, force: bool) -> None:
+        async with self._workspace_locks[workspace.id]:
+            active = [live for live in self.live.values() if live.workspace_id == workspace.id]
+            if active and not force:
+                raise errors.Conflict(
+                    f"workspace {workspace.name or workspace.id} has a running session {active[0].id}; "
+                    "terminate it first or pass force=true", code="workspace_busy")
+            for live in active:
+                await self._stop(live, force=True, status="terminated", reason="workspace_deleted")
+            with self.db.session() as s:  # stale rows of an earlier process
+                for row in s.scalars(select(SessionRow).where(SessionRow.workspace_id == workspace.id,
+                                                              SessionRow.status.in_(ACTIVE_STATUSES))):
+                    row.status, row.end_reason, row.ended_at = "terminated", "workspace_deleted", utcnow()
+
+    # --- lifetime ------------------------------------------------------------
+    def recover_on_start(self) -> int:
+        """Sessions left running by an earlier process cannot be reattached: end them."""
+        count = 0
+        with self.db.session() as s:
+            for row in s.scalars(select(SessionRow).where(SessionRow.status.in_(ACTIVE_STATUSES))):
+                if row.id in self.live:
+                    continue
+                row.status, row.end_reason, row.ended_at = "terminated", "server_restart", utcnow()
+                count += 1
+        if count:
+            log.warning("marked %d sessions of an earlier server process terminated (server_restart)", count)
+        return count
+
+    async def reap_once(self) -> list[tuple[str, str]]:
+        """One pass of the reaper: crashed VMs, idle sessions, sessions past their lifetime."""
+        now = time.time()
+        ended: list[tuple[str, str]] = []
+        for live in list(self.live.values()):
+            if live.vm is None or live.terminating:
+                continue
+            if live.vm.crashed:
+                await self._mark_crashed(live)
+                ended.append((live.id, "vm_crashed"))
+            elif now >= live.expires_at.timestamp():
+                await self._stop(live, force=False, status="terminated", reason="max_lifetime")
+                ended.append((live.id, "max_lifetime"))
+            elif live.active_requests == 0 and now - live.last_activity >= self.settings.session_idle_timeout_s:
+                await self._stop(live, force=False, status="terminated", reason="idle_timeout")
+                ended.append((live.id, "idle_timeout"))
+        return ended
+
+    async def reaper(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap_once()
+            except Exception:  # noqa: BLE001 - the reaper must keep running
+                log.exception("session reaper pass failed")
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        await asyncio.gather(
+            *(self._stop(live, force=False, status="terminated", reason="server_shutdown")
+              for live in list(self.live.values())),
+            return_exceptions=True,
+        )
+        stop_all = getattr(self.runtime, "stop_all", None)
+        if stop_all is not None:
+            await stop_all()
