@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -45,7 +46,10 @@ class Settings(BaseSettings):
     public_url: str | None = None
     base_domain: str | None = None
     # Local CLI config written by `chaser server` on first start (api_url + api_key).
-    config_file: Path = Path.home() / ".config" / "chaser" / "config.json"
+    config_file: Path = Field(
+        default=Path.home() / ".config" / "chaser" / "config.json",
+        validation_alias=AliasChoices("CHASER_CONFIG", "CHASER_CONFIG_FILE", "config_file"),
+    )
     # Workspace used by sessions and /v1/exec that name neither a workspace nor ephemeral.
     default_workspace: str | None = None
 

@@ -184,14 +184,26 @@ class FileService:
         if kind == "file" and int(info.get("size") or 0) > self.limit:
             raise too_large(self.limit)
         limit = self.limit
+        # Open the agent stream and take its first chunk now: a failure still becomes a JSON error.
+        chunks = self._stream(live, path, limit)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = b""
 
         async def stream() -> AsyncIterator[bytes]:
-            sent = 0
-            async with self.sessions.using(live) as vm:
-                async for chunk in vm.agent.stream_file(path):
-                    sent += len(chunk)
-                    if sent > limit:  # grew (or a symlink to something big): stop at the limit
-                        return
-                    yield chunk
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
 
         return stream()
+
+    async def _stream(self, live: LiveSession, path: str, limit: int) -> AsyncIterator[bytes]:
+        sent = 0
+        async with self.sessions.using(live) as vm:
+            async for chunk in vm.agent.stream_file(path):
+                sent += len(chunk)
+                if sent > limit:  # grew meanwhile, or a symlink to something big: abort the transfer
+                    raise too_large(limit)
+                yield chunk

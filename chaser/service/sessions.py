@@ -199,6 +199,8 @@ class SessionManager:
         try:
             if workspace is not None:
                 async with self._workspace_locks[workspace.id]:
+                    if self.workspaces.find_in_account(principal.account_id, workspace.id) is None:
+                        raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
                     existing = self._active_for_workspace(workspace)
                     if existing is not None:
                         if not reuse:
@@ -385,7 +387,8 @@ class SessionManager:
                 failed.append((session_id, exc.code, exc.message))
         return terminated, failed
 
-    async def stop_workspace_sessions(self, principal: Principal, workspace: Workspace, *, force: bool) -> None:
+    async def delete_workspace(self, principal: Principal, workspace: Workspace, *, force: bool) -> None:
+        """Delete a workspace and its disk; its running session blocks this (409) unless `force`."""
         async with self._workspace_locks[workspace.id]:
             active = [live for live in self.live.values() if live.workspace_id == workspace.id]
             if active and not force:
@@ -398,6 +401,8 @@ class SessionManager:
                 for row in s.scalars(select(SessionRow).where(SessionRow.workspace_id == workspace.id,
                                                               SessionRow.status.in_(ACTIVE_STATUSES))):
                     row.status, row.end_reason, row.ended_at = "terminated", "workspace_deleted", utcnow()
+            self.workspaces.delete_row(workspace)
+        self._workspace_locks.pop(workspace.id, None)
 
     # --- lifetime ------------------------------------------------------------
     def recover_on_start(self) -> int:

@@ -47,6 +47,8 @@ def api_command(func: F) -> F:
             fail(exc.code, exc.message)
         except BrokenPipeError:  # `chaser … | head`
             raise typer.Exit(0) from None
+        except KeyboardInterrupt:  # e.g. leaving `commands logs -f`
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -82,18 +84,19 @@ def console() -> Console:
 def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str]], *, empty: str) -> None:
     """A Rich table of `columns` ((key, header) pairs) over `rows`."""
     from rich.table import Table
+    from rich.text import Text
 
     rows = list(rows)
     out = console()
     if not rows:
-        out.print(empty)
+        out.print(empty, markup=False)
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     for _, header in columns:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*(format_value(row.get(key)) for key, _ in columns))
-    out.print(table)
+        table.add_row(*(Text(format_value(row.get(key))) for key, _ in columns))
+    out.print(table, markup=False)
 
 
 def print_fields(payload: dict[str, Any], keys: Sequence[str] | None = None) -> None:

@@ -134,7 +134,7 @@ def command_stdin(
     if as_json:
         print_json(result)
     else:
-        console().print(f"sent to {command_id}" + (" and closed stdin" if close else ""))
+        console().print(f"sent to {command_id}" + (" and closed stdin" if close else ""), markup=False)
 
 
 @app.command("kill")
@@ -152,4 +152,4 @@ def kill_command(
     if as_json:
         print_json(result)
     else:
-        console().print(f"signalled {command_id}" + (f" ({signal})" if signal else ""))
+        console().print(f"signalled {command_id}" + (f" ({signal})" if signal else ""), markup=False)

@@ -30,7 +30,7 @@ def upload_command(
     if as_json:
         print_json(result)
     else:
-        console().print(f"uploaded {result.get('size', '?')} bytes to {result.get('path', destination)}")
+        console().print(f"uploaded {result.get('size', '?')} bytes to {result.get('path', destination)}", markup=False)
 
 
 @api_command
@@ -54,4 +54,4 @@ def download_command(
     if as_json:
         print_json({"path": str(target), "size": size})
     else:
-        console().print(f"downloaded {size} bytes to {target}")
+        console().print(f"downloaded {size} bytes to {target}", markup=False)

@@ -58,4 +58,4 @@ def revoke_key(key_id: str = typer.Argument(..., metavar="ID"), as_json: bool = 
     if as_json:
         print_json(result or {"id": key_id, "revoked": True})
     else:
-        console().print(f"revoked {key_id}")
+        console().print(f"revoked {key_id}", markup=False)

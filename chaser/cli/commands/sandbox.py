@@ -37,4 +37,6 @@ def sandbox_command(
         details.append(f"workspace {session['workspace_id']}")
     if session.get("image"):
         details.append(f"image {session['image']}")
-    console().print(f"session [bold]{session['id']}[/bold] ({', '.join(details)}) is now the current session")
+    from rich.markup import escape
+
+    console().print(f"session [bold]{escape(session['id'])}[/bold] ({escape(', '.join(details))}) is now the current session")

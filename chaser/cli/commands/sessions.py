@@ -78,7 +78,7 @@ def terminate_session(
     if as_json:
         print_json(result or {"id": session_id, "status": "terminated"})
     else:
-        console().print(f"terminated {session_id}")
+        console().print(f"terminated {session_id}", markup=False)
 
 
 @app.command("self-test")
@@ -93,22 +93,22 @@ def self_test(session_id: Optional[str] = IdArgument, as_json: bool = JsonOption
         return
     runtime = report.get("runtime") or {}
     out = console()
-    out.print(f"[bold]{report.get('status', '?')}[/bold] session {report.get('session_id', session_id)}")
+    out.print(f"{report.get('status', '?')} session {report.get('session_id', session_id)}", markup=False)
     for key in ("cwd", "home", "user", "shell", "term", "lang"):
         if key in runtime:
-            out.print(f"  {key}: {format_value(runtime[key])}")
+            out.print(f"  {key}: {format_value(runtime[key])}", markup=False)
     if runtime.get("path_entries"):
-        out.print("  path:")
+        out.print("  path:", markup=False)
         for entry in runtime["path_entries"]:
-            out.print(f"    {entry}")
+            out.print(f"    {entry}", markup=False)
     versions = runtime.get("tool_versions") or {}
     tools = runtime.get("tools") or {}
     if tools or versions:
-        out.print("  tools:")
+        out.print("  tools:", markup=False)
         for name in sorted(set(tools) | set(versions)):
-            out.print(f"    {name}: {format_value(versions.get(name) or tools.get(name))}")
+            out.print(f"    {name}: {format_value(versions.get(name) or tools.get(name))}", markup=False)
     for key, value in sorted((runtime.get("chaser") or {}).items()):
-        out.print(f"  chaser.{key}: {format_value(value)}")
+        out.print(f"  chaser.{key}: {format_value(value)}", markup=False)
 
 
 @app.command("bulk-terminate")
@@ -135,10 +135,10 @@ def bulk_terminate(
     else:
         out = console()
         for session_id in result.get("terminated") or []:
-            out.print(f"terminated {session_id}")
+            out.print(f"terminated {session_id}", markup=False)
         for failure in result.get("failed") or []:
-            out.print(f"failed {failure.get('id')}: {failure.get('code')}: {failure.get('message')}")
+            out.print(f"failed {failure.get('id')}: {failure.get('code')}: {failure.get('message')}", markup=False)
         if not result.get("terminated") and not result.get("failed"):
-            out.print("no sessions matched")
+            out.print("no sessions matched", markup=False)
     if result.get("failed"):
         raise typer.Exit(1)

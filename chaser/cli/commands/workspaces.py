@@ -35,8 +35,10 @@ def create_workspace(
     if as_json:
         print_json(workspace)
     else:
+        from rich.markup import escape
+
         label = f" ({workspace['name']})" if workspace.get("name") else ""
-        console().print(f"workspace [bold]{workspace.get('id')}[/bold]{label} created")
+        console().print(f"workspace [bold]{escape(str(workspace.get('id')))}[/bold]{escape(label)} created")
 
 
 @app.command("list")
@@ -81,4 +83,4 @@ def delete_workspace(
     if as_json:
         print_json(result or {"id": workspace, "deleted": True})
     else:
-        console().print(f"deleted workspace {workspace}")
+        console().print(f"deleted workspace {workspace}", markup=False)

@@ -1,0 +1,80 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from chaser.api.deps import Services
+from chaser.api.errors import RequestIdMiddleware, install_error_handlers
+from chaser.config import Settings, get_settings
+from chaser.service.commands import CommandService
+from chaser.service.files import FileService
+from chaser.service.keys import KeyManager
+from chaser.service.sessions import SessionManager
+from chaser.service.workspaces import WorkspaceManager
+from chaser.store import Database
+
+log = logging.getLogger("chaser.api")
+REAPER_INTERVAL_S = 5.0
+
+
+def build_services(settings: Settings, runtime=None) -> Services:
+    """Open the database (migrated to head) and wire the services; the runtime may come later."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url)
+    db.upgrade()
+    keys = KeyManager(db)
+    keys.ensure_account()
+    workspaces = WorkspaceManager(db, settings)
+    sessions = SessionManager(db, settings, runtime, workspaces)
+    return Services(settings=settings, db=db, keys=keys, workspaces=workspaces, sessions=sessions,
+                    commands=CommandService(sessions, settings), files=FileService(sessions, settings))
+
+
+def create_app(settings: Settings | None = None, runtime=None, *, reaper_interval: float = REAPER_INTERVAL_S) -> FastAPI:
+    settings = settings or get_settings()
+    services = build_services(settings, runtime)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if services.sessions.runtime is None:
+            from chaser.vm.runtime import Runtime
+
+            services.sessions.runtime = Runtime(settings)  # also kills QEMUs a dead server left behind
+        services.sessions.recover_on_start()
+        reaper = asyncio.create_task(services.sessions.reaper(reaper_interval), name="session-reaper")
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await services.sessions.shutdown()
+            services.db.dispose()
+
+    app = FastAPI(
+        title="Chaser API",
+        version="0.1.0",
+        description="Sandbox sessions in microVMs. Errors are `{\"code\", \"message\"}`; "
+                    "every response carries `x-request-id`.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    from chaser.api.routes import commands, exec, files, keys, sessions, workspaces
+
+    for module in (sessions, exec, commands, files, workspaces, keys):
+        app.include_router(module.router)
+
+    @app.get("/health", tags=["meta"], summary="Liveness probe (no auth)")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

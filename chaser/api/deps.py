@@ -1,0 +1,78 @@
+"""Dependencies: the service container, the caller's key, scope checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from chaser import errors
+from chaser.config import Settings
+from chaser.service.commands import CommandService
+from chaser.service.files import FileService
+from chaser.service.keys import KeyManager, Principal
+from chaser.service.sessions import SessionManager
+from chaser.service.workspaces import WorkspaceManager
+from chaser.store import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    keys: KeyManager
+    workspaces: WorkspaceManager
+    sessions: SessionManager
+    commands: CommandService
+    files: FileService
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sk_…`")
+
+
+async def current_principal(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        header = request.headers.get("authorization")
+        raise errors.Unauthorized("missing API key: send 'Authorization: Bearer sk_…'" if not header
+                                  else "the Authorization header must be 'Bearer <API key>'")
+    principal = services.keys.authenticate(credentials.credentials)
+    account = request.headers.get("x-chaser-account")
+    if account is not None and account.strip() and account.strip() != principal.account_id:
+        raise errors.Forbidden(f"this API key has no access to account {account.strip()!r}")
+    return principal
+
+
+def require(scope: str):
+    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        principal.require(scope)
+        return principal
+
+    check.__name__ = f"require_{scope.replace('.', '_')}"
+    return Depends(check)
+
+
+CurrentKey = Annotated[Principal, Depends(current_principal)]
+SessionsRead = Annotated[Principal, require("sessions.read")]
+SessionsWrite = Annotated[Principal, require("sessions.write")]
+ExecWrite = Annotated[Principal, require("exec.write")]
+FilesRead = Annotated[Principal, require("files.read")]
+FilesWrite = Annotated[Principal, require("files.write")]
+WorkspacesRead = Annotated[Principal, require("workspaces.read")]
+WorkspacesWrite = Annotated[Principal, require("workspaces.write")]
+KeysRead = Annotated[Principal, require("keys.read")]
+KeysWrite = Annotated[Principal, require("keys.write")]
+
+
+def base_url(request: Request, services: Services) -> str:
+    return (services.settings.public_url or str(request.base_url)).rstrip("/")

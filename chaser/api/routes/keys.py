@@ -1,0 +1,39 @@
+"""`/v1/keys`: list, create (shown once), revoke."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body
+
+from chaser.api.deps import KeysRead, KeysWrite, ServicesDep
+from chaser.api.routes import ERROR_RESPONSES
+from chaser.models import KeyCreate, KeyCreatedPublic, KeyPublic, KeyRevokedPublic, KeysPublic
+from chaser.store import ApiKey
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)
+
+
+def key_public(row: ApiKey) -> KeyPublic:
+    return KeyPublic(id=row.id, key_prefix=row.key_prefix, name=row.name, scopes=list(row.scopes or []),
+                     full_access=row.full_access, created_at=row.created_at, last_used_at=row.last_used_at,
+                     revoked=row.revoked_at is not None, revoked_at=row.revoked_at)
+
+
+@router.get("", response_model=KeysPublic, summary="List the account's API keys")
+async def list_keys(services: ServicesDep, principal: KeysRead) -> KeysPublic:
+    return KeysPublic(keys=[key_public(row) for row in services.keys.list(principal.account_id)])
+
+
+@router.post("", response_model=KeyCreatedPublic, summary="Create an API key (the key is shown only here)")
+async def create_key(services: ServicesDep, principal: KeysWrite,
+                     body: KeyCreate | None = Body(default=None)) -> KeyCreatedPublic:
+    body = body or KeyCreate()
+    created = services.keys.create_for(principal, name=body.name, scopes=body.scopes)
+    row = created.row
+    return KeyCreatedPublic(id=row.id, key=created.key, key_prefix=row.key_prefix, name=row.name,
+                            scopes=list(row.scopes or []), full_access=row.full_access)
+
+
+@router.delete("/{key_id}", response_model=KeyRevokedPublic, summary="Revoke an API key")
+async def revoke_key(key_id: str, services: ServicesDep, principal: KeysWrite) -> KeyRevokedPublic:
+    row = services.keys.revoke(principal, key_id)
+    return KeyRevokedPublic(id=row.id, revoked=True)

@@ -1,0 +1,75 @@
+"""`/v1/sessions`: create, list, get, terminate, bulk-terminate, self-test."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Body, Query, Request
+
+from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
+from chaser.api.routes import SESSION_ERROR_RESPONSES
+from chaser.models import (
+    BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic, Endpoints, SelfTestPublic, SessionCreate,
+    SessionPublic, SessionsPublic,
+)
+from chaser.store import SessionRow
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=SESSION_ERROR_RESPONSES)
+
+
+def session_public(row: SessionRow, url: str) -> SessionPublic:
+    return SessionPublic(
+        id=row.id, created_at=row.created_at, status=row.status,
+        endpoints=Endpoints(control=f"{url}/v1/sessions/{row.id}"), workspace_id=row.workspace_id,
+        persistence=row.workspace_id is not None, ephemeral=row.ephemeral, image=row.image,
+        expires_at=row.expires_at, ended_at=row.ended_at, end_reason=row.end_reason,
+    )
+
+
+@router.post("", response_model=SessionPublic, summary="Create a session (answers once the VM is ready)")
+async def create_session(request: Request, services: ServicesDep, principal: SessionsWrite,
+                         body: SessionCreate | None = Body(default=None)) -> SessionPublic:
+    row = await services.sessions.create(principal, body or SessionCreate())
+    return session_public(row, base_url(request, services))
+
+
+@router.get("", response_model=SessionsPublic, summary="List sessions (active ones unless status is given)")
+async def list_sessions(
+    request: Request, services: ServicesDep, principal: SessionsRead,
+    status: Literal["active", "all", "starting", "running", "terminated", "failed"] = Query("active"),
+) -> SessionsPublic:
+    rows = services.sessions.list(principal, status=status)
+    url = base_url(request, services)
+    return SessionsPublic(sessions=[session_public(row, url) for row in rows], total=len(rows))
+
+
+@router.post("/bulk-terminate", response_model=BulkTerminatePublic, summary="Terminate many sessions")
+async def bulk_terminate(services: ServicesDep, principal: SessionsWrite, body: BulkTerminateCreate) -> BulkTerminatePublic:
+    terminated, failed = await services.sessions.bulk_terminate(principal, body)
+    return BulkTerminatePublic(terminated=terminated, failed=[
+        BulkTerminateFailure(id=item_id, code=code, message=message) for item_id, code, message in failed])
+
+
+@router.get("/{session_id}", response_model=SessionPublic, summary="Get a session")
+async def get_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead) -> SessionPublic:
+    row = services.sessions.get(principal, session_id)
+    if row.status == "running":
+        live = services.sessions.live.get(session_id)
+        if live is not None and live.vm is not None and live.vm.crashed:
+            await services.sessions.reap_once()
+            row = services.sessions.get(principal, session_id)
+    return session_public(row, base_url(request, services))
+
+
+@router.delete("/{session_id}", response_model=SessionPublic,
+               summary="Terminate a session (idempotent; force=true kills the VM at once)")
+async def terminate_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsWrite,
+                            force: bool = Query(False)) -> SessionPublic:
+    row = await services.sessions.terminate(principal, session_id, force=force)
+    return session_public(row, base_url(request, services))
+
+
+@router.post("/{session_id}/self-test", response_model=SelfTestPublic, summary="What a process sees inside the sandbox")
+async def self_test(session_id: str, services: ServicesDep, principal: SessionsRead) -> SelfTestPublic:
+    live = await services.sessions.live_session(principal, session_id)
+    return await services.commands.self_test(live)
