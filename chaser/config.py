@@ -53,6 +53,21 @@ class Settings(BaseSettings):
     # Workspace used by sessions and /v1/exec that name neither a workspace nor ephemeral.
     default_workspace: str | None = None
 
+    # --- images (chaser/images) ---
+    # Largest image accepted: sum of its compressed layer sizes, checked before pulling (413).
+    image_max_bytes: int = 8 * GIB
+    # `prune` removes unused images, least recently used first, until the cache fits.
+    image_cache_budget_bytes: int = 50 * GIB
+    image_pull_timeout_s: int = 1800
+    # Registries (host[:port]) reached over plain HTTP / without TLS verification.
+    registries_insecure: list[str] = []
+    # auth.json (containers-auth.json format); default: skopeo's lookup (REGISTRY_AUTH_FILE, …).
+    registry_auth_file: Path | None = None
+    # Per-registry credentials: {"host[:port]": "user:password"}; win over the auth file.
+    registry_credentials: dict[str, str] = {}
+    # Allow `oci:`, `oci-archive:`, `docker-archive:` references (host paths) through the API.
+    images_allow_local_sources: bool = False
+
     @property
     def guest_dir(self) -> Path:
         return self.home / "guest"

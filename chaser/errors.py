@@ -139,3 +139,10 @@ class AgentError(ChaserError):
     def __init__(self, message: str, *, code: str, status: int) -> None:
         super().__init__(message, code=code)
         self.status = status
+
+
+class ImageConversionFailed(ChaserError):
+    """Unpacking or converting an image to a disk failed on this host."""
+
+    code = "image_conversion_failed"
+    status = 500

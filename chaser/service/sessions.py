@@ -285,6 +285,12 @@ class SessionManager:
             row.failure_message = message
             row.ended_at = utcnow()
 
+    async def check_crashed(self, session_id: str) -> None:
+        """Record a crash noticed on a read (the reaper would catch it a few seconds later)."""
+        live = self.live.get(session_id)
+        if live is not None and live.vm is not None and not live.terminating and live.vm.crashed:
+            await self._mark_crashed(live)
+
     # --- use -----------------------------------------------------------------
     async def live_session(self, principal: Principal, session_id: str) -> LiveSession:
         """The running session, or 404 / 409 session_not_running / 503 vm_crashed."""

@@ -54,10 +54,8 @@ async def bulk_terminate(services: ServicesDep, principal: SessionsWrite, body: 
 async def get_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead) -> SessionPublic:
     row = services.sessions.get(principal, session_id)
     if row.status == "running":
-        live = services.sessions.live.get(session_id)
-        if live is not None and live.vm is not None and live.vm.crashed:
-            await services.sessions.reap_once()
-            row = services.sessions.get(principal, session_id)
+        await services.sessions.check_crashed(session_id)
+        row = services.sessions.get(principal, session_id)
     return session_public(row, base_url(request, services))
 
 

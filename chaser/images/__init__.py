@@ -1,0 +1,7 @@
+"""OCI images → erofs root file systems for sandbox sessions (docs/images.md)."""
+
+from chaser.images.config import ImageConfig
+from chaser.images.reference import DEFAULT_IMAGE, normalize
+from chaser.images.store import ImageStore, Progress, ResolvedImage
+
+__all__ = ["DEFAULT_IMAGE", "ImageConfig", "ImageStore", "Progress", "ResolvedImage", "normalize"]

@@ -1,0 +1,142 @@
+"""A real `chaser server` process for integration tests.
+
+Each server gets its own CHASER_HOME (database, VM directories, workspaces) whose
+`guest/` is a symlink to the default home's, so the built guest assets and the
+template snapshot are reused; and its own CHASER_CONFIG. It runs in its own
+process group and is killed by that group at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chaser.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def qemu_pids_under(home: Path) -> list[int]:
+    """Processes whose command line mentions `home` (the server's QEMUs live under it)."""
+    pids = []
+    needle = str(home).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and b"qemu" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class ServerProcess:
+    home: Path
+    config_file: Path
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        return json.loads(self.config_file.read_text())["api_key"]
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        default_guest = Settings(home=Settings().home).guest_dir
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not (self.home / "guest").exists():
+            (self.home / "guest").symlink_to(default_guest)
+        env = {**os.environ, "CHASER_HOME": str(self.home), "CHASER_CONFIG": str(self.config_file),
+               "PYTHONUNBUFFERED": "1", **self.extra_env}
+        self.log_path = self.home / f"server-{self.port}-{int(time.time() * 1000)}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chaser.cli.commands.server", "--port", str(self.port)],
+            cwd=REPO, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path and self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL, *, group: bool = True, timeout: float = 60) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            if group:
+                os.killpg(self.process.pid, sig)
+            else:
+                os.kill(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """Graceful (SIGTERM: the server stops its VMs), then the whole group for good measure."""
+        self.kill(signal.SIGTERM, group=False)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def client(self, key: str | None = None, timeout: float = 300) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout,
+                            headers={"Authorization": f"Bearer {key or self.api_key}"})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("chaser-server")
+    srv = ServerProcess(home=base / "home", config_file=base / "config.json").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    servers: list[ServerProcess] = []
+
+    def make(**env: str) -> ServerProcess:
+        srv = ServerProcess(home=tmp_path / "home", config_file=tmp_path / "config.json", extra_env=env)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()
