@@ -73,6 +73,15 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
     for module in (sessions, exec, commands, files, workspaces, keys):
         app.include_router(module.router)
 
+    # Interactive access: PTY WebSocket, port forwarding (gateway, tunnels), host-style routing.
+    from chaser.api.routes import forward, pty
+    from chaser.service.forward import HostRoutingMiddleware
+
+    app.include_router(pty.router)
+    app.include_router(forward.api_router)
+    app.include_router(forward.router)
+    app.add_middleware(HostRoutingMiddleware, settings=settings)
+
     @app.get("/health", tags=["meta"], summary="Liveness probe (no auth)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}

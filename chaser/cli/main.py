@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import typer
 
-from chaser.cli.commands import _common, commands, execute, files, guest, keys, sandbox, sessions, workspaces
+from chaser.cli.commands import _common, commands, execute, files, guest, keys, sandbox, server, sessions, workspaces
 
 app = typer.Typer(help="Chaser: sandbox sessions in microVMs.", no_args_is_help=True, add_completion=False)
 
@@ -36,11 +35,7 @@ app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(keys.app, name="keys")
 app.add_typer(guest.app, name="guest")
 
-# `chaser server` lives in its own module, written separately; register it once it exists.
-if importlib.util.find_spec("chaser.cli.commands.server") is not None:
-    from chaser.cli.commands import server
-
-    app.command("server")(server.server_command)
+app.command("server")(server.server_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""Port forwarding: the gateway `/s/{id}/forward/{port}/…` (HTTP + WebSocket; also
+host style `{id}.<base_domain>/forward/{port}/…`), raw TCP tunnels
+`/v1/sessions/{id}/tunnel/{port}` (WebSocket, used by `chaser forward`), and
+public ports `POST /v1/sessions/{id}/ports/{port}/public`.
+
+Gateway access: a public port needs nothing; otherwise an API key with
+`exec.write`, from `Authorization: Bearer`, or the `chaser_token` cookie that a
+one-time `?token=<key>` link sets (GET/HEAD answer with a 302 to the same URL
+without `token` and `Set-Cookie: chaser_token=…; HttpOnly; Path=/s/{id}/;
+SameSite=Lax`). A session that is unknown *or no longer running* is a 404 on
+the gateway (a missing site), unlike the API's 409.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+
+from fastapi import APIRouter, Body, Request, WebSocket
+from fastapi.responses import RedirectResponse, Response
+from pydantic import BaseModel
+
+from chaser import errors
+from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
+from chaser.api.routes import SESSION_ERROR_RESPONSES
+from chaser.api.routes.pty import as_chaser_error, connection_principal, deny, services_of
+from chaser.service import forward as fwd
+from chaser.service.keys import Principal
+
+log = logging.getLogger("chaser.api.forward")
+router = APIRouter(tags=["forwarding"])
+api_router = APIRouter(prefix="/v1/sessions", tags=["forwarding"], responses=SESSION_ERROR_RESPONSES)
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+SCOPE = "exec.write"
+
+
+def public_ports(connection) -> fwd.PublicPorts:
+    state = connection.app.state
+    ports = getattr(state, "public_ports", None)
+    if ports is None:
+        ports = state.public_ports = fwd.PublicPorts(state.services.sessions)
+    return ports
+
+
+def prefix_of(connection, session_id: str, port: int) -> tuple[str, str]:
+    """(URL prefix of this forward, cookie path) for path or host style."""
+    if connection.scope.get("chaser_host_style"):
+        return f"/forward/{port}", "/"
+    return f"/s/{session_id}/forward/{port}", f"/s/{session_id}/"
+
+
+def upstream_target(connection, *, drop_token: bool) -> str:
+    """The path (still percent-encoded) and query after `/s/{id}/forward/{port}`."""
+    raw = connection.scope.get("raw_path") or connection.scope["path"].encode()
+    parts = raw.split(b"?", 1)[0].split(b"/", 5)  # '', 's', id, 'forward', port, rest
+    target = "/" + (parts[5].decode("latin-1") if len(parts) > 5 else "")
+    query = connection.scope.get("query_string", b"").decode("latin-1")
+    if drop_token and query:
+        query = fwd.query_without(query, "token")
+    return target + (f"?{query}" if query else "")
+
+
+async def gateway_live(connection, session_id: str, port: int):
+    """(live session, token-from-query used) after the gateway's access rules."""
+    services = services_of(connection)
+    if public_ports(connection).is_public(session_id, port):
+        live = services.sessions.live.get(session_id)
+        principal = Principal(key_id="public", account_id=live.account_id)
+        token_used = False
+    else:
+        cookie = fwd.cookie_value(connection.headers.get("cookie"))
+        token_used = connection.headers.get("authorization") is None and bool(connection.query_params.get("token"))
+        principal = connection_principal(connection, SCOPE, query_token=True, extra_key=cookie)
+    try:
+        live = await services.sessions.live_session(principal, session_id)
+    except errors.Conflict as exc:
+        raise errors.NotFound(exc.message, code=exc.code) from None
+    return live, token_used
+
+
+# --- HTTP -------------------------------------------------------------------------------
+@router.api_route("/s/{session_id}/forward/{port}", methods=ALL_METHODS, include_in_schema=False)
+async def forward_root(session_id: str, port: str, request: Request) -> Response:
+    fwd.check_port(port)
+    query = request.url.query
+    return RedirectResponse(request.url.path + "/" + (f"?{query}" if query else ""), status_code=307)
+
+
+@router.api_route("/s/{session_id}/forward/{port}/{path:path}", methods=ALL_METHODS,
+                  summary="Reverse proxy to 127.0.0.1:{port} inside the sandbox (HTTP and WebSocket)")
+async def forward_http(session_id: str, port: str, path: str, request: Request) -> Response:
+    port_number = fwd.check_port(port)
+    live, token_used = await gateway_live(request, session_id, port_number)
+    prefix, cookie_path = prefix_of(request, session_id, port_number)
+    if token_used and request.method in ("GET", "HEAD"):
+        # One-time login link: keep the key in an HttpOnly cookie, drop it from the URL.
+        query = fwd.query_without(request.url.query, "token")
+        location = request.url.path + (f"?{query}" if query else "")
+        response = RedirectResponse(location, status_code=302)
+        response.set_cookie(fwd.COOKIE_NAME, request.query_params["token"], httponly=True, path=cookie_path,
+                            samesite="lax", secure=request.url.scheme == "https")
+        return response
+    services = services_of(request)
+    stack = AsyncExitStack()
+    try:
+        vm = await stack.enter_async_context(services.sessions.using(live))
+    except BaseException:
+        await stack.aclose()
+        raise
+    return await fwd.proxy_http(request, vm, port_number, upstream_target(request, drop_token=token_used),
+                                prefix=prefix, stack=stack)
+
+
+# --- WebSocket through the gateway ---------------------------------------------------------
+@router.websocket("/s/{session_id}/forward/{port}/{path:path}")
+async def forward_websocket(websocket: WebSocket, session_id: str, port: str, path: str) -> None:
+    services = services_of(websocket)
+    try:
+        port_number = fwd.check_port(port)
+        live, token_used = await gateway_live(websocket, session_id, port_number)
+    except Exception as exc:  # noqa: BLE001
+        await deny(websocket, as_chaser_error(exc))
+        return
+    prefix, _ = prefix_of(websocket, session_id, port_number)
+    async with services.sessions.using(live) as vm:
+        try:
+            async with fwd.open_relay(vm, port_number) as relay:
+                upstream = fwd.UpstreamWebSocket(relay)
+                headers = fwd.upstream_request_headers(
+                    websocket.scope.get("headers", []), port=port_number, prefix=prefix, websocket=True,
+                    scheme="https" if websocket.url.scheme == "wss" else "http",
+                    client_host=websocket.client.host if websocket.client else None)
+                subprotocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
+                                if p.strip()]
+                try:
+                    response = await upstream.handshake(port_number, upstream_target(websocket, drop_token=token_used),
+                                                        headers, subprotocols)
+                except Exception as exc:  # noqa: BLE001
+                    await deny(websocket, as_chaser_error(exc))
+                    return
+                await websocket.accept(subprotocol=response.headers.get("Sec-WebSocket-Protocol"))
+                await upstream.pump(websocket)
+        except errors.ChaserError as exc:  # the relay could not be opened
+            if websocket.client_state.name == "CONNECTING":
+                await deny(websocket, exc)
+            else:
+                raise
+
+
+# --- raw TCP tunnel (chaser forward) --------------------------------------------------------
+@api_router.websocket("/{session_id}/tunnel/{port}")
+async def tunnel(websocket: WebSocket, session_id: str, port: str) -> None:
+    """A raw TCP connection to 127.0.0.1:{port} in the sandbox: binary frames = bytes."""
+    services = services_of(websocket)
+    try:
+        principal = connection_principal(websocket, SCOPE)
+        port_number = fwd.check_port(port)
+        live = await services.sessions.live_session(principal, session_id)
+    except Exception as exc:  # noqa: BLE001
+        await deny(websocket, as_chaser_error(exc))
+        return
+    async with services.sessions.using(live) as vm:
+        relay_cm = fwd.open_relay(vm, port_number)
+        try:
+            relay = await relay_cm.__aenter__()
+        except Exception as exc:  # noqa: BLE001
+            await deny(websocket, as_chaser_error(exc))
+            return
+        try:
+            await websocket.accept()
+            await fwd.pipe_websocket_to_relay(websocket, relay)
+        finally:
+            try:
+                await relay_cm.__aexit__(None, None, None)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+# --- public ports -----------------------------------------------------------------------------
+class PublicBody(BaseModel):
+    public: bool = True
+
+
+@api_router.post("/{session_id}/ports/{port}/public",
+                 summary="Open (or close) a forwarded port to requests without an API key")
+async def set_public(session_id: str, port: str, request: Request, services: ServicesDep, principal: SessionsWrite,
+                     body: PublicBody | None = Body(default=None)) -> dict:
+    port_number = fwd.check_port(port)
+    await services.sessions.live_session(principal, session_id)
+    public = True if body is None else body.public
+    public_ports(request).set(session_id, port_number, public)
+    return {"session_id": session_id, "port": port_number, "public": public,
+            "url": f"{base_url(request, services)}/s/{session_id}/forward/{port_number}/"}
+
+
+@api_router.get("/{session_id}/ports", summary="Ports opened to the public")
+async def list_ports(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead) -> dict:
+    await services.sessions.live_session(principal, session_id)
+    url = base_url(request, services)
+    return {"ports": [{"port": p, "public": True, "url": f"{url}/s/{session_id}/forward/{p}/"}
+                      for p in public_ports(request).ports(session_id)]}
