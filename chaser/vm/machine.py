@@ -63,8 +63,8 @@ class VirtualMachine:
     def serial_log(self) -> Path:
         return self.dir / "serial.log"
 
-    def _note_exit(self, _future: asyncio.Future) -> None:
-        if not self._stopping:
+    def _note_exit(self, future: asyncio.Future) -> None:
+        if not self._stopping and not future.cancelled():
             self.exit_reason = f"QEMU exited unexpectedly (code {self.process.returncode})"
             log.warning("VM %s: %s", self.id, self.exit_reason)
 

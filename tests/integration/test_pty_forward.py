@@ -1,0 +1,555 @@
+"""PTY and port forwarding end to end: a real `chaser server`, one real microVM
+(TCG here) for the whole module, real sockets; the CLI as subprocesses and in tmux.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import ServerProcess
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[2]
+CHASER = [sys.executable, "-m", "chaser.cli.main"]
+
+# Written into the sandbox (and used by tests/unit/test_pty_forward.py on the host):
+# stdlib-only servers, since the base image has python3 but no pip packages.
+SANDBOX_SERVERS = r'''
+import base64, hashlib, json, socket, socketserver, struct, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def _send(self, body, ctype="application/octet-stream"):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def _body(self):
+        if self.headers.get("Content-Length") is not None:
+            return self.rfile.read(int(self.headers["Content-Length"]))
+        data = b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or ""):
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if not size:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return data
+    def do_POST(self):  # read it all, then send it back (a streaming echo could deadlock the client)
+        self._send(self._body())
+    do_PUT = do_POST
+    def do_GET(self):
+        if self.path.startswith("/headers"):
+            self._send(json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json")
+        elif self.path.startswith("/chunked"):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"one\n", b"two\n", b"three\n"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self._send(b"ok\n", "text/plain")
+
+def ws_echo(conn):
+    f = conn.makefile("rb")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = f.readline()
+        if not line:
+            return
+        head += line
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    extra = ""
+    if headers.get("sec-websocket-protocol"):
+        extra = "Sec-WebSocket-Protocol: %s\r\n" % headers["sec-websocket-protocol"].split(",")[0].strip()
+    conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Accept: %s\r\n%s\r\n" % (accept, extra)).encode())
+    def send(op, data):
+        n = len(data)
+        hdr = struct.pack("!BB", 0x80 | op, n) if n < 126 else (struct.pack("!BBH", 0x80 | op, 126, n) if n < 65536 else struct.pack("!BBQ", 0x80 | op, 127, n))
+        conn.sendall(hdr + data)
+    message, kind = b"", 1
+    while True:
+        b = f.read(2)
+        if len(b) < 2:
+            return
+        fin, op, n = b[0] & 0x80, b[0] & 0x0F, b[1] & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", f.read(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", f.read(8))[0]
+        mask = f.read(4) if b[1] & 0x80 else b"\0\0\0\0"
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(f.read(n))) if b[1] & 0x80 else f.read(n)
+        if op == 8:
+            send(8, data[:2])
+            return
+        if op == 9:
+            send(10, data)
+            continue
+        if op in (1, 2):
+            message, kind = data, op
+        elif op == 0:
+            message += data
+        if fin and op in (0, 1, 2):
+            send(kind, message)
+
+class LineEcho(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+            self.wfile.flush()
+
+class WSHandler(socketserver.BaseRequestHandler):
+    def handle(self):
+        ws_echo(self.request)
+
+class TCP(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+mode, port = sys.argv[1], int(sys.argv[2])
+host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+if mode == "http-echo":
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer((host, port), Echo).serve_forever()
+elif mode == "ws-echo":
+    TCP((host, port), WSHandler).serve_forever()
+elif mode == "line-echo":
+    TCP((host, port), LineEcho).serve_forever()
+'''
+
+# Ports inside the sandbox.
+HTTP_ANY, HTTP_LOCAL, ECHO, WS, TCP_ECHO, CLOSED = 8000, 8001, 8002, 8003, 8004, 8009
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # Short path: the server keeps unix sockets under its home.
+    base = Path(tmp_path_factory.mktemp("ptyfwd"))
+    srv = ServerProcess(home=base / "home", config_file=base / "config.json",
+                        extra_env={"CHASER_BASE_DOMAIN": "localhost"}).start(timeout=600)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def session(server, api):
+    response = api.post("/v1/sessions", json={"ephemeral": True})
+    assert response.status_code == 200, response.text
+    sid = response.json()["id"]
+    run(api, sid, "mkdir -p /workspace/www && head -c 5242880 /dev/urandom > /workspace/www/big.bin "
+                  "&& echo hello > /workspace/www/index.txt")
+    api.post(f"/v1/sessions/{sid}/upload", files={"file": ("servers.py", SANDBOX_SERVERS.encode())},
+             data={"path": "/workspace/servers.py"}).raise_for_status()
+    for command in (
+        f"cd /workspace/www && exec python3 -m http.server {HTTP_ANY} --bind 0.0.0.0",
+        f"cd /workspace/www && exec python3 -m http.server {HTTP_LOCAL} --bind 127.0.0.1",
+        f"exec python3 /workspace/servers.py http-echo {ECHO}",
+        f"exec python3 /workspace/servers.py ws-echo {WS}",
+        f"exec python3 /workspace/servers.py line-echo {TCP_ECHO}",
+    ):
+        r = api.post(f"/v1/sessions/{sid}/exec", json={"command": command, "background": True})
+        assert r.status_code == 200, r.text
+    wait = " && ".join(f"until python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {p}), 1)' "
+                       f"2>/dev/null; do sleep 0.2; done" for p in (HTTP_ANY, HTTP_LOCAL, ECHO, WS, TCP_ECHO))
+    run(api, sid, wait, timeout_ms=120_000)
+    yield sid
+    api.delete(f"/v1/sessions/{sid}", params={"force": "true"})
+
+
+def run(api, sid: str, command: str, timeout_ms: int = 60_000) -> str:
+    r = api.post(f"/v1/sessions/{sid}/exec", json={"command": command, "timeout_ms": timeout_ms})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body.get("exit_code") == 0, body
+    return body.get("output", "")
+
+
+def ws_url(server) -> str:
+    return server.url.replace("http://", "ws://")
+
+
+def ws_connect(url, headers=None):
+    from websockets.sync.client import connect
+
+    return connect(url, additional_headers=headers or {}, max_size=None, open_timeout=60)
+
+
+def auth(server) -> dict:
+    return {"Authorization": f"Bearer {server.api_key}"}
+
+
+def read_until(ws, needle: bytes, timeout: float = 30.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{needle!r} not seen in {seen[-500:]!r}"
+        msg = ws.recv(timeout=remaining)
+        if isinstance(msg, bytes):
+            seen += msg
+    return seen
+
+
+def read_exit(ws, timeout: float = 30.0) -> tuple[bytes, int]:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(msg, bytes):
+            out += msg
+        else:
+            control = json.loads(msg)
+            if control.get("type") == "exit":
+                return out, control["exit_code"]
+
+
+def wait_no_ptys(api, sid: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        ptys = api.get(f"/v1/sessions/{sid}/ptys").json()["ptys"]
+        if not ptys:
+            return
+        assert time.monotonic() < deadline, f"PTYs left behind: {ptys}"
+        time.sleep(0.2)
+
+
+# --- PTY over the WebSocket ------------------------------------------------------------------
+def test_shell_echo_resize_exit(server, api, session):
+    with ws_connect(f"{ws_url(server)}/v1/sessions/{session}/pty?rows=24&cols=80", auth(server)) as ws:
+        ws.send(b"echo hi-$((1+1))\n")
+        read_until(ws, b"hi-2")
+        ws.send(b"pwd; echo $TERM\n")
+        read_until(ws, b"/workspace\r\nxterm-256color")
+        ws.send(b"stty size\n")
+        read_until(ws, b"24 80")
+        ws.send(json.dumps({"type": "resize", "rows": 50, "cols": 132}))
+        ws.send(b"stty size\n")
+        read_until(ws, b"50 132")
+        r = api.post(f"/v1/sessions/{session}/resize", json={"rows": 40, "cols": 100})
+        assert r.status_code == 200 and r.json()["resized"]
+        ws.send(b"stty size\n")
+        read_until(ws, b"40 100")
+        ws.send(b"sleep 30\n")
+        time.sleep(0.5)
+        ws.send(json.dumps({"type": "signal", "signal": "INT"}))
+        ws.send(b"echo after-$((6*7))\n")
+        read_until(ws, b"after-42")
+        ws.send(b"exit 3\n")
+        _, code = read_exit(ws)
+        assert code == 3
+    for rows, cols in ((0, 80), (24, 1001)):
+        r = api.post(f"/v1/sessions/{session}/resize", json={"rows": rows, "cols": cols})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    wait_no_ptys(api, session)
+
+
+def test_agent_mode(server, session):
+    with ws_connect(f"{ws_url(server)}/v1/sessions/{session}/pty?mode=agent", auth(server)) as ws:
+        ws.send(b"echo $TERM $NO_COLOR $PAGER\n")
+        seen = read_until(ws, b"dumb 1 cat")
+        ws.send(b"exit\n")
+        rest, code = read_exit(ws)
+    assert b"\x1b" not in seen + rest, "agent mode must be free of escape sequences"
+    assert b"$ " in seen and code == 0
+
+
+def test_exec_mode(server, session):
+    with ws_connect(f"{ws_url(server)}/v1/sessions/{session}/pty?mode=exec&token={server.api_key}") as ws:
+        ws.send(json.dumps({"type": "exec", "command": "echo out-$((2+3)); pwd; exit 4"}))
+        out, code = read_exit(ws)
+    assert out == b"out-5\n/workspace\n" and code == 4
+
+
+def test_pty_refusals(server, session):
+    from websockets.exceptions import InvalidStatus
+
+    api_ws = ws_url(server)
+    cases = ((f"/v1/sessions/ses_000000000000000000000000/pty?token={server.api_key}", 404, "session_not_found"),
+             (f"/v1/sessions/{session}/pty", 401, "unauthorized"),
+             (f"/v1/sessions/{session}/pty?mode=bogus&token={server.api_key}", 400, "invalid_request"))
+    for path, status, code in cases:
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(api_ws + path)
+        assert info.value.response.status_code == status
+        assert json.loads(info.value.response.body)["code"] == code
+
+
+def test_several_ptys_and_no_leftovers(server, api, session):
+    sockets = [ws_connect(f"{ws_url(server)}/v1/sessions/{session}/pty", auth(server)) for _ in range(3)]
+    for i, ws in enumerate(sockets):
+        ws.send(f"echo tty-{i}-$((i=1))\n".encode())
+    for i, ws in enumerate(sockets):
+        read_until(ws, f"tty-{i}-1".encode())
+    ptys = api.get(f"/v1/sessions/{session}/ptys").json()["ptys"]
+    assert len(ptys) == 3
+    pids = [p["pid"] for p in ptys]
+    for ws in sockets:  # dropped without an exit
+        ws.close()
+    wait_no_ptys(api, session)
+    alive = run(api, session, "for p in " + " ".join(map(str, pids)) + "; do [ -d /proc/$p ] && echo $p; done; true")
+    assert alive.strip() == ""
+
+
+def test_slow_reader_is_bounded(server, api, session):
+    """A client that stops reading stalls the shell instead of the server's memory."""
+    def server_rss() -> int:
+        return int(Path(f"/proc/{server.process.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+
+    with ws_connect(f"{ws_url(server)}/v1/sessions/{session}/pty", auth(server)) as ws:
+        ws.send(b"echo go; head -c 400000000 /dev/zero | od -v\n")
+        before = server_rss()
+        time.sleep(8)  # not reading
+        grown = server_rss() - before
+        assert grown < 64 * 1024, f"server RSS grew by {grown} KiB while the client did not read"
+    wait_no_ptys(api, session)
+
+
+# --- chaser shell -----------------------------------------------------------------------------
+def cli_env(server, sid: str, tmp_path: Path) -> dict:
+    config = tmp_path / "cli.json"
+    config.write_text(json.dumps({"api_url": server.url, "api_key": server.api_key, "current_session": sid}))
+    env = {**os.environ, "CHASER_CONFIG": str(config)}
+    for name in ("CHASER_API_URL", "CHASER_API_KEY"):
+        env.pop(name, None)
+    return env
+
+
+def test_shell_dash_c_exit_codes(server, session, tmp_path):
+    env = cli_env(server, session, tmp_path)
+    ok = subprocess.run([*CHASER, "shell", "-c", "echo one && pwd"], env=env, cwd=REPO, capture_output=True,
+                        timeout=120, stdin=subprocess.DEVNULL)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == b"one\n/workspace\n"
+    bad = subprocess.run([*CHASER, "shell", session, "-c", "echo err >&2; exit 42"], env=env, cwd=REPO,
+                         capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 42 and b"err" in bad.stdout
+    piped = subprocess.run([*CHASER, "shell", "-c", "tr a-z A-Z"], env=env, cwd=REPO, capture_output=True,
+                           timeout=120, input=b"piped text\n")
+    assert piped.returncode == 0 and piped.stdout == b"PIPED TEXT\n", piped
+    missing = subprocess.run([*CHASER, "shell", "ses_000000000000000000000000", "-c", "true"], env=env, cwd=REPO,
+                             capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert missing.returncode == 1 and b"session_not_found" in missing.stderr
+
+
+def test_shell_piped_stdin_interactive(server, session, tmp_path):
+    env = cli_env(server, session, tmp_path)
+    done = subprocess.run([*CHASER, "shell", "--mode", "agent"], env=env, cwd=REPO, capture_output=True,
+                          timeout=120, input=b"echo piped-$((5*5))\nexit 6\n")
+    assert done.returncode == 6 and b"piped-25" in done.stdout, done
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_shell_in_tmux(server, api, session, tmp_path):
+    env = cli_env(server, session, tmp_path)
+    name = f"chaser-{uuid.uuid4().hex[:8]}"
+    code_file = tmp_path / "code"
+    script = tmp_path / "run.sh"
+    script.write_text(f"cd {REPO}; {' '.join(CHASER)} shell; echo $? > {code_file}; sleep 60\n")
+    tmux_env = [arg for k in ("CHASER_CONFIG", "PATH") for arg in ("-e", f"{k}={env[k]}")]
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", *tmux_env,
+                    f"bash {script}"], check=True, env=env)
+    try:
+        def pane() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+
+        def wait_for(text: str, timeout: float = 60) -> str:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                content = pane()
+                if text in content:
+                    return content
+                time.sleep(0.2)
+            raise AssertionError(f"{text!r} not on screen:\n{pane()}")
+
+        wait_for("#")  # the root prompt
+        subprocess.run(["tmux", "send-keys", "-t", name, "echo hi-$((1+1))", "Enter"], check=True)
+        wait_for("hi-2")
+        subprocess.run(["tmux", "send-keys", "-t", name, "stty size", "Enter"], check=True)
+        wait_for("40 120")
+        subprocess.run(["tmux", "resize-window", "-t", name, "-x", "100", "-y", "30"], check=False)
+        time.sleep(1)
+        subprocess.run(["tmux", "send-keys", "-t", name, "clear; stty size", "Enter"], check=True)
+        wait_for("30 100")
+        subprocess.run(["tmux", "send-keys", "-t", name, "sleep 100", "Enter"], check=True)
+        time.sleep(1)
+        subprocess.run(["tmux", "send-keys", "-t", name, "C-c"], check=True)  # to the sandbox, not the CLI
+        subprocess.run(["tmux", "send-keys", "-t", name, "echo still-$((3*3))", "Enter"], check=True)
+        wait_for("still-9")
+        subprocess.run(["tmux", "send-keys", "-t", name, "exit 3", "Enter"], check=True)
+        deadline = time.monotonic() + 60
+        while not code_file.exists():
+            assert time.monotonic() < deadline, pane()
+            time.sleep(0.2)
+        assert code_file.read_text().strip() == "3"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    wait_no_ptys(api, session)
+
+
+# --- the gateway --------------------------------------------------------------------------------
+def test_forward_http_server_on_any_and_loopback(server, api, session):
+    for port in (HTTP_ANY, HTTP_LOCAL):
+        r = api.get(f"/s/{session}/forward/{port}/index.txt")
+        assert r.status_code == 200 and r.text == "hello\n", (port, r.text)
+        listing = api.get(f"/s/{session}/forward/{port}/")
+        assert listing.status_code == 200 and "big.bin" in listing.text
+
+
+def test_forward_streams_big_download_and_upload(server, api, session):
+    expected = run(api, session, "sha256sum /workspace/www/big.bin").split()[0]
+    digest = hashlib.sha256()
+    size = 0
+    with api.stream("GET", f"/s/{session}/forward/{HTTP_LOCAL}/big.bin") as r:
+        assert r.status_code == 200
+        for chunk in r.iter_bytes():
+            digest.update(chunk)
+            size += len(chunk)
+    assert size == 5 * 1024 * 1024 and digest.hexdigest() == expected
+    body = os.urandom(5 * 1024 * 1024)
+    r = api.post(f"/s/{session}/forward/{ECHO}/echo", content=body, headers={"Content-Type": "application/x-test"})
+    assert r.status_code == 200 and hashlib.sha256(r.content).digest() == hashlib.sha256(body).digest()
+
+    def chunks():
+        for i in range(8):
+            yield bytes([i]) * 10_000
+
+    r = api.put(f"/s/{session}/forward/{ECHO}/echo", content=chunks())
+    assert r.content == b"".join(bytes([i]) * 10_000 for i in range(8))
+    r = api.get(f"/s/{session}/forward/{ECHO}/chunked")
+    assert r.headers.get("transfer-encoding") == "chunked" and r.text == "one\ntwo\nthree\n"
+
+
+def test_forward_headers_upstream(server, api, session):
+    r = api.get(f"/s/{session}/forward/{ECHO}/headers", headers={"Cookie": "app=1; chaser_token=x", "X-Custom": "v"})
+    seen = r.json()
+    assert "authorization" not in seen and seen["cookie"] == "app=1" and seen["x-custom"] == "v"
+    assert seen["x-forwarded-prefix"] == f"/s/{session}/forward/{ECHO}"
+
+
+def test_forward_errors(server, api, session):
+    r = api.get(f"/s/{session}/forward/{CLOSED}/")
+    assert r.status_code == 502 and r.json()["code"] == "port_not_listening"
+    for port in (0, 70000):
+        r = api.get(f"/s/{session}/forward/{port}/")
+        assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert api.get("/s/ses_000000000000000000000000/forward/8000/").status_code == 404
+    assert httpx.get(f"{server.url}/s/{session}/forward/{HTTP_ANY}/").status_code == 401
+
+
+def test_forward_cookie_login(server, session):
+    path = f"/s/{session}/forward/{HTTP_ANY}/index.txt"
+    with httpx.Client(base_url=server.url, timeout=60) as browser:
+        r = browser.get(f"{path}?token={server.api_key}", follow_redirects=False)
+        assert r.status_code == 302 and r.headers["location"] == path
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("chaser_token=") and "HttpOnly" in cookie and f"Path=/s/{session}/" in cookie
+        assert "samesite=lax" in cookie.lower()
+        r = browser.get(path)
+        assert r.status_code == 200 and r.text == "hello\n"
+
+
+def test_forward_public_port(server, api, session):
+    path = f"{server.url}/s/{session}/forward/{HTTP_LOCAL}/index.txt"
+    assert httpx.get(path).status_code == 401
+    r = api.post(f"/v1/sessions/{session}/ports/{HTTP_LOCAL}/public", json={"public": True})
+    assert r.status_code == 200 and r.json()["public"] is True
+    assert httpx.get(path).text == "hello\n"
+    assert httpx.get(f"{server.url}/s/{session}/forward/{HTTP_ANY}/index.txt").status_code == 401  # only that port
+    api.post(f"/v1/sessions/{session}/ports/{HTTP_LOCAL}/public", json={"public": False})
+    assert httpx.get(path).status_code == 401
+
+
+def test_forward_host_style(server, api, session):
+    r = api.get(f"/forward/{HTTP_ANY}/index.txt", headers={"Host": f"{session}.localhost:{server.port}"})
+    assert r.status_code == 200 and r.text == "hello\n"
+
+
+def test_forward_websocket(server, session):
+    url = f"{ws_url(server)}/s/{session}/forward/{WS}/socket"
+    with ws_connect(url, auth(server)) as ws:
+        for message in ("hello", "x" * 70_000):
+            ws.send(message)
+            assert ws.recv(timeout=30) == message
+        blob = os.urandom(256 * 1024)
+        ws.send(blob)
+        assert ws.recv(timeout=30) == blob
+
+
+# --- chaser forward ------------------------------------------------------------------------------
+def test_chaser_forward_raw_tcp(server, session, tmp_path):
+    env = cli_env(server, session, tmp_path)
+    local = free_port()
+    proc = subprocess.Popen([*CHASER, "forward", str(TCP_ECHO), str(local)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode()
+        assert f"127.0.0.1:{local}" in line, (line, proc.stderr.read1(2000) if proc.poll() is not None else "")
+        for round_ in range(2):  # two connections, each its own tunnel
+            with socket.create_connection(("127.0.0.1", local), timeout=30) as conn:
+                conn.sendall(f"line {round_} one\nline {round_} two\n".encode())
+                data = b""
+                while data.count(b"\n") < 2:
+                    chunk = conn.recv(4096)
+                    assert chunk
+                    data += chunk
+                assert data == f"line {round_} one\nline {round_} two\n".encode()
+        # and HTTP through the same kind of tunnel
+        http_proc = subprocess.Popen([*CHASER, "forward", "--session", session, str(HTTP_LOCAL), "0"], env=env,
+                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            address = http_proc.stdout.readline().decode()
+            port = int(address.split("127.0.0.1:")[1].split()[0].strip("/"))
+            assert httpx.get(f"http://127.0.0.1:{port}/index.txt", timeout=60).text == "hello\n"
+        finally:
+            os.killpg(http_proc.pid, signal.SIGINT)
+            assert http_proc.wait(30) in (0, 130)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(30) in (0, 130)
+
+
+def test_no_processes_left(server, api, session):
+    wait_no_ptys(api, session)
+    out = run(api, session, "ps -eo args 2>/dev/null || ls /proc")
+    assert "bash -l" not in out and "--norc" not in out

@@ -1,0 +1,415 @@
+"""PTY and port forwarding without QEMU: the helpers, and the real server
+(uvicorn in a thread) talking to the real agent running on this host
+(tests/unit/conftest.py `agent`, sandbox root `/`) through a VM stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chaser import errors
+from chaser.service import forward as fwd
+from chaser.service import pty as ptys
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def test_check_size_and_mode():
+    assert ptys.check_size("24", 80) == (24, 80)
+    for rows, cols in ((0, 80), (24, 1001), ("x", 1), (None, 2), (True, 5)):
+        with pytest.raises(errors.InvalidRequest):
+            ptys.check_size(rows, cols)
+    assert ptys.check_mode(None) == "human"
+    with pytest.raises(errors.InvalidRequest):
+        ptys.check_mode("robot")
+
+
+def test_plans():
+    human = ptys.plan("human", 30, 100)
+    assert human.params == {"rows": 30, "cols": 100, "term": "xterm-256color"} and human.marker is None
+    agent = ptys.plan("agent", 24, 80)
+    assert agent.params["term"] == "dumb" and "--norc" in agent.params["command"]
+    assert json.loads(agent.params["env"]) == {"NO_COLOR": "1", "PAGER": "cat", "GIT_PAGER": "cat",
+                                               "PS1": "$ ", "PS2": "> "}
+    ex = ptys.plan("exec", 24, 80, command="echo 'a b'")
+    assert ex.marker.decode() in ex.params["command"] and "'echo '\"'\"'a b'\"'\"''" in ex.params["command"]
+    with pytest.raises(errors.InvalidRequest):
+        ptys.plan("exec", 24, 80)
+
+
+def test_parse_control():
+    assert ptys.parse_control('{"type":"resize","rows":5,"cols":6}') == {"type": "resize", "rows": 5, "cols": 6}
+    assert ptys.parse_control('{"type":"resize","rows":0,"cols":6}') is None
+    assert ptys.parse_control('{"type":"signal","signal":"INT"}') == {"type": "signal", "signal": "INT"}
+    assert ptys.parse_control("nope") is None and ptys.parse_control("[1]") is None
+
+
+def test_marker_filter_split_across_chunks():
+    f = ptys.MarkerFilter(b"__m__")
+    assert f.feed(b"noise __") == b""
+    assert f.feed(b"m__") == b""  # newline not there yet
+    assert not f.found.is_set()
+    assert f.feed(b"\r\nhello") == b"hello"
+    assert f.found.is_set() and f.feed(b"more") == b"more"
+    g = ptys.MarkerFilter(b"__m__")
+    assert g.feed(b"__m__\nout") == b"out"
+    h = ptys.MarkerFilter(b"__m__")
+    assert h.feed(b"partial") == b"" and h.finish() == b"partial"
+
+
+def test_host_session():
+    assert fwd.host_session("ses_abc.localhost:8080", "localhost") == "ses_abc"
+    assert fwd.host_session("SES_ABC.Example.COM", "example.com") == "ses_abc"
+    assert fwd.host_session("localhost:8080", "localhost") is None
+    assert fwd.host_session("a.b.localhost", "localhost") is None
+    assert fwd.host_session("ses_abc.localhost", None) is None
+
+
+def test_upstream_headers_strip_auth_cookie_and_hop_by_hop():
+    raw = [(b"host", b"api:8080"), (b"authorization", b"Bearer sk_secret"), (b"connection", b"keep-alive, x-foo"),
+           (b"x-foo", b"1"), (b"keep-alive", b"5"), (b"transfer-encoding", b"chunked"), (b"te", b"trailers"),
+           (b"cookie", b"a=1; chaser_token=sk_secret; b=2"), (b"accept", b"*/*"), (b"content-length", b"3")]
+    out = fwd.upstream_request_headers(raw, port=3000, client_host="10.0.0.1", scheme="http", prefix="/s/x/forward/3000")
+    names = [n for n, _ in out]
+    assert ("host", "localhost:3000") in out and ("cookie", "a=1; b=2") in out and ("accept", "*/*") in out
+    for gone in ("authorization", "connection", "x-foo", "keep-alive", "transfer-encoding", "te", "content-length"):
+        assert gone not in names
+    assert ("x-forwarded-for", "10.0.0.1") in out and ("x-forwarded-host", "api:8080") in out
+    assert ("x-forwarded-prefix", "/s/x/forward/3000") in out
+    other = fwd.upstream_request_headers([(b"authorization", b"Basic dTpw"), (b"cookie", b"chaser_token=x")],
+                                         port=1, client_host=None, scheme="https", prefix="/p")
+    assert ("authorization", "Basic dTpw") in other and "cookie" not in [n for n, _ in other]
+
+
+def test_downstream_headers_and_location():
+    raw = [(b"Content-Type", b"text/html"), (b"Connection", b"close"), (b"Transfer-Encoding", b"chunked"),
+           (b"Location", b"/dir/"), (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
+    out = fwd.downstream_response_headers(raw, port=8000, prefix="/s/x/forward/8000")
+    assert out == [(b"content-type", b"text/html"), (b"location", b"/s/x/forward/8000/dir/"),
+                   (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+    assert fwd.rewrite_location("http://localhost:8000/a?b", port=8000, prefix="/p") == "/p/a?b"
+    assert fwd.rewrite_location("https://example.com/", port=8000, prefix="/p") == "https://example.com/"
+    assert fwd.rewrite_location("//cdn/x", port=8000, prefix="/p") == "//cdn/x"
+
+
+def test_query_and_cookie_helpers():
+    assert fwd.query_without("token=sk_1&a=2&b=", "token") == "a=2&b="
+    assert fwd.cookie_value("x=1; chaser_token=sk_abc") == "sk_abc"
+    assert fwd.cookie_value(None) is None
+    assert fwd.check_port("443") == 443
+    for bad in ("0", "70000", "x", "-1"):
+        with pytest.raises(errors.InvalidRequest):
+            fwd.check_port(bad)
+
+
+def test_host_routing_middleware_rewrites_path():
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen.update(scope)
+
+    mw = fwd.HostRoutingMiddleware(app, base_domain="localhost")
+    scope = {"type": "http", "path": "/forward/3000/a", "raw_path": b"/forward/3000/a",
+             "headers": [(b"host", b"ses_1.localhost:8080")]}
+    asyncio.run(mw(scope, None, None))
+    assert seen["path"] == "/s/ses_1/forward/3000/a" and seen["raw_path"] == b"/s/ses_1/forward/3000/a"
+    assert seen["chaser_host_style"] is True
+    seen.clear()
+    asyncio.run(mw({**scope, "path": "/v1/sessions", "raw_path": b"/v1/sessions"}, None, None))
+    assert seen["path"] == "/v1/sessions" and "chaser_host_style" not in seen
+
+
+# --- the real server against the host's agent ------------------------------------------------
+
+
+class HostVM:
+    """A VM stand-in whose agent is the real agent process on this host."""
+
+    def __init__(self, agent_proc, spec) -> None:
+        from chaser.vm.agent_client import AgentClient
+
+        self.id = "host-" + secrets.token_hex(3)
+        self.session_id = spec.session_id
+        self.boot_method = "host"
+        self.agent = AgentClient(agent_proc.port, agent_proc.token)
+        self.crashed = False
+        self.alive = True
+        self.exit_reason = None
+
+    async def call(self, method, *args, **kwargs):
+        return await getattr(self.agent, method)(*args, **kwargs)
+
+    async def guard(self, awaitable):
+        return await awaitable
+
+    async def stop(self, *, graceful=True, timeout=15.0):
+        self.alive = False
+        await self.agent.close()
+
+
+class HostRuntime:
+    def __init__(self, agent_proc) -> None:
+        self.agent_proc = agent_proc
+
+    async def start(self, spec):
+        return HostVM(self.agent_proc, spec)
+
+    async def stop_all(self, *, graceful=False):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, tmp_path: Path, agent_proc) -> None:
+        import uvicorn
+
+        from chaser.api import create_app
+        from chaser.config import Settings
+
+        self.settings = Settings(home=tmp_path / "home", config_file=tmp_path / "config.json", base_domain="localhost")
+        self.app = create_app(self.settings, HostRuntime(agent_proc), reaper_interval=3600)
+        self.key = self.app.state.services.keys.create(name="admin", full_access=True).key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
+        self.session = self.http.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def live(agent, tmp_path_factory):
+    srv = LiveServer(tmp_path_factory.mktemp("ptyfwd"), agent)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def host_servers(tmp_path_factory):
+    """HTTP, WebSocket-echo and line-echo servers on this host (what the sandbox would run)."""
+    base = tmp_path_factory.mktemp("servers")
+    (base / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    ports = {"http": free_port(), "echo": free_port(), "ws": free_port(), "tcp": free_port()}
+    here = Path(__file__).resolve().parents[1] / "integration" / "sandbox_servers.py"
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "http.server", str(ports["http"]), "--bind", "127.0.0.1"],
+                         cwd=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, str(here), "http-echo", str(ports["echo"])], stderr=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, str(here), "ws-echo", str(ports["ws"])], stderr=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, str(here), "line-echo", str(ports["tcp"])], stderr=subprocess.DEVNULL),
+    ]
+    for port in ports.values():
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    yield ports, base
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def ws_connect(url, headers=None, **kw):
+    from websockets.sync.client import connect
+
+    return connect(url, additional_headers=headers or {}, max_size=None, open_timeout=10, **kw)
+
+
+def read_until(ws, needle: bytes, timeout=10.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        msg = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(msg, bytes):
+            seen += msg
+    return seen
+
+
+def test_pty_human_echo_resize_exit(live):
+    auth = {"Authorization": f"Bearer {live.key}"}
+    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty?rows=20&cols=70", auth) as ws:
+        ws.send(b"echo hi-$((1+1))\n")
+        read_until(ws, b"hi-2")
+        ws.send(b"stty size\n")
+        read_until(ws, b"20 70")
+        ws.send(json.dumps({"type": "resize", "rows": 33, "cols": 99}))
+        ws.send(b"stty size\n")
+        read_until(ws, b"33 99")
+        assert live.http.post(f"/v1/sessions/{live.session}/resize", json={"rows": 40, "cols": 120}).status_code == 200
+        ws.send(b"stty size\n")
+        read_until(ws, b"40 120")
+        ws.send(b"exit 7\n")
+        exit_msg = None
+        while exit_msg is None:
+            msg = ws.recv(timeout=10)
+            if isinstance(msg, str):
+                exit_msg = json.loads(msg)
+        assert exit_msg == {"type": "exit", "exit_code": 7}
+    assert live.http.post(f"/v1/sessions/{live.session}/resize", json={"rows": 0, "cols": 1}).status_code == 400
+    assert live.http.post(f"/v1/sessions/{live.session}/resize", json={"rows": 5, "cols": 1001}).status_code == 400
+
+
+def test_pty_exec_mode(live):
+    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty?mode=exec&token={live.key}") as ws:
+        ws.send(json.dumps({"type": "exec", "command": "printf 'a\\nb\\n'; exit 5"}))
+        out, code = b"", None
+        while code is None:
+            msg = ws.recv(timeout=10)
+            if isinstance(msg, bytes):
+                out += msg
+            else:
+                code = json.loads(msg)["exit_code"]
+    assert (out, code) == (b"a\nb\n", 5)
+
+
+def test_pty_agent_mode(live):
+    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty?mode=agent", {"Authorization": f"Bearer {live.key}"}) as ws:
+        ws.send(b"echo $TERM $NO_COLOR $PAGER $GIT_PAGER\n")
+        read_until(ws, b"dumb 1 cat cat")
+
+
+def test_pty_refusals(live):
+    from websockets.exceptions import InvalidStatus
+
+    for url, status in ((f"/v1/sessions/ses_nope/pty?token={live.key}", 404),
+                        (f"/v1/sessions/{live.session}/pty", 401),
+                        (f"/v1/sessions/{live.session}/pty?token=sk_wrong", 401),
+                        (f"/v1/sessions/{live.session}/pty?mode=x&token={live.key}", 400),
+                        (f"/v1/sessions/{live.session}/pty?rows=0&token={live.key}", 400)):
+        with pytest.raises(InvalidStatus) as info:
+            ws_connect(live.ws + url)
+        assert info.value.response.status_code == status, url
+        assert "code" in json.loads(info.value.response.body)
+
+
+def test_dropped_socket_ends_its_shell(live):
+    ws = ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty", {"Authorization": f"Bearer {live.key}"})
+    ws.send(b"echo ready\n")
+    read_until(ws, b"ready")
+    assert len(live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"]) >= 1
+    ws.close()
+    deadline = time.monotonic() + 10
+    while live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_gateway_http(live, host_servers):
+    ports, base = host_servers
+    prefix = f"/s/{live.session}/forward"
+    r = live.http.get(f"{prefix}/{ports['http']}/big.bin")
+    assert r.status_code == 200 and r.content == (base / "big.bin").read_bytes()
+    body = os.urandom(3 * 1024 * 1024)
+    r = live.http.post(f"{prefix}/{ports['echo']}/echo?x=1", content=body)
+    assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == hashlib.sha256(body).hexdigest()
+
+    def chunks():
+        for _ in range(4):
+            yield b"x" * 1000
+
+    r = live.http.post(f"{prefix}/{ports['echo']}/echo", content=chunks())  # chunked request body
+    assert r.content == b"x" * 4000
+    r = live.http.get(f"{prefix}/{ports['echo']}/headers", headers={"Cookie": "a=1; chaser_token=zzz"})
+    seen = r.json()
+    assert "authorization" not in seen and seen["cookie"] == "a=1" and seen["host"] == f"localhost:{ports['echo']}"
+    r = live.http.get(f"{prefix}/{ports['echo']}/chunked")
+    assert r.headers.get("transfer-encoding") == "chunked" and r.content == b"one\ntwo\nthree\n"
+    r = live.http.head(f"{prefix}/{ports['http']}/big.bin")
+    assert r.status_code == 200 and r.headers["content-length"] == str(2 * 1024 * 1024)
+    r = live.http.get(f"{prefix}/{ports['http']}", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"].endswith(f"/forward/{ports['http']}/")
+
+
+def test_gateway_errors(live):
+    prefix = f"/s/{live.session}/forward"
+    closed = free_port()
+    r = live.http.get(f"{prefix}/{closed}/")
+    assert r.status_code == 502 and r.json()["code"] == "port_not_listening"
+    assert live.http.get(f"{prefix}/0/").status_code == 400
+    assert live.http.get(f"{prefix}/70000/").status_code == 400
+    assert live.http.get(f"/s/ses_nope/forward/80/").status_code == 404
+    assert httpx.get(f"{live.url}{prefix}/80/").status_code == 401
+
+
+def test_gateway_cookie_login_and_public_port(live, host_servers):
+    ports, _ = host_servers
+    path = f"/s/{live.session}/forward/{ports['echo']}/headers"
+    with httpx.Client(base_url=live.url) as browser:
+        assert browser.get(path).status_code == 401
+        r = browser.get(f"{path}?a=1&token={live.key}", follow_redirects=False)
+        assert r.status_code == 302 and r.headers["location"] == f"{path}?a=1"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and f"Path=/s/{live.session}/" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+        r = browser.get(r.headers["location"])
+        assert r.status_code == 200 and "chaser_token" not in r.json().get("cookie", "")
+    url = f"/v1/sessions/{live.session}/ports/{ports['echo']}/public"
+    assert live.http.post(url, json={"public": True}).json()["public"] is True
+    assert httpx.get(live.url + path).status_code == 200
+    assert live.http.get(f"/v1/sessions/{live.session}/ports").json()["ports"][0]["port"] == ports["echo"]
+    live.http.post(url, json={"public": False})
+    assert httpx.get(live.url + path).status_code == 401
+
+
+def test_host_style(live, host_servers):
+    ports, _ = host_servers
+    r = live.http.get(f"/forward/{ports['echo']}/headers", headers={"Host": f"{live.session}.localhost:{live.port}"})
+    assert r.status_code == 200 and r.json()["x-forwarded-prefix"] == f"/forward/{ports['echo']}"
+
+
+def test_gateway_websocket(live, host_servers):
+    ports, _ = host_servers
+    url = f"{live.ws}/s/{live.session}/forward/{ports['ws']}/echo?token={live.key}"
+    with ws_connect(url) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "hello"
+        blob = os.urandom(300_000)
+        ws.send(blob)
+        assert ws.recv(timeout=10) == blob
+
+
+def test_tunnel_raw_tcp(live, host_servers):
+    from websockets.exceptions import InvalidStatus
+
+    ports, _ = host_servers
+    auth = {"Authorization": f"Bearer {live.key}"}
+    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/tunnel/{ports['tcp']}", auth) as ws:
+        ws.send(b"ping 1\n")
+        assert read_until(ws, b"\n") == b"ping 1\n"
+    with pytest.raises(InvalidStatus) as info:
+        ws_connect(f"{live.ws}/v1/sessions/{live.session}/tunnel/{free_port()}", auth)
+    assert info.value.response.status_code == 502
