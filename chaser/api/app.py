@@ -82,6 +82,12 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
     app.include_router(forward.router)
     app.add_middleware(HostRoutingMiddleware, settings=settings)
 
+    # MCP (JSON-RPC 2.0, stateless streamable HTTP); its tools call this API back with the caller's key.
+    from chaser.mcp.asgi import MCPEndpoint
+
+    app.router.add_route("/v1/mcp", MCPEndpoint(authenticate=services.keys.authenticate),
+                         methods=["POST"], include_in_schema=False)
+
     @app.get("/health", tags=["meta"], summary="Liveness probe (no auth)")
     async def health() -> dict[str, str]:
         return {"status": "ok"}

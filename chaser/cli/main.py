@@ -35,6 +35,12 @@ app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(keys.app, name="keys")
 app.add_typer(guest.app, name="guest")
 
+# Interactive access: `chaser shell`, `chaser forward`.
+from chaser.cli.commands import forward as forward_cmd, shell as shell_cmd  # noqa: E402
+
+app.command("shell")(shell_cmd.shell_command)
+app.command("forward")(forward_cmd.forward_command)
+
 app.command("server")(server.server_command)
 
 

@@ -232,7 +232,7 @@ class HostRoutingMiddleware:
             if session_id and (path == "/forward" or path.startswith("/forward/")):
                 new_path = f"/s/{session_id}{path}"
                 raw = scope.get("raw_path")
-                scope = {**scope, "path": new_path, "chaser_host_style": True,
+                scope = {**scope, "path": new_path, "chaser_host_style": True, "chaser_original_path": path,
                          "raw_path": (f"/s/{session_id}".encode() + raw) if raw else None}
                 if scope["raw_path"] is None:
                     del scope["raw_path"]

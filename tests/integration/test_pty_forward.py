@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import ServerProcess, qemu_pids_under
 
 pytestmark = pytest.mark.vm
 
@@ -164,6 +165,10 @@ def server(tmp_path_factory):
                         extra_env={"CHASER_BASE_DOMAIN": "localhost"}).start(timeout=600)
     yield srv
     srv.stop()
+    deadline = time.monotonic() + 30
+    while qemu_pids_under(srv.home):
+        assert time.monotonic() < deadline, f"QEMU left behind: {qemu_pids_under(srv.home)}"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +279,7 @@ def test_shell_echo_resize_exit(server, api, session):
         time.sleep(0.5)
         ws.send(json.dumps({"type": "signal", "signal": "INT"}))
         ws.send(b"echo after-$((6*7))\n")
-        read_until(ws, b"after-42")
+        read_until(ws, b"after-42", timeout=15)  # well before the sleep would end
         ws.send(b"exit 3\n")
         _, code = read_exit(ws)
         assert code == 3
@@ -316,7 +321,9 @@ def test_pty_refusals(server, session):
 
 
 def test_several_ptys_and_no_leftovers(server, api, session):
-    sockets = [ws_connect(f"{ws_url(server)}/v1/sessions/{session}/pty", auth(server)) for _ in range(3)]
+    stack = contextlib.ExitStack()
+    sockets = [stack.enter_context(ws_connect(f"{ws_url(server)}/v1/sessions/{session}/pty", auth(server)))
+               for _ in range(3)]
     for i, ws in enumerate(sockets):
         ws.send(f"echo tty-{i}-$((i=1))\n".encode())
     for i, ws in enumerate(sockets):
@@ -324,8 +331,7 @@ def test_several_ptys_and_no_leftovers(server, api, session):
     ptys = api.get(f"/v1/sessions/{session}/ptys").json()["ptys"]
     assert len(ptys) == 3
     pids = [p["pid"] for p in ptys]
-    for ws in sockets:  # dropped without an exit
-        ws.close()
+    stack.close()  # dropped without an exit
     wait_no_ptys(api, session)
     alive = run(api, session, "for p in " + " ".join(map(str, pids)) + "; do [ -d /proc/$p ] && echo $p; done; true")
     assert alive.strip() == ""

@@ -160,6 +160,9 @@ class HostVM:
 
 
 class HostRuntime:
+    class assets:  # noqa: N801 - what SessionManager reads
+        base_rootfs = Path("/nonexistent/base.erofs")
+
     def __init__(self, agent_proc) -> None:
         self.agent_proc = agent_proc
 
@@ -221,7 +224,10 @@ def host_servers(tmp_path_factory):
     base = tmp_path_factory.mktemp("servers")
     (base / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     ports = {"http": free_port(), "echo": free_port(), "ws": free_port(), "tcp": free_port()}
-    here = Path(__file__).resolve().parents[1] / "integration" / "sandbox_servers.py"
+    from tests.integration.test_pty_forward import SANDBOX_SERVERS
+
+    here = base / "servers.py"
+    here.write_text(SANDBOX_SERVERS)
     procs = [
         subprocess.Popen([sys.executable, "-m", "http.server", str(ports["http"]), "--bind", "127.0.0.1"],
                          cwd=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -318,11 +324,10 @@ def test_pty_refusals(live):
 
 
 def test_dropped_socket_ends_its_shell(live):
-    ws = ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty", {"Authorization": f"Bearer {live.key}"})
-    ws.send(b"echo ready\n")
-    read_until(ws, b"ready")
-    assert len(live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"]) >= 1
-    ws.close()
+    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty", {"Authorization": f"Bearer {live.key}"}) as ws:
+        ws.send(b"echo ready\n")
+        read_until(ws, b"ready")
+        assert len(live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"]) >= 1
     deadline = time.monotonic() + 10
     while live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"]:
         assert time.monotonic() < deadline
@@ -389,6 +394,10 @@ def test_host_style(live, host_servers):
     ports, _ = host_servers
     r = live.http.get(f"/forward/{ports['echo']}/headers", headers={"Host": f"{live.session}.localhost:{live.port}"})
     assert r.status_code == 200 and r.json()["x-forwarded-prefix"] == f"/forward/{ports['echo']}"
+    r = httpx.get(f"{live.url}/forward/{ports['echo']}/headers?token={live.key}",
+                  headers={"Host": f"{live.session}.localhost:{live.port}"}, follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"] == f"/forward/{ports['echo']}/headers"
+    assert "Path=/;" in r.headers["set-cookie"]
 
 
 def test_gateway_websocket(live, host_servers):
@@ -413,3 +422,52 @@ def test_tunnel_raw_tcp(live, host_servers):
     with pytest.raises(InvalidStatus) as info:
         ws_connect(f"{live.ws}/v1/sessions/{live.session}/tunnel/{free_port()}", auth)
     assert info.value.response.status_code == 502
+
+
+# --- the CLI against the live server --------------------------------------------------------------
+CLI = [sys.executable, "-m", "chaser.cli.main"]
+
+
+def cli_env(live, tmp_path) -> dict:
+    config = tmp_path / "cli.json"
+    config.write_text(json.dumps({"api_url": live.url, "api_key": live.key, "current_session": live.session}))
+    env = {**os.environ, "CHASER_CONFIG": str(config)}
+    env.pop("CHASER_API_URL", None)
+    env.pop("CHASER_API_KEY", None)
+    return env
+
+
+def test_cli_shell_dash_c(live, tmp_path):
+    env = cli_env(live, tmp_path)
+    done = subprocess.run([*CLI, "shell", "-c", "echo one; echo two >&2; exit 9"], env=env, capture_output=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 9 and done.stdout == b"one\ntwo\n", done
+    piped = subprocess.run([*CLI, "shell", "-c", "tr a-z A-Z"], env=env, capture_output=True, timeout=60,
+                           input=b"abc\nno newline")
+    assert piped.returncode == 0 and piped.stdout == b"ABC\nNO NEWLINE", piped
+    interactive = subprocess.run([*CLI, "shell", "--mode", "agent"], env=env, capture_output=True, timeout=60,
+                                 input=b"echo in-$((2*4))\nexit 4\n")
+    assert interactive.returncode == 4 and b"in-8" in interactive.stdout, interactive
+    missing = subprocess.run([*CLI, "shell", "ses_nope", "-c", "true"], env=env, capture_output=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert missing.returncode == 1 and b"session_not_found" in missing.stderr
+
+
+def test_cli_forward(live, host_servers, tmp_path):
+    ports, _ = host_servers
+    env = cli_env(live, tmp_path)
+    proc = subprocess.Popen([*CLI, "forward", str(ports["tcp"]), "0"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode()
+        local = int(line.split("127.0.0.1:")[1].split()[0])
+        for i in range(2):
+            with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
+                conn.sendall(f"hello {i}\n".encode())
+                data = b""
+                while not data.endswith(b"\n"):
+                    data += conn.recv(100)
+                assert data == f"hello {i}\n".encode()
+    finally:
+        os.killpg(proc.pid, 2)
+        assert proc.wait(10) == 0, proc.stderr.read()

@@ -95,7 +95,7 @@ async def forward_http(session_id: str, port: str, path: str, request: Request) 
     if token_used and request.method in ("GET", "HEAD"):
         # One-time login link: keep the key in an HttpOnly cookie, drop it from the URL.
         query = fwd.query_without(request.url.query, "token")
-        location = request.url.path + (f"?{query}" if query else "")
+        location = request.scope.get("chaser_original_path", request.url.path) + (f"?{query}" if query else "")
         response = RedirectResponse(location, status_code=302)
         response.set_cookie(fwd.COOKIE_NAME, request.query_params["token"], httponly=True, path=cookie_path,
                             samesite="lax", secure=request.url.scheme == "https")
