@@ -1,10 +1,14 @@
 """Suite-wide guard: no QEMU process and no VM directory the suite created may
-outlive it. Checked once, by the controlling process, at the very end."""
+outlive it. Checked once, by the controlling process, at the very end.
+
+QEMUs are recognised as ours by a marker in their environment, inherited from
+this process through test servers: a concurrent run's VMs are left alone."""
 
 from __future__ import annotations
 
 import os
 import signal
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,12 +16,17 @@ import pytest
 from chaser.config import Settings
 
 
-def qemu_pids() -> set[int]:
+RUN_MARKER = "CHASER_TEST_RUN"
+VM_DIRS_BEFORE = pytest.StashKey[set]()
+
+
+def our_qemu_pids() -> set[int]:
+    marker = f"{RUN_MARKER}={os.environ.get(RUN_MARKER, '')}".encode()
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"qemu-system" in (entry / "cmdline").read_bytes():
+                if b"qemu-system" in (entry / "cmdline").read_bytes() and marker in (entry / "environ").read_bytes():
                     pids.add(int(entry.name))
             except OSError:
                 pass
@@ -25,20 +34,24 @@ def qemu_pids() -> set[int]:
 
 
 def vm_dirs() -> set[str]:
+    # Only the default home: test servers use temporary homes they delete.
     directory = Settings().vms_dir
     return set(os.listdir(directory)) if directory.is_dir() else set()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)  # xdist workers inherit it
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash["qemu_before"] = qemu_pids()
-    session.config.stash["vm_dirs_before"] = vm_dirs()
+    session.config.stash[VM_DIRS_BEFORE] = vm_dirs()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller checks once everything ended
-    leftover = qemu_pids() - session.config.stash.get("qemu_before", set())
-    stale_dirs = vm_dirs() - session.config.stash.get("vm_dirs_before", set())
+    leftover = our_qemu_pids()
+    stale_dirs = vm_dirs() - session.config.stash.get(VM_DIRS_BEFORE, set())
     if not leftover and not stale_dirs:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

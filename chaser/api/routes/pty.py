@@ -24,6 +24,7 @@ from chaser.api.deps import ExecWrite, Services, ServicesDep, SessionsRead
 from chaser.api.errors import error_response
 from chaser.api.routes import SESSION_ERROR_RESPONSES
 from chaser.service import pty as ptys
+from chaser.service.forward import agent_websocket
 from chaser.service.keys import Principal
 
 log = logging.getLogger("chaser.api.pty")
@@ -123,7 +124,7 @@ async def pty_socket(websocket: WebSocket, session_id: str) -> None:
             cwd = control.get("cwd") if isinstance(control.get("cwd"), str) else None
             try:
                 plan = ptys.plan(mode, rows, cols, command=command, cwd=cwd, env=env)
-                async with vm.agent.websocket("/pty", plan.params) as agent_ws:
+                async with agent_websocket(vm, "/pty", plan.params) as agent_ws:
                     await ptys.bridge(websocket, agent_ws, output_filter=ptys.MarkerFilter(plan.marker))
             except errors.ChaserError as exc:
                 await send_error_and_close(websocket, exc, 1008 if exc.status < 500 else 1011)
@@ -131,7 +132,7 @@ async def pty_socket(websocket: WebSocket, session_id: str) -> None:
 
         plan = ptys.plan(mode, rows, cols)
         try:
-            agent_cm = vm.agent.websocket("/pty", plan.params)
+            agent_cm = agent_websocket(vm, "/pty", plan.params)
             agent_ws = await agent_cm.__aenter__()
         except Exception as exc:  # noqa: BLE001
             await deny(websocket, as_chaser_error(exc))
