@@ -171,6 +171,7 @@ class AgentClient:
                 self.websocket_url(path, params),
                 additional_headers=self._headers(),
                 max_size=None,
+                compression=None,  # deflate costs more than it saves on loopback under TCG
                 open_timeout=30,
                 ping_interval=None,
             )

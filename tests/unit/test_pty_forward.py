@@ -323,6 +323,19 @@ def test_pty_refusals(live):
         assert "code" in json.loads(info.value.response.body)
 
 
+def test_pty_terminated_session_is_409(live):
+    from websockets.exceptions import InvalidStatus
+
+    other = live.http.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
+    live.http.delete(f"/v1/sessions/{other}")
+    with pytest.raises(InvalidStatus) as info:
+        ws_connect(f"{live.ws}/v1/sessions/{other}/pty?token={live.key}")
+    assert info.value.response.status_code == 409
+    assert json.loads(info.value.response.body)["code"] == "session_not_running"
+    r = live.http.get(f"/s/{other}/forward/80/")  # the gateway: a dead sandbox is a missing site
+    assert r.status_code == 404 and r.json()["code"] == "session_not_running"
+
+
 def test_dropped_socket_ends_its_shell(live):
     with ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty", {"Authorization": f"Bearer {live.key}"}) as ws:
         ws.send(b"echo ready\n")

@@ -86,8 +86,6 @@ async def forward_root(session_id: str, port: str, request: Request) -> Response
     return RedirectResponse(request.url.path + "/" + (f"?{query}" if query else ""), status_code=307)
 
 
-@router.api_route("/s/{session_id}/forward/{port}/{path:path}", methods=ALL_METHODS,
-                  summary="Reverse proxy to 127.0.0.1:{port} inside the sandbox (HTTP and WebSocket)")
 async def forward_http(session_id: str, port: str, path: str, request: Request) -> Response:
     port_number = fwd.check_port(port)
     live, token_used = await gateway_live(request, session_id, port_number)
@@ -109,6 +107,12 @@ async def forward_http(session_id: str, port: str, path: str, request: Request) 
         raise
     return await fwd.proxy_http(request, vm, port_number, upstream_target(request, drop_token=token_used),
                                 prefix=prefix, stack=stack)
+
+
+for _method in ALL_METHODS:  # one route per method: distinct OpenAPI operation ids
+    router.add_api_route("/s/{session_id}/forward/{port}/{path:path}", forward_http, methods=[_method],
+                         operation_id=f"forward_{_method.lower()}",
+                         summary="Reverse proxy to 127.0.0.1:{port} inside the sandbox (HTTP and WebSocket)")
 
 
 # --- WebSocket through the gateway ---------------------------------------------------------
