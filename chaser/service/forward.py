@@ -269,33 +269,9 @@ class RelayStream:
             await self.ws.close()
 
 
-@asynccontextmanager
-async def agent_websocket(vm, path: str, params: dict[str, Any] | None = None):
-    """Like `vm.agent.websocket`, but without permessage-deflate: compressing every
-    frame costs far more than it saves on the loopback hop to the guest (under TCG
-    it made forwarded downloads several times slower)."""
-    agent = vm.agent
-    if not hasattr(agent, "websocket_url") or not hasattr(agent, "token"):
-        async with agent.websocket(path, params) as ws:  # test doubles
-            yield ws
-        return
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidStatus
-
-    from chaser.vm.agent_client import error_from_agent
-
-    try:
-        connection = await connect(agent.websocket_url(path, params),
-                                   additional_headers={"Authorization": f"Bearer {agent.token}"},
-                                   max_size=None, open_timeout=30, ping_interval=None, compression=None)
-    except InvalidStatus as exc:
-        raise error_from_agent(exc.response.status_code, exc.response.body or b"") from exc
-    except OSError as exc:
-        raise errors.AgentUnavailable(f"agent unreachable: {exc!r}") from exc
-    try:
-        yield connection
-    finally:
-        await connection.close()
+def agent_websocket(vm, path: str, params: dict[str, Any] | None = None):
+    """The agent WebSocket for `path` (PTY, relay); compression is off there."""
+    return vm.agent.websocket(path, params)
 
 
 @asynccontextmanager
