@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def content_key(tar: Path, cache_dir: Path) -> str:
     key = h.hexdigest()
     memo = {stamp: key}  # only the current tarball matters
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f"{_HASH_CACHE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo))
+    fd, tmp = tempfile.mkstemp(prefix=f"{_HASH_CACHE}.", suffix=".tmp", dir=cache_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(memo, f)
     os.replace(tmp, cache_file)
     return key
 

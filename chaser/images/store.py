@@ -27,7 +27,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -313,26 +312,26 @@ class ImageStore:
 
     async def _resolve_default(self, progress: ProgressFn) -> ResolvedImage:
         tar = base_image.find_base_tarball(self.settings)
-        key = await asyncio.to_thread(base_image.content_key, tar, self.base_dir)
-        entry = self.base_dir / key[:32]
-        layout = entry / "layout"
-        if not (layout / "index.json").is_file():
-            async with self.locks.hold("base"):
-                if not (layout / "index.json").is_file():
-                    _emit(progress, "pull", f"importing the default image from {tar}")
-                    t0 = time.monotonic()
-                    work = self._mkwork("base")
-                    try:
-                        await base_image.build_layout(tar, work / "x" / "layout", work)
-                        os.chmod(work / "x", 0o755)
-                        self.base_dir.mkdir(parents=True, exist_ok=True)
-                        os.rename(work / "x", entry)
-                    finally:
-                        await asyncio.to_thread(remove_tree, work)
-                    self.last_timings = {"import_s": time.monotonic() - t0}
-                    for old in self.base_dir.iterdir():
-                        if old.is_dir() and old.name != entry.name:
-                            await asyncio.to_thread(remove_tree, old)
+        async with self.locks.hold("base"):
+            # Under the lock: the tarball is hashed once (then memoised by its stat).
+            key = await asyncio.to_thread(base_image.content_key, tar, self.base_dir)
+            entry = self.base_dir / key[:32]
+            layout = entry / "layout"
+            if not (layout / "index.json").is_file():
+                _emit(progress, "pull", f"importing the default image from {tar}")
+                t0 = time.monotonic()
+                work = self._mkwork("base")
+                try:
+                    await base_image.build_layout(tar, work / "x" / "layout", work)
+                    os.chmod(work / "x", 0o755)
+                    self.base_dir.mkdir(parents=True, exist_ok=True)
+                    os.rename(work / "x", entry)
+                finally:
+                    await asyncio.to_thread(remove_tree, work)
+                self.last_timings = {"import_s": time.monotonic() - t0}
+                for old in self.base_dir.iterdir():
+                    if old.is_dir() and old.name != entry.name:
+                        await asyncio.to_thread(remove_tree, old)
         digest, manifest, _ = read_layout(layout, base_image.TAG)
         if not self._has_entry(digest):
             async with self.locks.hold(self._hex(digest)):
