@@ -31,6 +31,7 @@ $(VENV)/.installed: pyproject.toml .stamps/apt
 # Cached by content hash inside chaser itself: fast when nothing changed.
 guest: $(VENV)/.installed
 	$(CHASER) guest build --template
+	$(CHASER) images pull chaser/base
 
 serve: setup
 	$(CHASER) server

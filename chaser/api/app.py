@@ -68,9 +68,9 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
 
-    from chaser.api.routes import commands, exec, files, keys, sessions, workspaces
+    from chaser.api.routes import commands, exec, files, images, keys, sessions, workspaces
 
-    for module in (sessions, exec, commands, files, workspaces, keys):
+    for module in (sessions, exec, commands, files, workspaces, keys, images):
         app.include_router(module.router)
 
     # Interactive access: PTY WebSocket, port forwarding (gateway, tunnels), host-style routing.

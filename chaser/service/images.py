@@ -1,25 +1,47 @@
-"""Image references → root-filesystem disks. The images feature plugs in here."""
+"""Image references → the disk and config a session boots with."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from chaser import errors
+from chaser.images import DEFAULT_IMAGE, ImageConfig, ImageStore, ResolvedImage, normalize
 
-DEFAULT_IMAGE = "chaser/base"
-_DEFAULT_ALIASES = {DEFAULT_IMAGE, f"{DEFAULT_IMAGE}:latest"}
+NO_CONFIG = ImageConfig(env={}, workdir=None, user=None)
 
 
 def check_image_ref(ref: str | None) -> str:
-    """Validate a reference without touching disks; returns its canonical form."""
-    if ref is None or ref.strip() == "" or ref.strip() in _DEFAULT_ALIASES:
+    """Validate a reference without pulling; returns its canonical form."""
+    if ref is None or not ref.strip():
         return DEFAULT_IMAGE
-    raise errors.InvalidImage(
-        f"image {ref!r} is not available: image pulling is not available yet; use {DEFAULT_IMAGE!r} or omit image"
-    )
+    if len(ref) > 1024 or any(ch.isspace() or ord(ch) < 32 for ch in ref):
+        raise errors.InvalidImage(f"image reference {ref[:80]!r} is not valid")
+    if ref.split(":", 1)[0] in ("oci", "oci-archive", "docker-archive", "docker", "dir"):
+        # Host paths: only `chaser images pull` on the server's machine may read them.
+        raise errors.InvalidImage("local image sources are not accepted over the API; use `chaser images pull`")
+    return normalize(ref)
 
 
-async def resolve_image(ref: str | None, *, runtime) -> Path:
-    """The erofs disk for `ref` (None = the default image)."""
-    check_image_ref(ref)
-    return runtime.assets.base_rootfs
+class ImageService:
+    """One image store per server process; sessions resolve images through it."""
+
+    def __init__(self, settings, store: ImageStore | None = None) -> None:
+        self.settings = settings
+        self._store = store
+
+    @property
+    def store(self) -> ImageStore:
+        if self._store is None:
+            self._store = ImageStore(self.settings)
+        return self._store
+
+    async def resolve(self, ref: str | None, *, runtime) -> ResolvedImage:
+        canonical = check_image_ref(ref)
+        if canonical == DEFAULT_IMAGE and not self._default_imported():
+            # `make setup` imports chaser/base into the store; until then the guest
+            # builder's erofs of the very same root file system serves.
+            disk = runtime.assets.base_rootfs
+            return ResolvedImage(reference=DEFAULT_IMAGE, digest="", disk=disk, config=NO_CONFIG,
+                                 size_bytes=disk.stat().st_size if disk.exists() else 0)
+        return await self.store.resolve(None if canonical == DEFAULT_IMAGE else canonical)
+
+    def _default_imported(self) -> bool:
+        return any(row["ref"] == DEFAULT_IMAGE for row in self.store.list())

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from chaser import errors
 from chaser.config import Settings
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
-from chaser.service.images import DEFAULT_IMAGE, check_image_ref, resolve_image
+from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
 from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager
 from chaser.store import Database, SessionRow, Workspace
@@ -61,6 +61,7 @@ class LiveSession:
     terminating: bool = False
     last_activity: float = field(default_factory=time.time)
     active_requests: int = 0
+    image_digest: str = ""
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -86,11 +87,13 @@ def check_proxy(proxy: str | None) -> str | None:
 
 
 class SessionManager:
-    def __init__(self, db: Database, settings: Settings, runtime, workspaces: WorkspaceManager) -> None:
+    def __init__(self, db: Database, settings: Settings, runtime, workspaces: WorkspaceManager,
+                 images: ImageService | None = None) -> None:
         self.db = db
         self.settings = settings
         self.runtime = runtime
         self.workspaces = workspaces
+        self.images = images or ImageService(settings)
         self.live: dict[str, LiveSession] = {}
         self._workspace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closing = False
@@ -180,7 +183,7 @@ class SessionManager:
         if self._closing:
             raise errors.SandboxRuntimeError("the server is shutting down")
         image_ref = workspace.image if workspace is not None else check_image_ref(image)
-        image_disk = await resolve_image(image_ref, runtime=self.runtime)
+        resolved = await self.images.resolve(image_ref, runtime=self.runtime)
         now = utcnow()
         session_id = "ses_" + secrets.token_hex(12)
         live = LiveSession(
@@ -189,6 +192,7 @@ class SessionManager:
             workspace_name=(workspace.name or workspace.id) if workspace else None,
             ephemeral=workspace is None, image=image_ref or DEFAULT_IMAGE, proxy=proxy,
             expires_at=now + timedelta(seconds=ttl_seconds or self.settings.session_max_lifetime_s),
+            image_digest=resolved.digest,
         )
         row = SessionRow(
             id=session_id, account_id=principal.account_id, workspace_id=live.workspace_id,
@@ -212,7 +216,7 @@ class SessionManager:
                     self._insert(row, live)
             else:
                 self._insert(row, live)
-            await self._boot(live, image_disk=image_disk, env=env)
+            await self._boot(live, image=resolved, env=env)
             return live
         finally:
             if live.lock.locked():
@@ -236,7 +240,7 @@ class SessionManager:
             raise session_not_running(live.id, "not running")
         return live
 
-    async def _boot(self, live: LiveSession, *, image_disk, env: dict[str, str]) -> None:
+    async def _boot(self, live: LiveSession, *, image, env: dict[str, str]) -> None:
         from chaser.vm.runtime import VMSpec
 
         writable = None
@@ -244,6 +248,7 @@ class SessionManager:
             writable = self.workspaces.disk_path(live.workspace_id)
             writable.parent.mkdir(parents=True, exist_ok=True)
         vm_env = {
+            **image.config.env,  # the image's Env, under everything the session sets
             **proxy_env(live.proxy),
             "CHASER_MODE": "sandbox",
             "CHASER_WORKSPACE_ROOT": "/workspace",
@@ -251,9 +256,10 @@ class SessionManager:
             "CHASER_RUNTIME_ENV": "microvm",
             **env,
         }
-        spec = VMSpec(image_disk=image_disk, writable_disk=writable,
+        spec = VMSpec(image_disk=image.disk, writable_disk=writable,
                       writable_size_bytes=self.settings.writable_size_bytes,
-                      session_id=live.id, env=vm_env, hostname="sandbox")
+                      session_id=live.id, env=vm_env, hostname="sandbox",
+                      user=image.config.user, workdir=image.config.workdir)
         started = time.monotonic()
         try:
             vm = await self.runtime.start(spec)

@@ -30,7 +30,8 @@ def test_create_rules(harness):
     assert_error(client.post("/v1/sessions", json={"session_type": "browser"}), 400, "unsupported_session_type")
     assert_error(client.post("/v1/sessions", json={}), 400, "workspace_required")
     assert_error(client.post("/v1/sessions"), 400, "workspace_required")
-    assert_error(client.post("/v1/sessions", json={"ephemeral": True, "image": "ghcr.io/x/y:1"}), 400, "invalid_image")
+    for bad in ("Not A Ref", "ghcr.io/x/y:bad tag", "oci:/etc/layout", "docker-archive:/tmp/x.tar"):
+        assert_error(client.post("/v1/sessions", json={"ephemeral": True, "image": bad}), 400, "invalid_image")
     assert_error(client.post("/v1/sessions", json={"image": "chaser/base"}), 400, "invalid_request")
     client.post("/v1/workspaces", json={"name": "dev"})
     assert_error(client.post("/v1/sessions", json={"workspace": "dev", "image": "chaser/base"}), 400, "invalid_request")
@@ -232,7 +233,10 @@ def test_workspaces(harness):
     assert_error(client.post("/v1/workspaces", json={"name": "dev"}), 409, "workspace_exists")
     assert_error(client.post("/v1/workspaces", json={"name": "x", "session_type": "browser"}), 400,
                  "unsupported_session_type")
-    assert_error(client.post("/v1/workspaces", json={"name": "x", "image": "ghcr.io/a/b"}), 400, "invalid_image")
+    assert_error(client.post("/v1/workspaces", json={"name": "x", "image": "ghcr.io/a/b c"}), 400, "invalid_image")
+    with_image = client.post("/v1/workspaces", json={"name": "py", "image": "python:3.12"})
+    assert with_image.status_code == 200 and with_image.json()["image"] == "docker.io/library/python:3.12"
+    assert client.delete("/v1/workspaces/py").status_code == 200
     assert_error(client.post("/v1/workspaces", json={"name": "bad name!"}), 400, "invalid_request")
     assert [w["name"] for w in client.get("/v1/workspaces").json()] == ["dev"]
     session = client.post("/v1/sessions", json={"workspace": "dev"}).json()
