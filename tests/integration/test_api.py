@@ -201,7 +201,7 @@ def test_bad_inputs(http, session):
                                headers={"Content-Type": "application/json"}), status, code)
     assert_error(http.post("/v1/sessions/ses_nope/exec", json={"command": "ls"}), 404, "session_not_found")
     assert_error(http.post("/v1/sessions", json={"session_type": "browser"}), 400, "unsupported_session_type")
-    assert_error(http.post("/v1/sessions", json={"ephemeral": True, "image": "ghcr.io/x/y"}), 400, "invalid_image")
+    assert_error(http.post("/v1/sessions", json={"ephemeral": True, "image": "ghcr.io/x/y z"}), 400, "invalid_image")
     assert_error(http.post("/v1/sessions", json={}), 400, "workspace_required")
     assert_error(http.get("/v1/nope"), 404, "not_found")
     assert http.get("/openapi.json").json()["paths"]["/v1/exec"]["post"]["responses"]["200"]
