@@ -349,7 +349,8 @@ async def serve(token: str, port: int, sandbox_root=None) -> None:
     for module in WARM_MODULES:
         importlib.import_module("." + module, __package__)
     agent = Agent(token, sandbox_root)
-    runner = web.AppRunner(agent.make_app(), access_log=None)
+    # Short keep-alive: an idle open connection keeps slirp timers (host CPU) busy.
+    runner = web.AppRunner(agent.make_app(), access_log=None, keepalive_timeout=2.0)
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port, reuse_address=True).start()
     # SIGTERM (e.g. from tini) ends the agent cleanly: user processes are killed too.
