@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     restore_timeout_s: float = 60.0
     exec_max_output_bytes: int = 1024 * 1024
     use_template: bool = True
+    # Restored, mounted and warmed VMs kept ready for ephemeral sessions of the
+    # default image; 0 turns the pool off.
+    warm_pool_size: int = 1
 
     # --- server ---
     host: str = "127.0.0.1"

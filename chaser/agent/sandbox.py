@@ -100,7 +100,9 @@ def _write_etc(root: str, name: str, content: str) -> None:
         f.write(content)
 
 
-def prepare(image_serial: str, writable_serial: str, hostname: str, workdir: str) -> None:
+def prepare(image_serial: str, writable_serial: str) -> None:
+    """Mount the sandbox root: overlay(image erofs, writable ext4) with /proc,
+    /sys, /dev and /tmp inside."""
     image, writable = find_disk(image_serial), find_disk(writable_serial)
     for device in (image, writable):
         flush_buffers(device)
@@ -115,21 +117,34 @@ def prepare(image_serial: str, writable_serial: str, hostname: str, workdir: str
     os.makedirs(upper, exist_ok=True)
     os.makedirs(work, exist_ok=True)
     mount("overlay", SANDBOX_ROOT, "overlay", 0, f"lowerdir={LOWER_MOUNT},upperdir={upper},workdir={work}")
+    for d in ("proc", "sys", "dev", "tmp", "workspace", "etc"):
+        os.makedirs(_inside(d), exist_ok=True)
+    mount("proc", _inside("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("sysfs", _inside("sys"), "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("/dev", _inside("dev"), None, MS_BIND | MS_REC)
+    mount("tmpfs", _inside("tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=50%")
+    os.chmod(_inside("tmp"), 0o1777)
 
-    def inside(p):
-        return os.path.join(SANDBOX_ROOT, p.lstrip("/"))
 
-    for d in ("proc", "sys", "dev", "tmp", "workspace", "etc", workdir):
-        os.makedirs(inside(d), exist_ok=True)
-    mount("proc", inside("proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount("sysfs", inside("sys"), "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mount("/dev", inside("dev"), None, MS_BIND | MS_REC)
-    mount("tmpfs", inside("tmp"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=50%")
-    os.chmod(inside("tmp"), 0o1777)
-
+def set_identity(hostname: str, workdir: str) -> None:
+    """The per-session files of a mounted sandbox root."""
+    os.makedirs(_inside(workdir), exist_ok=True)
     _write_etc(SANDBOX_ROOT, "hostname", hostname + "\n")
     _write_etc(SANDBOX_ROOT, "hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost\n")
     _write_etc(SANDBOX_ROOT, "resolv.conf", f"nameserver {SANDBOX_NAMESERVER}\n")
+
+
+def warm_up() -> None:
+    """Run one process in the sandbox: a pooled VM's first real command then
+    finds fork/exec/chroot paths already warm in the guest."""
+    import subprocess
+
+    subprocess.run(["/bin/true"], preexec_fn=lambda: (os.chroot(SANDBOX_ROOT), os.chdir("/")),
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def _inside(path: str) -> str:
+    return os.path.join(SANDBOX_ROOT, path.lstrip("/"))
 
 
 def chown_workdir(root: str, workdir: str, uid: int, gid: int) -> None:

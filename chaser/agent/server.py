@@ -75,6 +75,7 @@ class Agent:
         self.procs = ProcessManager()
         self.ptys = {}
         self.mounted = False
+        self.prepared_disks: dict | None = None
         self.stopped = asyncio.Event()
 
     # ----- helpers shared by the feature modules -----
@@ -167,20 +168,47 @@ class Agent:
         self.session_id, self.init_env, self.workdir = session_id, env, workdir
         if disks is not None and not self.dev_mode:
             from . import sandbox
+            if self.prepared_disks is None:
+                await self._mount(disks)
+            elif self.prepared_disks != {"image": disks["image"], "writable": disks["writable"]}:
+                raise conflict("the sandbox was prepared with other disks")
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, sandbox.prepare, disks["image"], disks["writable"], hostname or "sandbox",
-                    workdir or DEFAULT_WORKDIR)
-            except sandbox.SandboxError as e:
-                raise internal(str(e))
-            self.root = SANDBOX_ROOT
-            self.mounted = True
+                sandbox.set_identity(hostname or "sandbox", workdir or DEFAULT_WORKDIR)
+            except OSError as e:
+                raise internal(f"writing the sandbox identity failed: {e}")
         self.init_user = user
         u = self.user()  # validate the user now, inside the final root
         if u.uid and not self.dev_mode:
             from .sandbox import chown_workdir
             chown_workdir(self.root, self.default_workdir(), u.uid, u.gid)
         return web.json_response({"status": "ok"})
+
+    async def prepare(self, request):
+        """Mount the sandbox before the session is known (warm pool): a later
+        /init with the same disks only sets the identity."""
+        body = await read_json(request)
+        disks = body.get("disks")
+        if not (isinstance(disks, dict) and isinstance(disks.get("image"), str)
+                and isinstance(disks.get("writable"), str)):
+            raise bad_request("disks must be {image: serial, writable: serial}")
+        if self.initialized or self.prepared_disks is not None:
+            raise conflict("the sandbox is already prepared or initialized")
+        if self.dev_mode:
+            raise conflict("prepare needs a guest (not --sandbox-root mode)")
+        await self._mount(disks)
+        from . import sandbox
+        await asyncio.get_running_loop().run_in_executor(None, sandbox.warm_up)
+        return web.json_response({"status": "prepared"})
+
+    async def _mount(self, disks: dict) -> None:
+        from . import sandbox
+        self.prepared_disks = {"image": disks["image"], "writable": disks["writable"]}
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sandbox.prepare, disks["image"], disks["writable"])
+        except sandbox.SandboxError as e:
+            raise internal(str(e))
+        self.root = SANDBOX_ROOT
+        self.mounted = True
 
     async def exec(self, request):
         body = await read_json(request)
@@ -291,6 +319,7 @@ class Agent:
         r = app.router
         r.add_get("/health", self.health)
         r.add_post("/init", self.init)
+        r.add_post("/prepare", self.prepare)
         r.add_post("/exec", self.exec)
         r.add_get("/processes", self.list_processes)
         r.add_get("/processes/{id}", self.get_process)

@@ -47,13 +47,15 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
 
             services.sessions.runtime = Runtime(settings)  # also kills QEMUs a dead server left behind
         services.sessions.recover_on_start()
+        warm = asyncio.create_task(services.sessions.start_warm_pool(), name="warm-pool")
         reaper = asyncio.create_task(services.sessions.reaper(reaper_interval), name="session-reaper")
         try:
             yield
         finally:
-            reaper.cancel()
+            for task in (warm, reaper):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+                await asyncio.gather(warm, reaper)
             await services.sessions.shutdown()
             services.db.dispose()
 

@@ -178,6 +178,16 @@ class SessionManager:
         return await self._start(principal, workspace=None, image=image, env={}, proxy=None,
                                  ttl_seconds=None, reuse=False)
 
+    async def start_warm_pool(self) -> None:
+        """Keep VMs of the default image ready, so ephemeral sessions start at once."""
+        if self.settings.warm_pool_size <= 0 or not hasattr(self.runtime, "warm_pool"):
+            return
+        try:
+            image = await self.images.resolve(None, runtime=self.runtime)
+            self.runtime.warm_pool(image.disk)
+        except Exception as exc:  # noqa: BLE001 - sessions still start without the pool
+            log.warning("warm pool not started: %s", exc)
+
     async def _start(self, principal: Principal, *, workspace: Workspace | None, image: str | None,
                      env: dict[str, str], proxy: str | None, ttl_seconds: int | None, reuse: bool) -> LiveSession:
         if self._closing:

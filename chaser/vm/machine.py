@@ -38,6 +38,7 @@ class VirtualMachine:
         self.agent = agent
         self.session_id = ""
         self.boot_method = "cold"
+        self.pooled = False  # taken ready-made from the warm pool
         self.boot_ms = 0.0
         self.started_at = time.time()
         self._on_stopped = on_stopped

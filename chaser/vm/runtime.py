@@ -32,10 +32,12 @@ from chaser.vm.accel import resolve_accel
 from chaser.vm.agent_client import AgentClient
 from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
 from chaser.vm.machine import VirtualMachine
+from chaser.vm.pool import WarmPool
 from chaser.vm.process import kill_process_group, reap_orphans, spawn_qemu
 from chaser.vm.qemu import MemoryFile, QemuCommand, kernel_args
 from chaser.vm.template import (
     Template,
+    discard_failed_template,
     discard_template,
     load_template,
     retire_other_templates,
@@ -73,6 +75,7 @@ class Runtime:
         self._accel: str | None = None
         self.vms: dict[str, VirtualMachine] = {}
         self._template_lock = asyncio.Lock()
+        self.pool = WarmPool(self, settings.warm_pool_size)
         settings.vms_dir.mkdir(parents=True, exist_ok=True)
         reaped = reap_orphans(settings.vms_dir)
         if reaped:
@@ -115,8 +118,32 @@ class Runtime:
 
     # --- public API ---
     async def start(self, spec: VMSpec) -> VirtualMachine:
-        pad_to_slot(spec.image_disk, self.settings.image_slot_bytes)
+        """A VM for `spec`, initialised for its session: from the warm pool when
+        the spec allows, else restored from the template, else cold booted."""
         started = time.monotonic()
+        if self.pool.image is None and self.pool.eligible_shape(spec):
+            self.pool.start(spec.image_disk)  # the first plain request names the default image
+        vm = self.pool.take(spec)
+        if vm is None:
+            vm = await self.boot(spec)
+        try:
+            init = self._init_payload(spec)
+            await vm.guard(vm.agent.init(init))
+            vm.agent.set_token(init["token"])  # the boot token is dead from here on
+        except BaseException:
+            await vm.stop(graceful=False)
+            raise
+        vm.session_id = spec.session_id
+        vm.boot_ms = (time.monotonic() - started) * 1000
+        return vm
+
+    def warm_pool(self, image: Path) -> None:
+        """Start keeping VMs of `image` ready (see chaser/vm/pool.py)."""
+        self.pool.start(image)
+
+    async def boot(self, spec: VMSpec) -> VirtualMachine:
+        """A running VM whose agent answers, not yet initialised."""
+        pad_to_slot(spec.image_disk, self.settings.image_slot_bytes)
         vm_id = f"vm-{secrets.token_hex(6)}"
         vm_dir = self.settings.vms_dir / vm_id
         vm_dir.mkdir(parents=True)
@@ -131,21 +158,17 @@ class Runtime:
             if vm is None:
                 writable = await self._prepare_writable(spec, vm_dir)  # a failed restore removed the VM dir
                 vm = await self._cold_boot(vm_id, vm_dir, spec.image_disk, writable)
-            init = self._init_payload(spec)
-            await vm.guard(vm.agent.init(init))
-            vm.agent.set_token(init["token"])  # the boot token is dead from here on
         except BaseException:
             if vm is not None:
                 await vm.stop(graceful=False)
             else:
                 _remove_dir(vm_dir)
             raise
-        vm.session_id = spec.session_id
-        vm.boot_ms = (time.monotonic() - started) * 1000
         self.vms[vm_id] = vm
         return vm
 
     async def stop_all(self, *, graceful: bool = False) -> None:
+        await self.pool.close()
         await asyncio.gather(*(vm.stop(graceful=graceful) for vm in list(self.vms.values())), return_exceptions=True)
 
     async def ensure_template(self) -> Template:
@@ -243,7 +266,7 @@ class Runtime:
             log.warning("template restore failed (%s); discarding it and booting cold", exc)
             if vm is not None:
                 await vm.stop(graceful=False)
-            discard_template(template.dir)
+            discard_failed_template(template)
             return None
 
     async def _cold_boot(self, vm_id: str, vm_dir: Path, image: Path, writable: Path) -> VirtualMachine:

@@ -80,6 +80,15 @@ def discard_template(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def discard_failed_template(template: Template) -> None:
+    """Discard `template` after a failed restore, unless it was already
+    replaced: several restores can fail on one bad snapshot, and a late one
+    must not delete the rebuilt template."""
+    current = load_template(template.dir)
+    if current is not None and current.token == template.token:
+        discard_template(template.dir)
+
+
 def retire_other_templates(templates_dir: Path, keep: Path) -> None:
     if not templates_dir.is_dir():
         return

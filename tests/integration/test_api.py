@@ -264,13 +264,14 @@ def test_bulk_terminate_and_terminated_session(sdk, http):
 
 
 def test_server_restart_with_open_session(server_factory):
-    first = server_factory().start()
+    # No warm pool: the test counts the QEMUs under the home.
+    first = server_factory(CHASER_WARM_POOL_SIZE="0").start()
     with first.client() as client:
         session = client.post("/v1/sessions", json={"ephemeral": True}).json()
         assert session["status"] == "running"
         assert qemu_pids_under(first.home)
     first.kill(group=False)  # the server dies; its QEMUs die with it (parent-death signal) or are reaped
-    second = server_factory().start()
+    second = server_factory(CHASER_WARM_POOL_SIZE="0").start()
     with second.client() as client:
         row = client.get(f"/v1/sessions/{session['id']}").json()
     assert row["status"] == "terminated" and row["end_reason"] == "server_restart"
@@ -283,13 +284,13 @@ def test_server_restart_with_open_session(server_factory):
         open_session = client.post("/v1/sessions", json={"ephemeral": True}).json()
     second.stop()  # SIGTERM: a graceful shutdown stops the VMs itself
     assert qemu_pids_under(first.home) == []
-    third = server_factory().start()
+    third = server_factory(CHASER_WARM_POOL_SIZE="0").start()
     with third.client() as client:
         assert client.get(f"/v1/sessions/{open_session['id']}").json()["end_reason"] == "server_shutdown"
 
 
 def test_idle_timeout_and_crash_detection(server_factory):
-    srv = server_factory(CHASER_SESSION_IDLE_TIMEOUT_S="2").start()
+    srv = server_factory(CHASER_SESSION_IDLE_TIMEOUT_S="2", CHASER_WARM_POOL_SIZE="0").start()
     with srv.client() as client:
         idle = client.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
         crashing = client.post("/v1/sessions", json={"ephemeral": True}).json()["id"]

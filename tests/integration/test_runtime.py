@@ -237,3 +237,25 @@ async def test_graceful_stop_flushes_a_persistent_disk(runtime, tmp_path):
         assert text(await second.exec("cat /workspace/note; test -d /opt/extra && echo dir")).split() == ["kept", "dir"]
     finally:
         await second.stop()
+
+
+async def test_warm_pool_hands_out_a_prepared_vm_with_its_own_identity(runtime, vm):
+    # The shared VM's start named the default image; the pool fills in the background.
+    for _ in range(600):
+        if runtime.pool.ready:
+            break
+        await asyncio.sleep(0.1)
+    assert runtime.pool.ready, "the warm pool never filled"
+    pooled = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="from-pool",
+                                        hostname="poolhost", env={"X": "1"}))
+    try:
+        assert pooled.pooled and pooled.boot_method == "template"
+        command = "hostname; cat /etc/hostname; echo $X $CHASER_SESSION_ID; pwd; ls /workspace | wc -l"
+        result = await pooled.exec(command)
+        assert text(result).split() == ["poolhost", "poolhost", "1", "from-pool", "/workspace", "0"]
+        # The pool's warm-up process is not the session's business.
+        assert [p["command"] for p in await pooled.call("processes")] == [command]
+    finally:
+        await pooled.stop()
+    # A spec the pool cannot serve (own disk) is booted for itself.
+    assert not runtime.pool.eligible(VMSpec(image_disk=runtime.assets.base_rootfs, writable_disk=vm.dir / "x"))

@@ -1,0 +1,109 @@
+"""Warm pool: VMs restored from the template with the default image, their
+sandbox already mounted and a first process already run. An ephemeral session
+of that image then costs one `/init` call instead of a restore + mount."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
+
+if TYPE_CHECKING:
+    from chaser.vm.machine import VirtualMachine
+    from chaser.vm.runtime import Runtime, VMSpec
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_FAILURE_S = 30.0
+
+
+class WarmPool:
+    def __init__(self, runtime: Runtime, size: int) -> None:
+        self.runtime = runtime
+        self.size = size
+        self.image: Path | None = None
+        self.ready: list[VirtualMachine] = []
+        self._filler: asyncio.Task | None = None
+        self._closed = False
+
+    def start(self, image: Path) -> None:
+        """Keep `size` VMs of `image` ready (the image sessions use by default)."""
+        if self.image != image:
+            self.image = image
+            self._discard_ready()
+        self.refill()
+
+    def eligible_shape(self, spec: VMSpec) -> bool:
+        """A plain ephemeral spec: nothing a pooled VM could not take over."""
+        return (
+            self.size > 0
+            and spec.boot == "auto"
+            and spec.writable_disk is None
+            and spec.writable_size_bytes in (None, self.runtime.settings.writable_size_bytes)
+            and spec.user is None
+            and spec.workdir is None
+        )
+
+    def eligible(self, spec: VMSpec) -> bool:
+        return self.eligible_shape(spec) and self.image is not None and spec.image_disk == self.image
+
+    def take(self, spec: VMSpec) -> VirtualMachine | None:
+        if not self.eligible(spec):
+            return None
+        vm = None
+        while self.ready and vm is None:
+            candidate = self.ready.pop(0)
+            if candidate.alive:
+                vm = candidate
+            else:
+                asyncio.ensure_future(candidate.stop(graceful=False))
+        self.refill()
+        return vm
+
+    def refill(self) -> None:
+        if self.size <= 0 or self.image is None or self._closed:
+            return
+        if self._filler is None or self._filler.done():
+            self._filler = asyncio.ensure_future(self._fill())
+
+    async def _fill(self) -> None:
+        from chaser.vm.runtime import VMSpec
+
+        while len(self.ready) < self.size and not self._closed:
+            image = self.image
+            try:
+                vm = await self.runtime.boot(VMSpec(image_disk=image))
+            except Exception as exc:  # noqa: BLE001 - the pool is an optimisation: log and retry later
+                log.warning("warm pool: boot failed (%s); retrying in %.0fs", exc, RETRY_AFTER_FAILURE_S)
+                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                continue
+            try:
+                disks = {"image": IMAGE_DISK_SERIAL, "writable": WRITABLE_DISK_SERIAL}
+                await vm.guard(vm.agent.request("POST", "/prepare", json={"disks": disks}, timeout=60.0))
+            except BaseException as exc:
+                await vm.stop(graceful=False)
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("warm pool: prepare failed (%s)", exc)
+                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                continue
+            if image != self.image or self._closed:
+                await vm.stop(graceful=False)
+                continue
+            vm.pooled = True
+            self.ready.append(vm)
+
+    def _discard_ready(self) -> None:
+        for vm in self.ready:
+            asyncio.ensure_future(vm.stop(graceful=False))
+        self.ready.clear()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._filler is not None:
+            self._filler.cancel()
+            await asyncio.gather(self._filler, return_exceptions=True)
+        ready, self.ready = self.ready, []
+        await asyncio.gather(*(vm.stop(graceful=False) for vm in ready), return_exceptions=True)
