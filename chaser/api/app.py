@@ -94,4 +94,7 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    from chaser.api.openapi import install_extra_paths
+
+    install_extra_paths(app)
     return app

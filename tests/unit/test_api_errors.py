@@ -94,8 +94,14 @@ def test_openapi_documents_every_endpoint(harness):
         ("/v1/sessions/{session_id}/upload", "post"), ("/v1/sessions/{session_id}/download", "get"),
         ("/v1/workspaces", "post"), ("/v1/workspaces", "get"), ("/v1/workspaces/{workspace}", "get"),
         ("/v1/workspaces/{workspace}", "delete"), ("/v1/keys", "get"), ("/v1/keys", "post"),
-        ("/v1/keys/{key_id}", "delete"),
+        ("/v1/keys/{key_id}", "delete"), ("/v1/images", "get"), ("/v1/images", "post"),
+        ("/v1/images/{ref}", "delete"), ("/v1/images/prune", "post"), ("/v1/sessions/{session_id}/resize", "post"),
     }
+    # WebSocket upgrades, MCP and the gateway answer other shapes; they must be listed all the same.
+    for path, method in {("/v1/mcp", "post"), ("/v1/sessions/{session_id}/pty", "get"),
+                         ("/v1/sessions/{session_id}/tunnel/{port}", "get"),
+                         ("/s/{session_id}/forward/{port}/{path}", "get")}:
+        assert method in paths.get(path, {}), (path, method)
     for path, method in expected:
         assert method in paths.get(path, {}), (path, method)
         operation = paths[path][method]
