@@ -43,7 +43,7 @@ class VirtualMachine:
         self.started_at = time.time()
         self._on_stopped = on_stopped
         self._stopping = False
-        self._stopped = False
+        self._stop_task: asyncio.Future | None = None
         self.exit_reason: str | None = None
         self._exited = asyncio.ensure_future(process.wait())
         self._exited.add_done_callback(self._note_exit)
@@ -121,9 +121,13 @@ class VirtualMachine:
 
     async def stop(self, *, graceful: bool = True, timeout: float = 15.0) -> None:
         """Agent shutdown (flushes disks), then QMP quit, then SIGKILL; then
-        delete everything the VM had on disk except disks owned by the caller."""
-        if self._stopped:
-            return
+        delete everything the VM had on disk except disks owned by the caller.
+        Concurrent calls share one stop."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop(graceful=graceful, timeout=timeout))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, *, graceful: bool, timeout: float) -> None:
         self._stopping = True
         try:
             if graceful and self.alive:
@@ -145,7 +149,6 @@ class VirtualMachine:
             kill_process_group(self.process.pid)  # any helper QEMU forked (e.g. `exec:cat`)
             await self._close_connections()
             shutil.rmtree(self.dir, ignore_errors=True)
-            self._stopped = True
             if self._on_stopped:
                 self._on_stopped(self)
 

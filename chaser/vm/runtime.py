@@ -315,7 +315,11 @@ class Runtime:
             qmp = QMPClient(vm_id)
             try:
                 await self._connect_qmp(qmp, command.qmp_socket, process)
-            except errors.VMCrashed:
+            except BaseException as exc:
+                kill_process_group(process.pid)  # no VirtualMachine owns it yet
+                await asyncio.shield(process.wait())
+                if not isinstance(exc, errors.VMCrashed):
+                    raise
                 last_error = (vm_dir / "qemu.log").read_text(errors="replace")[-2000:]
                 if "hostfwd" in last_error or "forwarding" in last_error:
                     continue

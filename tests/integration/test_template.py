@@ -23,7 +23,7 @@ def private_settings():
     home = Path(tempfile.mkdtemp(prefix="chtpl-", dir="/tmp"))
     (home / "guest").mkdir()
     shutil.copy(Settings().guest_dir / "current.json", home / "guest" / "current.json")
-    yield Settings(home=home)
+    yield Settings(home=home, warm_pool_size=0)  # no pool: each start shows its own boot path
     shutil.rmtree(home, ignore_errors=True)
 
 
