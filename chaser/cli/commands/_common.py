@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -92,11 +93,24 @@ def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str
         out.print(empty, markup=False)
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for _, header in columns:
-        table.add_column(header, overflow="fold")
+    for key, header in columns:
+        # Ids are copied and pasted: never fold them.
+        table.add_column(header, overflow="fold", no_wrap=key == "id" or key.endswith("_id"))
     for row in rows:
-        table.add_row(*(Text(format_value(row.get(key))) for key, _ in columns))
+        table.add_row(*(Text(_table_value(row.get(key))) for key, _ in columns))
     out.print(table, markup=False)
+
+
+_ISO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]00:00)?$")
+
+
+def _table_value(value: Any) -> str:
+    """Like format_value, with UTC timestamps shortened to the second for tables."""
+    if isinstance(value, str):
+        match = _ISO_TIME.match(value)
+        if match:
+            return f"{match.group(1)} {match.group(2)}"
+    return format_value(value)
 
 
 def print_fields(payload: dict[str, Any], keys: Sequence[str] | None = None) -> None:
