@@ -323,15 +323,44 @@ class KeysResource(_Resource):
         return self._client.request_json("DELETE", f"/v1/keys/{_segment(key_id)}")
 
 
+class WorkspaceSnapshotsResource(_Resource):
+    def _path(self, workspace: str, snapshot: str | None = None, tail: str = "") -> str:
+        path = f"/v1/workspaces/{_segment(workspace)}/snapshots"
+        if snapshot is not None:
+            path += f"/{_segment(snapshot)}"
+        return path + tail
+
+    def list(self, workspace: str) -> list[dict[str, Any]]:
+        return self._client.request_json("GET", self._path(workspace))
+
+    def create(self, workspace: str, *, name: str | None = None) -> dict[str, Any]:
+        return self._client.request_json("POST", self._path(workspace), json=_drop_none(name=name),
+                                         timeout=SESSION_CREATE_TIMEOUT)
+
+    def restore(self, workspace: str, snapshot: str, *, force: bool = False) -> dict[str, Any]:
+        return self._client.request_json("POST", self._path(workspace, snapshot, "/restore"),
+                                         json={"force": True} if force else {}, timeout=SESSION_CREATE_TIMEOUT)
+
+    def delete(self, workspace: str, snapshot: str) -> dict[str, Any]:
+        return self._client.request_json("DELETE", self._path(workspace, snapshot))
+
+
 class WorkspacesResource(_Resource):
+    def __init__(self, client: ChaserClient) -> None:
+        super().__init__(client)
+        self.snapshots = WorkspaceSnapshotsResource(client)
+
     def create(
         self,
         *,
         name: str | None = None,
         session_type: str = "sandbox",
         image: str | None = None,
+        clone_from: str | None = None,
+        template: bool | None = None,
     ) -> dict[str, Any]:
-        body = _drop_none(name=name, session_type=session_type, image=image)
+        body = _drop_none(name=name, session_type=session_type, image=image, clone_from=clone_from,
+                          template=template)
         return self._client.request_json("POST", "/v1/workspaces", json=body, timeout=SESSION_CREATE_TIMEOUT)
 
     def list(self) -> list[dict[str, Any]]:
@@ -346,6 +375,21 @@ class WorkspacesResource(_Resource):
     def delete(self, workspace: str, *, force: bool = False) -> dict[str, Any]:
         params = {"force": "true"} if force else None
         return self._client.request_json("DELETE", f"/v1/workspaces/{_segment(workspace)}", params=params)
+
+    def rename(self, workspace: str, name: str | None) -> dict[str, Any]:
+        return self._client.request_json("PUT", f"/v1/workspaces/{_segment(workspace)}/name", json={"name": name})
+
+    def set_template(self, workspace: str, template: bool) -> dict[str, Any]:
+        return self._client.request_json("PUT", f"/v1/workspaces/{_segment(workspace)}/template",
+                                         json={"template": template})
+
+    def bulk_delete(self, *, ids: list[str] | None = None, all: bool = False,  # noqa: A002 - the wire name
+                    force: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"all": all, "force": force}
+        if ids:
+            body["ids"] = list(ids)
+        return self._client.request_json("POST", "/v1/workspaces/bulk-delete", json=body,
+                                         timeout=SESSION_CREATE_TIMEOUT)
 
 
 class ChaserClient:

@@ -10,12 +10,15 @@ from pydantic import BaseModel, Field
 from chaser.models.common import RequestModel
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class WorkspaceCreate(RequestModel):
-    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
     session_type: str | None = None
     image: str | None = Field(default=None, max_length=1000)
     template: bool | None = None
-    clone_from: str | None = None  # accepted for SDK compatibility; must be null
+    clone_from: str | None = Field(default=None, min_length=1, max_length=200)  # a workspace name or id
 
 
 class WorkspacePublic(BaseModel):
@@ -23,6 +26,7 @@ class WorkspacePublic(BaseModel):
     name: str | None = None
     image: str
     template: bool = False
+    source_workspace_id: str | None = None
     session_type: Literal["sandbox"] = "sandbox"
     status: str = "ready"
     persistence: bool = True
@@ -33,4 +37,64 @@ class WorkspacePublic(BaseModel):
 
 class WorkspaceDeletedPublic(BaseModel):
     id: str
+    deleted: bool = True
+
+
+class WorkspaceRename(RequestModel):
+    name: str | None = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)  # null clears the name
+
+
+class WorkspaceNamePublic(BaseModel):
+    id: str
+    name: str | None = None
+
+
+class WorkspaceTemplateSet(RequestModel):
+    template: bool
+
+
+class WorkspaceTemplatePublic(BaseModel):
+    id: str
+    template: bool
+
+
+class BulkDeleteWorkspacesCreate(RequestModel):
+    ids: list[str] | None = Field(default=None, max_length=1000)
+    all: bool = False
+    force: bool = False
+
+
+class BulkDeleteWorkspaceItem(BaseModel):
+    id: str
+    deleted: bool
+    error: str | None = None
+
+
+class BulkDeleteWorkspacesPublic(BaseModel):
+    requested: int
+    deleted: int
+    failed: int
+    results: list[BulkDeleteWorkspaceItem]
+
+
+class SnapshotCreate(RequestModel):
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+
+
+class SnapshotRestore(RequestModel):
+    force: bool = False  # terminate the workspace's running session first
+
+
+class WorkspaceSnapshotPublic(BaseModel):
+    id: str
+    workspace_id: str
+    name: str | None = None
+    used_bytes: int
+    created_at: datetime
+    restored_at: datetime | None = None
+
+
+class SnapshotDeletedPublic(BaseModel):
+    id: str
+    workspace_id: str
     deleted: bool = True

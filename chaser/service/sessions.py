@@ -28,11 +28,12 @@ from sqlalchemy import select
 from chaser import errors
 from chaser.config import Settings
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
+from chaser.models.workspaces import BulkDeleteWorkspacesCreate, WorkspaceCreate
 from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
-from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager
+from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager, copy_disk
 from chaser.store import Database, SessionRow, Workspace
-from chaser.store.tables import utcnow
+from chaser.store.tables import WorkspaceSnapshot, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +426,159 @@ class SessionManager:
                     row.status, row.end_reason, row.ended_at = "terminated", "workspace_deleted", utcnow()
             self.workspaces.delete_row(workspace)
         self._workspace_locks.pop(workspace.id, None)
+
+    async def bulk_delete_workspaces(self, principal: Principal, request: BulkDeleteWorkspacesCreate
+                                     ) -> list[tuple[str, str | None]]:
+        """(id or the ref given, error message or None) for each workspace targeted."""
+        targets: dict[str, None] = {ref: None for ref in request.ids or []}
+        if request.all:
+            for row in self.workspaces.list(principal):
+                targets[row.id] = None
+        results: list[tuple[str, str | None]] = []
+        resolved: dict[str, Workspace] = {}
+        for ref in targets:  # resolved first: the same workspace by name and by id counts once
+            try:
+                workspace = self.workspaces.get(principal, ref)
+            except errors.ChaserError as exc:
+                results.append((ref, exc.message))
+                continue
+            resolved.setdefault(workspace.id, workspace)
+        for workspace in resolved.values():
+            try:
+                await self.delete_workspace(principal, workspace, force=request.force)
+                results.append((workspace.id, None))
+            except errors.ChaserError as exc:
+                results.append((workspace.id, exc.message))
+        return results
+
+    # --- workspace disks: clones and snapshots -------------------------------
+    def _still_there(self, workspace: Workspace) -> None:
+        """Under the workspace lock: a delete that ran while we waited for it wins."""
+        if self.workspaces.find_in_account(workspace.account_id, workspace.id) is None:
+            raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
+
+    def rename_live(self, workspace: Workspace) -> None:
+        for live in self.live.values():
+            if live.workspace_id == workspace.id:
+                live.workspace_name = workspace.name or workspace.id
+
+    async def create_workspace(self, principal: Principal, request: WorkspaceCreate) -> Workspace:
+        """A new workspace; with `clone_from`, its disk starts as a copy of that workspace's."""
+        if request.clone_from is None:
+            return self.workspaces.create(principal, request)
+        source = self.workspaces.get(principal, request.clone_from)
+        async with self._workspace_locks[source.id]:
+            self._still_there(source)
+            row = self.workspaces.create_row(account_id=principal.account_id, name=request.name,
+                                             session_type=request.session_type, image=request.image,
+                                             template=bool(request.template), source=source)
+            try:
+                source_disk = self.workspaces.disk_path(source.id)
+                if source_disk.exists():
+                    await self._consistent_copy(source, source_disk, self.workspaces.disk_path(row.id))
+            except BaseException:
+                self.workspaces.delete_row(row)
+                raise
+        return row
+
+    async def create_snapshot(self, principal: Principal, workspace: Workspace, *,
+                              name: str | None) -> WorkspaceSnapshot:
+        """Copy the workspace's disk; a running session is frozen (guest `sync`, QMP stop/cont) around it."""
+        async with self._workspace_locks[workspace.id]:
+            self._still_there(workspace)
+            self.workspaces.check_snapshot_name(workspace, name)
+            snapshot_id = self.workspaces.new_snapshot_id()
+            disk = self.workspaces.disk_path(workspace.id)
+            path = self.workspaces.snapshot_path(workspace.id, snapshot_id)
+            has_disk = disk.exists()
+            try:
+                if has_disk:
+                    await self._consistent_copy(workspace, disk, path)
+                return self.workspaces.add_snapshot_row(workspace, snapshot_id, name=name, has_disk=has_disk)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+
+    async def restore_snapshot(self, principal: Principal, workspace: Workspace, snapshot_ref: str, *,
+                               force: bool) -> WorkspaceSnapshot:
+        """Replace the workspace's disk by the snapshot's (atomically). A running session
+        holds the disk: 409 workspace_busy, or with `force` it is terminated first."""
+        async with self._workspace_locks[workspace.id]:
+            self._still_there(workspace)
+            snapshot = self.workspaces.get_snapshot(workspace, snapshot_ref)
+            active = [live for live in self.live.values() if live.workspace_id == workspace.id]
+            if active and not force:
+                raise errors.Conflict(
+                    f"workspace {workspace.name or workspace.id} has a running session {active[0].id}; "
+                    "terminate it first or pass force=true", code="workspace_busy")
+            for live in active:
+                await self._stop(live, force=False, status="terminated", reason="snapshot_restored")
+            disk = self.workspaces.disk_path(workspace.id)
+            if snapshot.has_disk:
+                source = self.workspaces.snapshot_path(workspace.id, snapshot.id)
+                if not source.exists():
+                    raise errors.NotFound(f"the disk file of snapshot {snapshot.id} is missing",
+                                          code="snapshot_not_found")
+                await asyncio.to_thread(copy_disk, source, disk)
+            else:  # taken before the workspace had a disk: the next session starts empty
+                disk.unlink(missing_ok=True)
+            return self.workspaces.mark_restored(snapshot)
+
+    async def delete_snapshot(self, principal: Principal, workspace: Workspace, snapshot_ref: str
+                              ) -> WorkspaceSnapshot:
+        async with self._workspace_locks[workspace.id]:
+            snapshot = self.workspaces.get_snapshot(workspace, snapshot_ref)
+            self.workspaces.delete_snapshot_row(snapshot)
+            return snapshot
+
+    async def _consistent_copy(self, workspace: Workspace, src, dst) -> None:
+        """Copy a workspace disk (the caller holds the workspace lock, so no session starts).
+
+        With a session running, the copy is made with the VM frozen: `sync` in the
+        guest writes its dirty pages to the disk, QMP `stop` pauses the vCPUs and
+        drains QEMU's I/O, the copy runs, then `cont`. The copy is what a power cut
+        at that instant would leave — with everything synced, a clean ext4 (its
+        journal replays on mount). The session's lock is held meanwhile, so a
+        terminate waits for `cont`."""
+        live = next((item for item in self.live.values() if item.workspace_id == workspace.id), None)
+        if live is None:
+            await asyncio.to_thread(copy_disk, src, dst)
+            return
+        crashed: errors.VMCrashed | None = None
+        async with live.lock:  # a session still starting is waited for; a stop in progress finishes
+            if self.live.get(live.id) is not live or live.vm is None:
+                await asyncio.to_thread(copy_disk, src, dst)
+                return
+            vm = live.vm
+            live.active_requests += 1  # not `using()`: its crash handling takes live.lock
+            try:
+                await self._frozen_copy(live, vm, src, dst)
+            except errors.VMCrashed as exc:
+                crashed = exc
+            finally:
+                live.active_requests -= 1
+                live.touch()
+        if crashed is not None:
+            await self._mark_crashed(live)
+            raise crashed
+
+    async def _frozen_copy(self, live: LiveSession, vm, src, dst) -> None:
+        result = await vm.exec("sync", timeout_ms=120_000)
+        if result.get("exit_code") not in (0, None):
+            raise errors.SandboxRuntimeError(f"sync in the guest failed (exit code {result.get('exit_code')})")
+        qmp = getattr(vm, "qmp", None)
+        paused = False
+        try:
+            if qmp is not None:
+                await qmp.execute("stop")
+                paused = True
+            await asyncio.to_thread(copy_disk, src, dst)
+        finally:
+            if paused:
+                try:
+                    await qmp.execute("cont")
+                except Exception:  # noqa: BLE001 - a VM that cannot resume is reaped as crashed
+                    log.exception("session %s: resuming the VM after a disk copy failed", live.id)
 
     # --- lifetime ------------------------------------------------------------
     def recover_on_start(self) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import secrets
 import shutil
+import subprocess
 from pathlib import Path
 
 from sqlalchemy import select
@@ -16,10 +19,54 @@ from chaser.models.workspaces import WorkspaceCreate
 from chaser.service.images import check_image_ref
 from chaser.service.keys import Principal
 from chaser.store import Database, SessionRow, Workspace
-from chaser.store.tables import utcnow
+from chaser.store.tables import WorkspaceSnapshot, utcnow
+
+log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("starting", "running")
 _ID_PATTERN = re.compile(r"^ws_[0-9a-f]+$")
+_SNAPSHOT_ID_PATTERN = re.compile(r"^snap_[0-9a-f]+$")
+_COPY_CHUNK = 1 << 20
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes the file really occupies (its sparse holes and shared extents aside)."""
+    return path.stat().st_blocks * 512
+
+
+def _python_sparse_copy(src: Path, dst: Path) -> None:
+    zero = bytes(_COPY_CHUNK)
+    with open(src, "rb") as reader, open(dst, "wb") as writer:
+        while chunk := reader.read(_COPY_CHUNK):
+            if chunk == zero[:len(chunk)]:
+                writer.seek(len(chunk), os.SEEK_CUR)
+            else:
+                writer.write(chunk)
+        writer.truncate(writer.tell())
+
+
+def copy_disk(src: Path, dst: Path) -> None:
+    """Copy a sparse disk file to `dst`, atomically (a temporary file renamed over it).
+
+    `cp --reflink=auto --sparse=always` shares extents on CoW file systems (btrfs, XFS)
+    and keeps holes elsewhere; a plain Python copy that skips zero blocks is the fallback.
+    Blocking: run it in a thread."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        try:
+            subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(src), str(tmp)],
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log.warning("cp of %s failed (%s); copying in Python", src, exc)
+            tmp.unlink(missing_ok=True)
+            _python_sparse_copy(src, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class WorkspaceManager:
@@ -30,22 +77,30 @@ class WorkspaceManager:
     def disk_path(self, workspace_id: str) -> Path:
         return self.settings.workspaces_dir / workspace_id / "disk.img"
 
+    def snapshot_path(self, workspace_id: str, snapshot_id: str) -> Path:
+        return self.settings.workspaces_dir / workspace_id / "snapshots" / f"{snapshot_id}.img"
+
     def create(self, principal: Principal, request: WorkspaceCreate) -> Workspace:
+        """A new, empty workspace (`clone_from` is SessionManager.create_workspace's business)."""
         return self.create_row(account_id=principal.account_id, name=request.name,
                                session_type=request.session_type, image=request.image,
-                               template=bool(request.template), clone_from=request.clone_from)
+                               template=bool(request.template))
 
     def create_row(self, *, account_id: str, name: str | None, session_type: str | None = None,
-                   image: str | None = None, template: bool = False, clone_from: str | None = None) -> Workspace:
+                   image: str | None = None, template: bool = False, source: Workspace | None = None) -> Workspace:
+        """The row only; `source` (a clone's origin) gives the image, its disk is copied by the caller."""
         if session_type not in (None, "sandbox"):
             raise errors.UnsupportedSessionType(f"session_type {session_type!r} is not supported; only 'sandbox'")
-        if clone_from is not None:
-            raise errors.InvalidRequest("clone_from is not supported yet")
-        if name is not None and _ID_PATTERN.match(name):
-            raise errors.InvalidRequest("a workspace name must not look like a workspace id (ws_…)")
-        canonical_image = check_image_ref(image)
+        self._check_name(name)
+        if source is not None:
+            if image is not None and check_image_ref(image) != source.image:
+                raise errors.InvalidRequest("a clone has the image of the workspace it is cloned from; omit image")
+            canonical_image = source.image
+        else:
+            canonical_image = check_image_ref(image)
         row = Workspace(id="ws_" + secrets.token_hex(8), account_id=account_id, name=name,
-                        image=canonical_image, session_type="sandbox", template=template, created_at=utcnow())
+                        image=canonical_image, session_type="sandbox", template=template, created_at=utcnow(),
+                        source_workspace_id=source.id if source is not None else None)
         try:
             with self.db.session() as s:
                 s.add(row)
@@ -63,6 +118,89 @@ class WorkspaceManager:
         if row is None:
             raise errors.NotFound(f"no workspace {ref!r}", code="workspace_not_found")
         return row
+
+    @staticmethod
+    def _check_name(name: str | None) -> None:
+        if name is not None and _ID_PATTERN.match(name):
+            raise errors.InvalidRequest("a workspace name must not look like a workspace id (ws_…)")
+
+    def rename(self, workspace: Workspace, name: str | None) -> Workspace:
+        self._check_name(name)
+        try:
+            with self.db.session() as s:
+                row = s.get(Workspace, workspace.id)
+                if row is None:
+                    raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
+                row.name = name
+        except IntegrityError:
+            raise errors.Conflict(f"a workspace named {name!r} already exists", code="workspace_exists") from None
+        return row
+
+    def set_template(self, workspace: Workspace, template: bool) -> Workspace:
+        with self.db.session() as s:
+            row = s.get(Workspace, workspace.id)
+            if row is None:
+                raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
+            row.template = template
+        return row
+
+    # --- snapshots -----------------------------------------------------------
+    def list_snapshots(self, workspace: Workspace) -> list[WorkspaceSnapshot]:
+        with self.db.session() as s:
+            return list(s.scalars(select(WorkspaceSnapshot)
+                                  .where(WorkspaceSnapshot.account_id == workspace.account_id,
+                                         WorkspaceSnapshot.workspace_id == workspace.id)
+                                  .order_by(WorkspaceSnapshot.created_at)))
+
+    def get_snapshot(self, workspace: Workspace, ref: str) -> WorkspaceSnapshot:
+        """A snapshot of this workspace by id or name, or 404 snapshot_not_found."""
+        column = WorkspaceSnapshot.id if _SNAPSHOT_ID_PATTERN.match(ref) else WorkspaceSnapshot.name
+        with self.db.session() as s:
+            row = s.scalar(select(WorkspaceSnapshot).where(WorkspaceSnapshot.account_id == workspace.account_id,
+                                                           WorkspaceSnapshot.workspace_id == workspace.id,
+                                                           column == ref))
+        if row is None:
+            raise errors.NotFound(f"workspace {workspace.name or workspace.id} has no snapshot {ref!r}",
+                                  code="snapshot_not_found")
+        return row
+
+    def check_snapshot_name(self, workspace: Workspace, name: str | None) -> None:
+        if name is None:
+            return
+        if _SNAPSHOT_ID_PATTERN.match(name):
+            raise errors.InvalidRequest("a snapshot name must not look like a snapshot id (snap_…)")
+        try:
+            self.get_snapshot(workspace, name)
+        except errors.NotFound:
+            return
+        raise errors.Conflict(f"workspace {workspace.name or workspace.id} already has a snapshot named {name!r}",
+                              code="snapshot_exists")
+
+    def new_snapshot_id(self) -> str:
+        return "snap_" + secrets.token_hex(8)
+
+    def add_snapshot_row(self, workspace: Workspace, snapshot_id: str, *, name: str | None,
+                         has_disk: bool) -> WorkspaceSnapshot:
+        path = self.snapshot_path(workspace.id, snapshot_id)
+        row = WorkspaceSnapshot(id=snapshot_id, account_id=workspace.account_id, workspace_id=workspace.id,
+                                name=name, used_bytes=allocated_bytes(path) if has_disk else 0,
+                                has_disk=has_disk, created_at=utcnow())
+        with self.db.session() as s:
+            s.add(row)
+        return row
+
+    def mark_restored(self, snapshot: WorkspaceSnapshot) -> WorkspaceSnapshot:
+        with self.db.session() as s:
+            row = s.get(WorkspaceSnapshot, snapshot.id)
+            row.restored_at = utcnow()
+        return row
+
+    def delete_snapshot_row(self, snapshot: WorkspaceSnapshot) -> None:
+        with self.db.session() as s:
+            row = s.get(WorkspaceSnapshot, snapshot.id)
+            if row is not None:
+                s.delete(row)
+        self.snapshot_path(snapshot.workspace_id, snapshot.id).unlink(missing_ok=True)
 
     def find_in_account(self, account_id: str, ref: str) -> Workspace | None:
         try:
@@ -91,4 +229,6 @@ class WorkspaceManager:
             row = s.get(Workspace, workspace.id)
             if row is not None:
                 s.delete(row)
+            for snapshot in s.scalars(select(WorkspaceSnapshot).where(WorkspaceSnapshot.workspace_id == workspace.id)):
+                s.delete(snapshot)
         shutil.rmtree(self.disk_path(workspace.id).parent, ignore_errors=True)

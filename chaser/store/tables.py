@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PERSONAL_ACCOUNT_ID = "personal"
@@ -69,6 +69,22 @@ class Workspace(Base):
     session_type: Mapped[str] = mapped_column(String(32), default="sandbox")
     template: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source_workspace_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # clone_from
+
+
+class WorkspaceSnapshot(Base):
+    """A copy of a workspace's disk at one moment (`workspaces/<id>/snapshots/<snap>.img`)."""
+
+    __tablename__ = "workspace_snapshots"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    has_disk: Mapped[bool] = mapped_column(Boolean, default=True)  # False: the workspace had no disk yet
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    restored_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class SessionRow(Base):

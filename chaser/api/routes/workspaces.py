@@ -1,4 +1,4 @@
-"""`/v1/workspaces`: persistent disks that sessions attach."""
+"""`/v1/workspaces`: persistent disks that sessions attach, their clones and snapshots."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from fastapi import APIRouter, Body, Query
 from chaser.api.deps import ServicesDep, WorkspacesRead, WorkspacesWrite
 from chaser.api.routes import ERROR_RESPONSES
 from chaser.models import WorkspaceCreate, WorkspaceDeletedPublic, WorkspacePublic
+from chaser.models.workspaces import (
+    BulkDeleteWorkspaceItem, BulkDeleteWorkspacesCreate, BulkDeleteWorkspacesPublic, SnapshotCreate,
+    SnapshotDeletedPublic, SnapshotRestore, WorkspaceNamePublic, WorkspaceRename, WorkspaceSnapshotPublic,
+    WorkspaceTemplatePublic, WorkspaceTemplateSet,
+)
 from chaser.service.images import DEFAULT_IMAGE
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Workspace
+from chaser.store.tables import WorkspaceSnapshot
 
 router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"], responses=ERROR_RESPONSES)
 
@@ -17,13 +23,21 @@ router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"], responses=ERROR
 def workspace_public(row: Workspace, workspaces: WorkspaceManager) -> WorkspacePublic:
     active, last = workspaces.session_ids(row)
     return WorkspacePublic(id=row.id, name=row.name, image=row.image or DEFAULT_IMAGE, template=row.template,
+                           source_workspace_id=row.source_workspace_id,
                            created_at=row.created_at, active_session_id=active, last_session_id=last)
 
 
-@router.post("", response_model=WorkspacePublic, summary="Create a workspace")
+def snapshot_public(row: WorkspaceSnapshot) -> WorkspaceSnapshotPublic:
+    return WorkspaceSnapshotPublic(id=row.id, workspace_id=row.workspace_id, name=row.name,
+                                   used_bytes=row.used_bytes, created_at=row.created_at,
+                                   restored_at=row.restored_at)
+
+
+@router.post("", response_model=WorkspacePublic,
+             summary="Create a workspace (clone_from: start with a copy of another workspace's disk)")
 async def create_workspace(services: ServicesDep, principal: WorkspacesWrite,
                            body: WorkspaceCreate | None = Body(default=None)) -> WorkspacePublic:
-    row = services.workspaces.create(principal, body or WorkspaceCreate())
+    row = await services.sessions.create_workspace(principal, body or WorkspaceCreate())
     return workspace_public(row, services.workspaces)
 
 
@@ -32,15 +46,80 @@ async def list_workspaces(services: ServicesDep, principal: WorkspacesRead) -> l
     return [workspace_public(row, services.workspaces) for row in services.workspaces.list(principal)]
 
 
+@router.post("/bulk-delete", response_model=BulkDeleteWorkspacesPublic,
+             summary="Delete several workspaces (ids, or all); force also terminates their sessions")
+async def bulk_delete_workspaces(services: ServicesDep, principal: WorkspacesWrite,
+                                 body: BulkDeleteWorkspacesCreate | None = Body(default=None)
+                                 ) -> BulkDeleteWorkspacesPublic:
+    results = await services.sessions.bulk_delete_workspaces(principal, body or BulkDeleteWorkspacesCreate())
+    items = [BulkDeleteWorkspaceItem(id=ref, deleted=error is None, error=error) for ref, error in results]
+    deleted = sum(item.deleted for item in items)
+    return BulkDeleteWorkspacesPublic(requested=len(items), deleted=deleted, failed=len(items) - deleted,
+                                      results=items)
+
+
 @router.get("/{workspace}", response_model=WorkspacePublic, summary="Get a workspace by id or name")
 async def get_workspace(workspace: str, services: ServicesDep, principal: WorkspacesRead) -> WorkspacePublic:
     return workspace_public(services.workspaces.get(principal, workspace), services.workspaces)
 
 
 @router.delete("/{workspace}", response_model=WorkspaceDeletedPublic,
-               summary="Delete a workspace and its disk (409 while a session runs, unless force=true)")
+               summary="Delete a workspace, its disk and snapshots (409 while a session runs, unless force=true)")
 async def delete_workspace(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                            force: bool = Query(False)) -> WorkspaceDeletedPublic:
     row = services.workspaces.get(principal, workspace)
     await services.sessions.delete_workspace(principal, row, force=force)
     return WorkspaceDeletedPublic(id=row.id, deleted=True)
+
+
+@router.put("/{workspace}/name", response_model=WorkspaceNamePublic,
+            summary="Rename a workspace (null clears the name; 409 workspace_exists if taken)")
+async def rename_workspace(workspace: str, body: WorkspaceRename, services: ServicesDep,
+                           principal: WorkspacesWrite) -> WorkspaceNamePublic:
+    row = services.workspaces.rename(services.workspaces.get(principal, workspace), body.name)
+    services.sessions.rename_live(row)
+    return WorkspaceNamePublic(id=row.id, name=row.name)
+
+
+@router.put("/{workspace}/template", response_model=WorkspaceTemplatePublic,
+            summary="Mark a workspace as a template (or not)")
+async def set_workspace_template(workspace: str, body: WorkspaceTemplateSet, services: ServicesDep,
+                                 principal: WorkspacesWrite) -> WorkspaceTemplatePublic:
+    row = services.workspaces.set_template(services.workspaces.get(principal, workspace), body.template)
+    return WorkspaceTemplatePublic(id=row.id, template=row.template)
+
+
+@router.get("/{workspace}/snapshots", response_model=list[WorkspaceSnapshotPublic],
+            summary="List a workspace's snapshots (a JSON list, oldest first)")
+async def list_snapshots(workspace: str, services: ServicesDep,
+                         principal: WorkspacesRead) -> list[WorkspaceSnapshotPublic]:
+    row = services.workspaces.get(principal, workspace)
+    return [snapshot_public(snapshot) for snapshot in services.workspaces.list_snapshots(row)]
+
+
+@router.post("/{workspace}/snapshots", response_model=WorkspaceSnapshotPublic,
+             summary="Snapshot a workspace's disk (a running session is frozen for the copy)")
+async def create_snapshot(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
+                          body: SnapshotCreate | None = Body(default=None)) -> WorkspaceSnapshotPublic:
+    row = services.workspaces.get(principal, workspace)
+    snapshot = await services.sessions.create_snapshot(principal, row, name=(body or SnapshotCreate()).name)
+    return snapshot_public(snapshot)
+
+
+@router.post("/{workspace}/snapshots/{snapshot}/restore", response_model=WorkspaceSnapshotPublic,
+             summary="Restore a snapshot over the workspace's disk (409 while a session runs, unless force)")
+async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep, principal: WorkspacesWrite,
+                           body: SnapshotRestore | None = Body(default=None)) -> WorkspaceSnapshotPublic:
+    row = services.workspaces.get(principal, workspace)
+    restored = await services.sessions.restore_snapshot(principal, row, snapshot,
+                                                        force=(body or SnapshotRestore()).force)
+    return snapshot_public(restored)
+
+
+@router.delete("/{workspace}/snapshots/{snapshot}", response_model=SnapshotDeletedPublic,
+               summary="Delete a snapshot")
+async def delete_snapshot(workspace: str, snapshot: str, services: ServicesDep,
+                          principal: WorkspacesWrite) -> SnapshotDeletedPublic:
+    row = services.workspaces.get(principal, workspace)
+    deleted = await services.sessions.delete_snapshot(principal, row, snapshot)
+    return SnapshotDeletedPublic(id=deleted.id, workspace_id=deleted.workspace_id)

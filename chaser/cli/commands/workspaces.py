@@ -10,13 +10,17 @@ from chaser.cli.commands._common import (
     JSON_OPTION_HELP,
     api_command,
     console,
+    fail,
     make_client,
     print_fields,
     print_json,
     print_table,
+    split_multi,
 )
 
-app = typer.Typer(help="Workspaces: create, list, get, delete.", no_args_is_help=True)
+app = typer.Typer(help="Workspaces: create, list, get, rename, template, delete, snapshots.", no_args_is_help=True)
+snapshots_app = typer.Typer(help="Workspace snapshots: list, create, restore, delete.", no_args_is_help=True)
+app.add_typer(snapshots_app, name="snapshots")
 
 JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 
@@ -27,11 +31,14 @@ def create_workspace(
     session_type: str = typer.Option("sandbox", "--session-type", help="Session type (only `sandbox`)."),
     name: Optional[str] = typer.Option(None, "--name", help="Workspace name (unique)."),
     image: Optional[str] = typer.Option(None, "--image", help="OCI image its sessions use."),
+    clone_from: Optional[str] = typer.Option(None, "--clone-from", help="Start with a copy of this workspace's disk."),
+    template: Optional[bool] = typer.Option(None, "--template/--no-template", help="Mark it as a template."),
     as_json: bool = JsonOption,
 ) -> None:
     """Create a workspace."""
     with make_client() as client:
-        workspace = client.workspaces.create(name=name, session_type=session_type, image=image)
+        workspace = client.workspaces.create(name=name, session_type=session_type, image=image,
+                                             clone_from=clone_from, template=template)
     if as_json:
         print_json(workspace)
     else:
@@ -84,3 +91,141 @@ def delete_workspace(
         print_json(result or {"id": workspace, "deleted": True})
     else:
         console().print(f"deleted workspace {workspace}", markup=False)
+
+
+WorkspaceArgument = typer.Argument(..., metavar="W", help="Workspace name or id.")
+
+
+@app.command("rename")
+@api_command
+def rename_workspace(
+    workspace: str = WorkspaceArgument,
+    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="New name (omit, or --clear, to remove it)."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the name."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Rename a workspace."""
+    if name is None and not clear:
+        fail("invalid_argument", "give a NAME, or --clear to remove the name")
+    with make_client() as client:
+        result = client.workspaces.rename(workspace, None if clear else name)
+    if as_json:
+        print_json(result)
+    else:
+        console().print(f"workspace {result.get('id')} is now named {result.get('name')!r}"
+                        if result.get("name") else f"workspace {result.get('id')} has no name", markup=False)
+
+
+@app.command("template")
+@api_command
+def set_template(
+    workspace: str = WorkspaceArgument,
+    on: bool = typer.Option(..., "--on/--off", help="Mark it as a template, or not."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Mark a workspace as a template (clone it with `create --clone-from`)."""
+    with make_client() as client:
+        result = client.workspaces.set_template(workspace, on)
+    if as_json:
+        print_json(result)
+    else:
+        state = "a template" if result.get("template") else "not a template"
+        console().print(f"workspace {result.get('id')} is {state}", markup=False)
+
+
+@app.command("bulk-delete")
+@api_command
+def bulk_delete(
+    ids: Optional[list[str]] = typer.Option(None, "--ids", "--id",
+                                            help="Names or ids (repeatable or comma-separated)."),
+    all_workspaces: bool = typer.Option(False, "--all", help="Every workspace of the account."),
+    force: bool = typer.Option(False, "--force", help="Also terminate their active sessions."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete several workspaces (and their disks and snapshots)."""
+    id_list = split_multi(ids)
+    if not id_list and not all_workspaces:
+        fail("invalid_argument", "say which workspaces: --all or --ids")
+    with make_client() as client:
+        result = client.workspaces.bulk_delete(ids=id_list, all=all_workspaces, force=force)
+    if as_json:
+        print_json(result)
+        return
+    out = console()
+    for item in result.get("results", []):
+        if item.get("deleted"):
+            out.print(f"deleted {item.get('id')}", markup=False)
+        else:
+            out.print(f"failed {item.get('id')}: {item.get('error')}", markup=False)
+    out.print(f"{result.get('deleted', 0)} of {result.get('requested', 0)} deleted", markup=False)
+    if result.get("failed"):
+        raise typer.Exit(1)
+
+
+# --- snapshots ---------------------------------------------------------------
+
+@snapshots_app.command("list")
+@api_command
+def list_snapshots(workspace: str = WorkspaceArgument, as_json: bool = JsonOption) -> None:
+    """List a workspace's snapshots."""
+    with make_client() as client:
+        snapshots = client.workspaces.snapshots.list(workspace)
+    if as_json:
+        print_json(snapshots)
+        return
+    print_table(
+        snapshots,
+        [("id", "ID"), ("name", "NAME"), ("used_bytes", "USED BYTES"), ("created_at", "CREATED"),
+         ("restored_at", "RESTORED")],
+        empty="no snapshots",
+    )
+
+
+@snapshots_app.command("create")
+@api_command
+def create_snapshot(
+    workspace: str = WorkspaceArgument,
+    name: Optional[str] = typer.Option(None, "--name", help="Snapshot name (unique in the workspace)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Snapshot a workspace's disk (a running session is paused for the copy)."""
+    with make_client() as client:
+        snapshot = client.workspaces.snapshots.create(workspace, name=name)
+    if as_json:
+        print_json(snapshot)
+    else:
+        console().print(f"snapshot {snapshot.get('id')} of {snapshot.get('workspace_id')} created "
+                        f"({snapshot.get('used_bytes')} bytes used)", markup=False)
+
+
+@snapshots_app.command("restore")
+@api_command
+def restore_snapshot(
+    workspace: str = WorkspaceArgument,
+    snapshot: str = typer.Argument(..., metavar="SNAPSHOT", help="Snapshot id or name."),
+    force: bool = typer.Option(False, "--force", help="Terminate the workspace's running session first."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Replace a workspace's disk by a snapshot."""
+    with make_client() as client:
+        result = client.workspaces.snapshots.restore(workspace, snapshot, force=force)
+    if as_json:
+        print_json(result)
+    else:
+        console().print(f"restored snapshot {result.get('id')} into {result.get('workspace_id')}", markup=False)
+
+
+@snapshots_app.command("delete")
+@api_command
+def delete_snapshot(
+    workspace: str = WorkspaceArgument,
+    snapshot: str = typer.Argument(..., metavar="SNAPSHOT", help="Snapshot id or name."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete a snapshot."""
+    with make_client() as client:
+        result = client.workspaces.snapshots.delete(workspace, snapshot)
+    if as_json:
+        print_json(result)
+    else:
+        console().print(f"deleted snapshot {snapshot}", markup=False)
