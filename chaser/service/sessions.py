@@ -410,16 +410,21 @@ class SessionManager:
                 failed.append((session_id, exc.code, exc.message))
         return terminated, failed
 
+    async def _end_workspace_sessions(self, workspace: Workspace, *, force: bool, graceful: bool, reason: str) -> None:
+        """The workspace's running session holds its disk: 409 workspace_busy,
+        or with `force` it is stopped first (call under the workspace lock)."""
+        active = [live for live in self.live.values() if live.workspace_id == workspace.id]
+        if active and not force:
+            raise errors.Conflict(
+                f"workspace {workspace.name or workspace.id} has a running session {active[0].id}; "
+                "terminate it first or pass force=true", code="workspace_busy")
+        for live in active:
+            await self._stop(live, force=not graceful, status="terminated", reason=reason)
+
     async def delete_workspace(self, principal: Principal, workspace: Workspace, *, force: bool) -> None:
         """Delete a workspace and its disk; its running session blocks this (409) unless `force`."""
         async with self._workspace_locks[workspace.id]:
-            active = [live for live in self.live.values() if live.workspace_id == workspace.id]
-            if active and not force:
-                raise errors.Conflict(
-                    f"workspace {workspace.name or workspace.id} has a running session {active[0].id}; "
-                    "terminate it first or pass force=true", code="workspace_busy")
-            for live in active:
-                await self._stop(live, force=True, status="terminated", reason="workspace_deleted")
+            await self._end_workspace_sessions(workspace, force=force, graceful=False, reason="workspace_deleted")
             with self.db.session() as s:  # stale rows of an earlier process
                 for row in s.scalars(select(SessionRow).where(SessionRow.workspace_id == workspace.id,
                                                               SessionRow.status.in_(ACTIVE_STATUSES))):
@@ -506,13 +511,7 @@ class SessionManager:
         async with self._workspace_locks[workspace.id]:
             self._still_there(workspace)
             snapshot = self.workspaces.get_snapshot(workspace, snapshot_ref)
-            active = [live for live in self.live.values() if live.workspace_id == workspace.id]
-            if active and not force:
-                raise errors.Conflict(
-                    f"workspace {workspace.name or workspace.id} has a running session {active[0].id}; "
-                    "terminate it first or pass force=true", code="workspace_busy")
-            for live in active:
-                await self._stop(live, force=False, status="terminated", reason="snapshot_restored")
+            await self._end_workspace_sessions(workspace, force=force, graceful=True, reason="snapshot_restored")
             disk = self.workspaces.disk_path(workspace.id)
             if snapshot.has_disk:
                 source = self.workspaces.snapshot_path(workspace.id, snapshot.id)
