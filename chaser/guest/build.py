@@ -19,7 +19,7 @@ from chaser.guest.base_image import BASE_IMAGE
 from chaser.guest.guest_os import GUEST_OS
 from chaser.guest.initramfs import ensure_initramfs
 from chaser.guest.kernel import ensure_kernel
-from chaser.guest.rootfs import ensure_image, ensure_tarball, image_entry, tarball_entry
+from chaser.guest.rootfs import ensure_image, ensure_tarball, tarball_entry
 
 MANIFEST = "current.json"
 

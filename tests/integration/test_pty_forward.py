@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -385,7 +384,6 @@ def test_shell_piped_stdin_interactive(server, session, tmp_path):
     assert done.returncode == 6 and b"piped-25" in done.stdout, done
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_shell_in_tmux(server, api, session, tmp_path):
     env = cli_env(server, session, tmp_path)
     name = f"chaser-{uuid.uuid4().hex[:8]}"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from chaser.service.workspaces import _python_sparse_copy, copy_disk
 from tests.unit.test_api_errors import assert_error
-from tests.unit.test_api_fakes import Harness, harness  # noqa: F401 - fixture
+from tests.unit.test_api_fakes import harness  # noqa: F401 - fixture
 
 MIB = 1 << 20
 
