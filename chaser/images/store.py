@@ -185,6 +185,11 @@ class ImageStore:
             return await self._resolve_default(progress)
         return await self._resolve(self._parse(ref, allow_local), progress, offline_ok=False)
 
+    def has(self, ref: str) -> bool:
+        """Whether `ref` (a name) is in the store, without touching a registry."""
+        digest = self._read_refs()["refs"].get(normalize(ref))
+        return digest is not None and self._has_entry(digest)
+
     def list(self) -> list[dict[str, Any]]:
         """One row per (ref, image); images no ref points to have ref None."""
         refs = self._read_refs()["refs"]

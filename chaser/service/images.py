@@ -35,13 +35,10 @@ class ImageService:
 
     async def resolve(self, ref: str | None, *, runtime) -> ResolvedImage:
         canonical = check_image_ref(ref)
-        if canonical == DEFAULT_IMAGE and not self._default_imported():
+        if canonical == DEFAULT_IMAGE and not self.store.has(DEFAULT_IMAGE):
             # `make setup` imports chaser/base into the store; until then the guest
             # builder's erofs of the very same root file system serves.
             disk = runtime.assets.base_rootfs
             return ResolvedImage(reference=DEFAULT_IMAGE, digest="", disk=disk, config=NO_CONFIG,
                                  size_bytes=disk.stat().st_size if disk.exists() else 0)
         return await self.store.resolve(None if canonical == DEFAULT_IMAGE else canonical)
-
-    def _default_imported(self) -> bool:
-        return any(row["ref"] == DEFAULT_IMAGE for row in self.store.list())

@@ -410,8 +410,10 @@ def _base_settings(tmp_path: Path) -> Settings:
 
 async def test_default_image(tmp_path, capsys):
     store = ImageStore(_base_settings(tmp_path))
+    assert not store.has("chaser/base")
     t0 = time.monotonic()
     img = await asyncio.gather(store.resolve(None), store.resolve("chaser/base"))
+    assert store.has("chaser/base") and store.has("chaser/base:latest")
     elapsed = time.monotonic() - t0
     assert img[0] == img[1] and img[0].reference == "chaser/base" and store.stats["builds"] == 1
     meta = json.loads((img[0].disk.parent / "meta.json").read_text())
