@@ -13,6 +13,7 @@ import httpx
 import pytest
 from chaser_sdk import ChaserClient
 from chaser_sdk.errors import ChaserApiError
+from chaser.client._sse import iter_sse
 
 from tests.integration.conftest import qemu_pids_under
 
@@ -27,17 +28,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 
 def parse_sse(text: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in text.split("\n\n"):
-        event = data = None
-        for line in block.splitlines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if event:
-            events.append((event, data))
-    return events
+    return [(event.event, event.json()) for event in iter_sse(text.splitlines())]
 
 
 def stream_text(events) -> str:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from chaser import errors
+from chaser.client._sse import iter_sse
 from tests.unit.test_api_errors import assert_error
 from tests.unit.test_api_fakes import Harness, harness  # noqa: F401 - fixture
 
@@ -349,14 +349,4 @@ def test_concurrent_terminate_and_exec(harness):
 
 
 def parse_sse(text: str) -> list[tuple[str, dict]]:
-    events = []
-    for block in text.split("\n\n"):
-        event, data = None, None
-        for line in block.splitlines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if event:
-            events.append((event, data))
-    return events
+    return [(event.event, event.json()) for event in iter_sse(text.splitlines())]
