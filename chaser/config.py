@@ -39,6 +39,37 @@ class Settings(BaseSettings):
     # default image; 0 turns the pool off.
     warm_pool_size: int = 1
 
+    # --- isolation (docs/networking.md, docs/security.md) ---
+    # isolated: a network namespace, tap and nftables policy per VM (needs CAP_NET_ADMIN);
+    # none: no network but the agent channel (slirp restrict=on);
+    # slirp: plain slirp, the guest reaches the host's loopback: UNSAFE, development only.
+    network: Literal["auto", "isolated", "none", "slirp"] = "auto"
+    # Each namespace's veth pair takes a /30 of this pool.
+    network_pool: str = "10.200.0.0/16"
+    # Namespaces kept ready so network set-up is off the restore path.
+    network_ready_pool_size: int = 2
+    network_internet_default: bool = True
+    # CIDRs in the private/shared/link-local ranges that sandboxes may reach anyway.
+    network_allow_private: list[str] = []
+    # Upstream resolvers for the sandboxes' dnsmasq; default: the host's /etc/resolv.conf.
+    network_dns_servers: list[str] = []
+    # Extra name → address answers of the sandboxes' resolver ({"db.internal": "10.1.2.3"}).
+    network_hosts: dict[str, str] = {}
+    # The jail: QEMU runs as this user with a seccomp filter and in its own cgroup.
+    jail: bool = True
+    jail_user: str = "chaser-vm"
+    # Host memory a VM may use beyond its guest RAM (QEMU itself, the TCG code cache).
+    vm_memory_overhead_mib: int = 256
+    vm_pids_max: int = 256
+    # The serial console log keeps at most this much (the newest output).
+    serial_log_max_bytes: int = 1024 * 1024
+
+    # --- admission control (chaser/vm/admission.py); None: derived from the host ---
+    max_sessions: int | None = None
+    host_memory_reserve_mib: int | None = None
+    host_disk_reserve_mib: int | None = None
+    max_sessions_per_account: int = 50
+
     # --- server ---
     host: str = "127.0.0.1"
     port: int = 8080

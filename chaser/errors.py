@@ -7,8 +7,12 @@ the API maps them to `{"code", "message"}` bodies in one place.
     ├── NotFound (404) ── FileNotFound, ImageNotFound
     ├── Conflict (409)
     ├── PayloadTooLarge (413)
+    ├── QuotaExceeded (429)
     ├── PortNotListening (502), ImagePullFailed (502)
-    └── RuntimeError_ (503) ── BootTimeout, AgentUnavailable, VMCrashed, GuestAssetsMissing
+    └── SandboxRuntimeError (503) ── BootTimeout, AgentUnavailable, VMCrashed, GuestAssetsMissing,
+                                     CapacityExhausted (with Retry-After)
+
+An error may carry `headers` (e.g. Retry-After) that the API sends with it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 class ChaserError(Exception):
     code = "internal_error"
     status = 500
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
@@ -90,6 +95,13 @@ class PayloadTooLarge(ChaserError):
     status = 413
 
 
+class QuotaExceeded(ChaserError):
+    """The account is at its limit for this resource."""
+
+    code = "quota_exceeded"
+    status = 429
+
+
 class PortNotListening(ChaserError):
     """Nothing listens on that port inside the sandbox."""
 
@@ -131,6 +143,17 @@ class VMCrashed(SandboxRuntimeError):
     """The VM's QEMU process exited unexpectedly."""
 
     code = "vm_crashed"
+
+
+class CapacityExhausted(SandboxRuntimeError):
+    """The host has no room for another VM right now; retry later."""
+
+    code = "capacity_exhausted"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class AgentError(ChaserError):

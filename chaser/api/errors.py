@@ -54,10 +54,12 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 
 
 async def _chaser_error(_request: Request, exc: errors.ChaserError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = dict(exc.headers or {})
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if exc.status >= 500:
         log.warning("%s: %s", exc.code, exc.message)
-    return error_response(exc.status, exc.code, exc.message, headers)
+    return error_response(exc.status, exc.code, exc.message, headers or None)
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

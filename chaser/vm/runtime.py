@@ -32,6 +32,7 @@ from chaser.vm.accel import resolve_accel
 from chaser.vm.agent_client import AgentClient
 from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
 from chaser.vm.machine import VirtualMachine
+from chaser.vm.network.policy import EgressPolicy
 from chaser.vm.pool import WarmPool
 from chaser.vm.process import kill_process_group, reap_orphans, spawn_qemu
 from chaser.vm.qemu import MemoryFile, QemuCommand, kernel_args
@@ -60,6 +61,8 @@ class VMSpec:
     user: str | None = None
     workdir: str | None = None
     boot: BootMethod = "auto"
+    # None: the default policy (internet per CHASER_NETWORK_INTERNET_DEFAULT).
+    network: EgressPolicy | None = None
 
 
 def _free_port() -> int:
