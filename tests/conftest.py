@@ -41,6 +41,34 @@ def vm_dirs() -> set[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)  # xdist workers inherit it
+    # No guest DNS query of any test may leave this machine: the sandboxes'
+    # resolver forwards to its own loopback (refused) unless a test names the
+    # resolver of a test namespace it created.
+    os.environ.setdefault("CHASER_NETWORK_DNS_SERVERS", '["127.0.0.1"]')
+
+
+def dead_namespaces() -> list[str]:
+    """Sandbox network namespaces whose owner is gone (their slot lock is free)."""
+    import fcntl
+
+    from chaser.vm.network.namespace import LOCK_DIR, NAME_PREFIX, NETNS_DIR
+
+    found = []
+    for entry in NETNS_DIR.glob(f"{NAME_PREFIX}*") if NETNS_DIR.is_dir() else []:
+        lock = LOCK_DIR / f"{entry.name[len(NAME_PREFIX):]}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            found.append(entry.name)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            found.append(entry.name)
+        except BlockingIOError:
+            pass  # a live process (another run's server) owns it
+        finally:
+            os.close(fd)
+    return found
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -52,11 +80,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return  # an xdist worker: the controller checks once everything ended
     leftover = our_qemu_pids()
     stale_dirs = vm_dirs() - session.config.stash.get(VM_DIRS_BEFORE, set())
-    if not leftover and not stale_dirs:
+    namespaces = dead_namespaces()
+    if not leftover and not stale_dirs and not namespaces:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter:
-        reporter.write_line(f"LEFTOVERS after the suite: QEMU pids {sorted(leftover)}, VM dirs {sorted(stale_dirs)}", red=True)
+        reporter.write_line(f"LEFTOVERS after the suite: QEMU pids {sorted(leftover)}, VM dirs {sorted(stale_dirs)}, "
+                            f"network namespaces {namespaces}", red=True)
     for pid in leftover:  # stop what we started, by PID
         try:
             os.kill(pid, signal.SIGKILL)

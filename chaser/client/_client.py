@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlsplit, urlunsplit, urlencode
@@ -39,6 +39,17 @@ def _drop_none(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def _network_body(network: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An egress policy for the wire: None values dropped, host lists as lists."""
+    if network is None:
+        return None
+    body = {key: value for key, value in dict(network).items() if value is not None}
+    for key in ("allow_out", "deny_out"):
+        if key in body and not isinstance(body[key], str):  # a string is the server's to reject
+            body[key] = list(body[key])
+    return body
+
+
 class _Resource:
     def __init__(self, client: ChaserClient) -> None:
         self._client = client
@@ -53,14 +64,17 @@ class SessionsResource(_Resource):
         image: str | None = None,
         env: Mapping[str, str] | None = None,
         session_type: str = "sandbox",
+        network: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
+        """`network`: `{"internet": bool, "allow_out": [...], "deny_out": [...]}` (any subset)."""
         body = _drop_none(
             session_type=session_type,
             ephemeral=ephemeral,
             workspace=workspace,
             image=image,
             env=dict(env) if env else None,
+            network=_network_body(network),
             **extra,
         )
         return self._client.request_json("POST", "/v1/sessions", json=body, timeout=SESSION_CREATE_TIMEOUT)
@@ -100,6 +114,22 @@ class SessionsResource(_Resource):
     def self_test(self, session_id: str) -> dict[str, Any]:
         return self._client.request_json("POST", f"/v1/sessions/{_segment(session_id)}/self-test")
 
+    def get_network(self, session_id: str) -> dict[str, Any]:
+        """`{"internet", "allow_out", "deny_out", "enforced"}`: the session's egress policy."""
+        return self._client.request_json("GET", f"/v1/sessions/{_segment(session_id)}/network")
+
+    def set_network(
+        self,
+        session_id: str,
+        *,
+        internet: bool | None = None,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Replace a running session's egress policy; what is omitted takes the server default."""
+        body = _network_body({"internet": internet, "allow_out": allow_out, "deny_out": deny_out})
+        return self._client.request_json("PUT", f"/v1/sessions/{_segment(session_id)}/network", json=body)
+
     def resize(self, session_id: str, *, rows: int, cols: int) -> dict[str, Any]:
         return self._client.request_json(
             "POST", f"/v1/sessions/{_segment(session_id)}/resize", json={"rows": rows, "cols": cols}
@@ -127,9 +157,11 @@ class ExecResource(_Resource):
         timeout_ms: int | None = None,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
+        network: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """`POST /v1/exec`: run in a session the server provisions (or reuses)."""
+        """`POST /v1/exec`: run in a session the server provisions (or reuses). `network` is the
+        new session's egress policy; a running session that is reused gets it applied."""
         body = _drop_none(
             command=command,
             workspace=workspace,
@@ -138,6 +170,7 @@ class ExecResource(_Resource):
             timeout_ms=timeout_ms,
             cwd=cwd,
             env=dict(env) if env else None,
+            network=_network_body(network),
             **extra,
         )
         timeout = _exec_timeout(timeout_ms)
@@ -358,9 +391,11 @@ class WorkspacesResource(_Resource):
         image: str | None = None,
         clone_from: str | None = None,
         template: bool | None = None,
+        network: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """`network`: the egress policy its sessions inherit (see `SessionsResource.create`)."""
         body = _drop_none(name=name, session_type=session_type, image=image, clone_from=clone_from,
-                          template=template)
+                          template=template, network=_network_body(network))
         return self._client.request_json("POST", "/v1/workspaces", json=body, timeout=SESSION_CREATE_TIMEOUT)
 
     def list(self) -> list[dict[str, Any]]:

@@ -183,6 +183,22 @@ _TARGET_PROPS: dict[str, Any] = {
                   "description": "Use a throw-away session for this one call (terminated afterwards)."},
 }
 
+NETWORK_MAX_ENTRIES = 256
+NETWORK_MAX_ENTRY_CHARS = 300
+_HOSTS = {"type": "array", "maxItems": NETWORK_MAX_ENTRIES,
+          "items": {"type": "string", "minLength": 1, "maxLength": NETWORK_MAX_ENTRY_CHARS}}
+NETWORK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Egress policy of the session this call starts (omitted fields: the workspace's, then the "
+                   "server default). Entries: IPs, CIDRs, example.com, *.example.com; deny_out always wins.",
+    "properties": {
+        "internet": {"type": "boolean", "description": "Reach public destinations at all."},
+        "allow_out": _HOSTS | {"description": "Only these destinations may be reached."},
+        "deny_out": _HOSTS | {"description": "Never these destinations."},
+    },
+    "additionalProperties": False,
+}
+
 TERMINAL_OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -231,6 +247,9 @@ TOOLS: list[types.Tool] = [
                 "timeout_ms": {"type": "integer", "minimum": 1,
                                "description": "Command timeout in milliseconds (server default if omitted)."},
                 "cwd": {"type": "string", "description": "Working directory (default /workspace)."},
+                "network": NETWORK_SCHEMA | {"description": "Egress policy for the session of a `workspace` or "
+                                                            "`ephemeral` target (a running workspace session "
+                                                            "gets it applied). Not with `session_id`."},
             },
             "additionalProperties": False,
         },
@@ -254,6 +273,7 @@ TOOLS: list[types.Tool] = [
                 "ephemeral": _TARGET_PROPS["ephemeral"] | {"description": "A session with a throw-away disk."},
                 "workspace": {"type": "string", "description": "Workspace name or id."},
                 "image": {"type": "string", "description": "Image (only with ephemeral)."},
+                "network": NETWORK_SCHEMA,
             },
             "additionalProperties": False,
         },
@@ -282,7 +302,8 @@ TOOLS: list[types.Tool] = [
         input_schema={
             "type": "object",
             "properties": {"name": {"type": "string", "description": "[A-Za-z0-9][A-Za-z0-9._-]*, at most 64"},
-                           "image": {"type": "string"}},
+                           "image": {"type": "string"},
+                           "network": NETWORK_SCHEMA | {"description": "Egress policy its sessions inherit."}},
             "additionalProperties": False,
         },
     ),
@@ -318,7 +339,33 @@ def check_arguments(tool: types.Tool, arguments: Mapping[str, Any] | None) -> di
             raise ToolArgumentError(f"{name} must be >= {properties[name]['minimum']}")
         if kind == "string" and not value:
             raise ToolArgumentError(f"{name} must not be empty")
+        if kind == "object":
+            args[name] = check_network(name, value)
     return args
+
+
+def check_network(name: str, value: Any) -> dict[str, Any]:
+    """The shape of an egress policy (what an entry may be is the API's to check: 400 invalid_request)."""
+    if not isinstance(value, Mapping):
+        raise ToolArgumentError(f"{name} must be an object with internet, allow_out, deny_out")
+    policy = dict(value)
+    unknown = sorted(set(policy) - set(NETWORK_SCHEMA["properties"]))
+    if unknown:
+        raise ToolArgumentError(f"{name}: unknown field(s): {', '.join(unknown)}; "
+                                f"expected: {', '.join(NETWORK_SCHEMA['properties'])}")
+    if policy.get("internet") is not None and not isinstance(policy["internet"], bool):
+        raise ToolArgumentError(f"{name}.internet must be a boolean")
+    for key in ("allow_out", "deny_out"):
+        entries = policy.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not all(isinstance(entry, str) and entry for entry in entries):
+            raise ToolArgumentError(f"{name}.{key} must be a list of non-empty strings")
+        if len(entries) > NETWORK_MAX_ENTRIES:
+            raise ToolArgumentError(f"{name}.{key}: at most {NETWORK_MAX_ENTRIES} entries")
+        if any(len(entry) > NETWORK_MAX_ENTRY_CHARS for entry in entries):
+            raise ToolArgumentError(f"{name}.{key}: entries are at most {NETWORK_MAX_ENTRY_CHARS} characters")
+    return {key: item for key, item in policy.items() if item is not None}
 
 
 @dataclass
@@ -330,6 +377,7 @@ class TerminalRequest:
     ops: list[FileOp] | None
     timeout_ms: int | None
     cwd: str | None
+    network: dict[str, Any] | None = None
 
 
 def parse_terminal_arguments(arguments: Mapping[str, Any] | None) -> TerminalRequest:
@@ -342,6 +390,9 @@ def parse_terminal_arguments(arguments: Mapping[str, Any] | None) -> TerminalReq
                                 "or `ephemeral: true`")
     if len(targets) > 1:
         raise ToolArgumentError(f"give only one of workspace, session_id, ephemeral (got {', '.join(targets)})")
+    if "network" in args and targets[0] == "session_id":
+        raise ToolArgumentError("network applies to the session a workspace or ephemeral call starts, "
+                                "not to an existing session_id")
     command, cmd = args.get("command"), args.get("cmd")
     if command is not None and cmd is not None and command != cmd:
         raise ToolArgumentError("give `command` or `cmd`, not both")
@@ -355,7 +406,8 @@ def parse_terminal_arguments(arguments: Mapping[str, Any] | None) -> TerminalReq
     except XmlOpsError as exc:
         raise ToolArgumentError(str(exc)) from None
     return TerminalRequest(target=targets[0], workspace=args.get("workspace"), session_id=args.get("session_id"),
-                           command=command, ops=ops, timeout_ms=args.get("timeout_ms"), cwd=args.get("cwd"))
+                           command=command, ops=ops, timeout_ms=args.get("timeout_ms"), cwd=args.get("cwd"),
+                           network=args.get("network"))
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -407,7 +459,7 @@ def _run_command(client: ChaserClient, request: TerminalRequest) -> types.CallTo
     else:
         result = client.exec.run(request.command, workspace=request.workspace,
                                  ephemeral=True if request.target == "ephemeral" else None,
-                                 cwd=request.cwd, timeout_ms=request.timeout_ms)
+                                 cwd=request.cwd, timeout_ms=request.timeout_ms, network=request.network)
     output = result.get("output") or ""
     structured = {
         "session_id": result.get("session_id"),
@@ -428,9 +480,9 @@ def _resolve_session(client: ChaserClient, request: TerminalRequest) -> tuple[st
         return session["id"], session.get("workspace_id")
     if request.target == "workspace":
         # `POST /v1/exec` owns "reuse the running session or start one"; `:` is the shell's no-op.
-        result = client.exec.run(":", workspace=request.workspace)
+        result = client.exec.run(":", workspace=request.workspace, network=request.network)
         return result["session_id"], result.get("workspace_id")
-    session = client.sessions.create(ephemeral=True)
+    session = client.sessions.create(ephemeral=True, network=request.network)
     return session["id"], session.get("workspace_id")
 
 

@@ -7,6 +7,7 @@ from chaser.models.exec import (
 )
 from chaser.models.files import UploadPublic
 from chaser.models.keys import KeyCreate, KeyCreatedPublic, KeyPublic, KeyRevokedPublic, KeysPublic
+from chaser.models.network import NetworkPolicyCreate, NetworkPolicyPublic
 from chaser.models.sessions import (
     BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic, Endpoints, SelfTestPublic, SessionCreate,
     SessionPublic, SessionsPublic,
@@ -16,7 +17,8 @@ from chaser.models.workspaces import WorkspaceCreate, WorkspaceDeletedPublic, Wo
 __all__ = [
     "BulkTerminateCreate", "BulkTerminateFailure", "BulkTerminatePublic", "CommandPublic", "CommandsPublic",
     "Endpoints", "ErrorPublic", "ExecCreate", "ExecPublic", "KeyCreate", "KeyCreatedPublic", "KeyPublic",
-    "KeyRevokedPublic", "KeysPublic", "KillCreate", "KillPublic", "RequestModel", "SelfTestPublic",
+    "KeyRevokedPublic", "KeysPublic", "KillCreate", "KillPublic", "NetworkPolicyCreate", "NetworkPolicyPublic",
+    "RequestModel", "SelfTestPublic",
     "SessionCreate", "SessionExecCreate", "SessionPublic", "SessionsPublic", "StdinCreate", "StdinPublic",
     "UploadPublic", "WorkspaceCreate", "WorkspaceDeletedPublic", "WorkspacePublic",
 ]

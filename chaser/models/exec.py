@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from chaser.models.common import MAX_TIMEOUT_MS, RequestModel, check_command, check_env, check_path
+from chaser.models.network import NetworkPolicyCreate
 
 
 class SessionExecCreate(RequestModel):
@@ -28,6 +29,8 @@ class ExecCreate(SessionExecCreate):
     ephemeral: bool = False
     image: str | None = Field(default=None, max_length=1000)
     session_type: str = "sandbox"
+    # For the session this call starts; a reused running session gets it applied (PUT …/network).
+    network: NetworkPolicyCreate | None = None
 
 
 class ExecPublic(BaseModel):

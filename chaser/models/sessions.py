@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from chaser.models.common import RequestModel, check_env
+from chaser.models.network import NetworkPolicyCreate
 
 
 class SessionCreate(RequestModel):
@@ -19,6 +20,7 @@ class SessionCreate(RequestModel):
     proxy: str | None = Field(default=None, max_length=2000)
     ttl_seconds: int | None = Field(default=None, ge=1)
     github_repo: str | None = None  # accepted for SDK compatibility; must be null
+    network: NetworkPolicyCreate | None = None  # egress policy; omitted: the workspace's, then the default
 
     _env = field_validator("env")(check_env)
 

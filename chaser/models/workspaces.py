@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from chaser.models.common import RequestModel
+from chaser.models.network import NetworkPolicyCreate, NetworkPolicyPublic
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -19,6 +20,7 @@ class WorkspaceCreate(RequestModel):
     image: str | None = Field(default=None, max_length=1000)
     template: bool | None = None
     clone_from: str | None = Field(default=None, min_length=1, max_length=200)  # a workspace name or id
+    network: NetworkPolicyCreate | None = None  # inherited by its sessions (a clone: the source's unless given)
 
 
 class WorkspacePublic(BaseModel):
@@ -33,6 +35,7 @@ class WorkspacePublic(BaseModel):
     created_at: datetime
     active_session_id: str | None = None
     last_session_id: str | None = None
+    network: NetworkPolicyPublic | None = None  # null: its sessions get the server default
 
 
 class WorkspaceDeletedPublic(BaseModel):

@@ -87,11 +87,11 @@ class CommandService:
         command = SessionExecCreate(command=request.command, cwd=request.cwd, env=request.env,
                                     timeout_ms=request.timeout_ms, background=request.background)
         if workspace is not None:
-            live = await self.sessions.ensure_for_workspace(principal, workspace)
+            live = await self.sessions.ensure_for_workspace(principal, workspace, network=request.network)
             return await self.exec(live, command)
         if request.background:
             raise errors.InvalidRequest("background commands need a workspace: an ephemeral session ends with the command")
-        live = await self.sessions.create_ephemeral(principal, image=request.image)
+        live = await self.sessions.create_ephemeral(principal, image=request.image, network=request.network)
         try:
             return await self.exec(live, command)
         finally:

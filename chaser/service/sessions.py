@@ -23,17 +23,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from chaser import errors
 from chaser.config import Settings
+from chaser.models.network import NetworkPolicyCreate
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
 from chaser.models.workspaces import BulkDeleteWorkspacesCreate, WorkspaceCreate
 from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
+from chaser.service.network import effective_policy, network_enforced, stored_policy
 from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager, copy_disk
 from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import WorkspaceSnapshot, utcnow
+from chaser.vm.network.policy import EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ class LiveSession:
     last_activity: float = field(default_factory=time.time)
     active_requests: int = 0
     image_digest: str = ""
+    network: EgressPolicy | None = None  # the effective egress policy (what the VM was given / last set)
+    network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # serialises policy changes
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -167,17 +172,20 @@ class SessionManager:
         workspace = self.resolve_workspace_ref(principal, ephemeral=request.ephemeral,
                                                workspace=request.workspace, image=request.image)
         live = await self._start(principal, workspace=workspace, image=request.image, env=request.env or {},
-                                 proxy=proxy, ttl_seconds=request.ttl_seconds, reuse=False)
+                                 proxy=proxy, ttl_seconds=request.ttl_seconds, reuse=False, network=request.network)
         return self.get(principal, live.id)
 
-    async def ensure_for_workspace(self, principal: Principal, workspace: Workspace) -> LiveSession:
-        """The workspace's running session, started if there is none (for /v1/exec)."""
+    async def ensure_for_workspace(self, principal: Principal, workspace: Workspace, *,
+                                   network: NetworkPolicyCreate | None = None) -> LiveSession:
+        """The workspace's running session, started if there is none (for /v1/exec). A `network`
+        for a running session is applied to it (fields it omits keep the session's current values)."""
         return await self._start(principal, workspace=workspace, image=None, env={}, proxy=None,
-                                 ttl_seconds=None, reuse=True)
+                                 ttl_seconds=None, reuse=True, network=network)
 
-    async def create_ephemeral(self, principal: Principal, *, image: str | None) -> LiveSession:
+    async def create_ephemeral(self, principal: Principal, *, image: str | None,
+                               network: NetworkPolicyCreate | None = None) -> LiveSession:
         return await self._start(principal, workspace=None, image=image, env={}, proxy=None,
-                                 ttl_seconds=None, reuse=False)
+                                 ttl_seconds=None, reuse=False, network=network)
 
     async def start_warm_pool(self) -> None:
         """Keep VMs of the default image ready, so ephemeral sessions start at once."""
@@ -190,10 +198,15 @@ class SessionManager:
             log.warning("warm pool not started: %s", exc)
 
     async def _start(self, principal: Principal, *, workspace: Workspace | None, image: str | None,
-                     env: dict[str, str], proxy: str | None, ttl_seconds: int | None, reuse: bool) -> LiveSession:
+                     env: dict[str, str], proxy: str | None, ttl_seconds: int | None, reuse: bool,
+                     network: NetworkPolicyCreate | None = None) -> LiveSession:
         if self._closing:
             raise errors.SandboxRuntimeError("the server is shutting down")
+        policy = effective_policy(network, base=workspace.network if workspace is not None else None,
+                                  default_internet=self.settings.network_internet_default)
         image_ref = workspace.image if workspace is not None else check_image_ref(image)
+        if not (reuse and workspace is not None and self._active_for_workspace(workspace) is not None):
+            self._admit(principal.account_id)  # before an image is pulled; again in _insert
         resolved = await self.images.resolve(image_ref, runtime=self.runtime)
         now = utcnow()
         session_id = "ses_" + secrets.token_hex(12)
@@ -203,12 +216,13 @@ class SessionManager:
             workspace_name=(workspace.name or workspace.id) if workspace else None,
             ephemeral=workspace is None, image=image_ref or DEFAULT_IMAGE, proxy=proxy,
             expires_at=now + timedelta(seconds=ttl_seconds or self.settings.session_max_lifetime_s),
-            image_digest=resolved.digest,
+            image_digest=resolved.digest, network=policy,
         )
         row = SessionRow(
             id=session_id, account_id=principal.account_id, workspace_id=live.workspace_id,
             session_type="sandbox", status="starting", ephemeral=live.ephemeral, image=live.image,
             env=env, proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
+            network=policy.to_dict(),
         )
         await live.lock.acquire()
         try:
@@ -223,7 +237,10 @@ class SessionManager:
                                 f"workspace {live.workspace_name} already has a running session {existing.id}",
                                 code="workspace_busy")
                         live.lock.release()
-                        return await self._wait_running(existing)
+                        running = await self._wait_running(existing)
+                        if network is not None:  # not silently ignored: applied to the running session
+                            await self._change_network(running, network)
+                        return running
                     self._insert(row, live)
             else:
                 self._insert(row, live)
@@ -233,7 +250,21 @@ class SessionManager:
             if live.lock.locked():
                 live.lock.release()
 
+    def _admit(self, account_id: str) -> None:
+        """A start of a new VM: the account's quota (429), then the host's capacity (503)."""
+        limit = self.settings.max_sessions_per_account
+        count = sum(1 for item in self.live.values() if item.account_id == account_id and not item.terminating)
+        if count >= limit:
+            raise errors.QuotaExceeded(
+                f"account {account_id} has {count} live sessions, the limit is {limit} "
+                "(CHASER_MAX_SESSIONS_PER_ACCOUNT); terminate one first")
+        check_capacity = getattr(self.runtime, "check_capacity", None)
+        if check_capacity is not None:
+            check_capacity()
+
     def _insert(self, row: SessionRow, live: LiveSession) -> None:
+        """Admit, then record the session: no await in between, so concurrent creates cannot both pass."""
+        self._admit(live.account_id)
         with self.db.session() as s:
             s.add(row)
         self.live[live.id] = live
@@ -270,12 +301,16 @@ class SessionManager:
         spec = VMSpec(image_disk=image.disk, writable_disk=writable,
                       writable_size_bytes=self.settings.writable_size_bytes,
                       session_id=live.id, env=vm_env, hostname="sandbox",
-                      user=image.config.user, workdir=image.config.workdir)
+                      user=image.config.user, workdir=image.config.workdir, network=live.network)
         started = time.monotonic()
         try:
             vm = await self.runtime.start(spec)
         except BaseException as exc:
             self.live.pop(live.id, None)
+            if isinstance(exc, errors.CapacityExhausted):  # refused before anything started: no trace
+                with self.db.session() as s:
+                    s.execute(delete(SessionRow).where(SessionRow.id == live.id))
+                raise
             failure = exc if isinstance(exc, errors.ChaserError) else errors.SandboxRuntimeError(
                 f"the VM could not start: {type(exc).__name__}: {exc}")
             self._finish_row(live.id, status="failed", reason=failure.code, message=failure.message)
@@ -339,10 +374,55 @@ class SessionManager:
             live.active_requests -= 1
             live.touch()
 
+    # --- egress policy -------------------------------------------------------
+    def network_enforced(self) -> bool:
+        return network_enforced(self.settings, self.runtime)
+
+    def get_network(self, principal: Principal, session_id: str) -> EgressPolicy:
+        """The session's policy: the VM's while it runs (where this server enforces policies),
+        else the one recorded for it (an ended session: the last one)."""
+        row = self.get(principal, session_id)
+        live = self.live.get(session_id)
+        if live is not None and live.vm is not None and not live.terminating:
+            current = getattr(live.vm, "network_policy", None) if self.network_enforced() else None
+            if isinstance(current, EgressPolicy):
+                return current
+            if live.network is not None:
+                return live.network
+        return stored_policy(row.network, default_internet=self.settings.network_internet_default)
+
+    async def set_network(self, principal: Principal, session_id: str, request: NetworkPolicyCreate) -> EgressPolicy:
+        """Replace a running session's policy (omitted fields: the default); new connections follow it at once."""
+        policy = effective_policy(request, base=None, default_internet=self.settings.network_internet_default,
+                                  field="")
+        live = await self.live_session(principal, session_id)
+        return await self._apply_network(live, policy)
+
+    async def _change_network(self, live: LiveSession, request: NetworkPolicyCreate) -> EgressPolicy:
+        """Apply `request` over the running session's current policy (a reused session, /v1/exec)."""
+        base = live.network.to_dict() if live.network is not None else None
+        policy = effective_policy(request, base=base, default_internet=self.settings.network_internet_default)
+        if policy == live.network:
+            return policy
+        return await self._apply_network(live, policy)
+
+    async def _apply_network(self, live: LiveSession, policy: EgressPolicy) -> EgressPolicy:
+        async with live.network_lock:  # the VM's policy and the stored one change in the same order
+            async with self.using(live) as vm:
+                await vm.set_network_policy(policy)
+            live.network = policy
+            with self.db.session() as s:
+                row = s.get(SessionRow, live.id)
+                if row is not None:
+                    row.network = policy.to_dict()
+        log.info("session %s: egress policy set to %s", live.id, policy.to_dict())
+        return policy
+
     async def _mark_crashed(self, live: LiveSession) -> None:
         reason = getattr(live.vm, "exit_reason", None) or "the VM stopped unexpectedly"
         log.warning("session %s: VM crashed: %s", live.id, reason)
-        await self._stop(live, force=True, status="failed", reason="vm_crashed", message=reason)
+        end_reason = getattr(live.vm, "end_reason", "vm_crashed")  # vm_oom: killed by its memory limit
+        await self._stop(live, force=True, status="failed", reason=end_reason, message=reason)
 
     # --- stop ----------------------------------------------------------------
     async def terminate(self, principal: Principal, session_id: str, *, force: bool = False) -> SessionRow:
@@ -476,7 +556,8 @@ class SessionManager:
             self._still_there(source)
             row = self.workspaces.create_row(account_id=principal.account_id, name=request.name,
                                              session_type=request.session_type, image=request.image,
-                                             template=bool(request.template), source=source)
+                                             template=bool(request.template), source=source,
+                                             network=self.workspaces.network_of(request, source))
             try:
                 source_disk = self.workspaces.disk_path(source.id)
                 if source_disk.exists():

@@ -18,6 +18,7 @@ from chaser.config import Settings
 from chaser.models.workspaces import WorkspaceCreate
 from chaser.service.images import check_image_ref
 from chaser.service.keys import Principal
+from chaser.service.network import effective_policy
 from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import WorkspaceSnapshot, utcnow
 
@@ -84,10 +85,20 @@ class WorkspaceManager:
         """A new, empty workspace (`clone_from` is SessionManager.create_workspace's business)."""
         return self.create_row(account_id=principal.account_id, name=request.name,
                                session_type=request.session_type, image=request.image,
-                               template=bool(request.template))
+                               template=bool(request.template), network=self.network_of(request))
+
+    def network_of(self, request: WorkspaceCreate, source: Workspace | None = None) -> dict | None:
+        """The policy a new workspace stores: the request's (fields it omits from the clone
+        source's policy, then the default), else the source's; None: the server default."""
+        base = source.network if source is not None else None
+        if request.network is None:
+            return base
+        return effective_policy(request.network, base=base,
+                                default_internet=self.settings.network_internet_default).to_dict()
 
     def create_row(self, *, account_id: str, name: str | None, session_type: str | None = None,
-                   image: str | None = None, template: bool = False, source: Workspace | None = None) -> Workspace:
+                   image: str | None = None, template: bool = False, source: Workspace | None = None,
+                   network: dict | None = None) -> Workspace:
         """The row only; `source` (a clone's origin) gives the image, its disk is copied by the caller."""
         if session_type not in (None, "sandbox"):
             raise errors.UnsupportedSessionType(f"session_type {session_type!r} is not supported; only 'sandbox'")
@@ -100,7 +111,7 @@ class WorkspaceManager:
             canonical_image = check_image_ref(image)
         row = Workspace(id="ws_" + secrets.token_hex(8), account_id=account_id, name=name,
                         image=canonical_image, session_type="sandbox", template=template, created_at=utcnow(),
-                        source_workspace_id=source.id if source is not None else None)
+                        source_workspace_id=source.id if source is not None else None, network=network)
         try:
             with self.db.session() as s:
                 s.add(row)

@@ -70,6 +70,8 @@ class Workspace(Base):
     template: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     source_workspace_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # clone_from
+    # Egress policy its sessions inherit (EgressPolicy.to_dict()); None: the server default.
+    network: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class WorkspaceSnapshot(Base):
@@ -106,3 +108,5 @@ class SessionRow(Base):
     end_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     vm_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The session's effective egress policy (EgressPolicy.to_dict()), kept current by PUT …/network.
+    network: Mapped[dict | None] = mapped_column(JSON, nullable=True)

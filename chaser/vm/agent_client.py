@@ -39,10 +39,11 @@ def error_from_agent(status: int, body: bytes) -> errors.ChaserError:
 
 
 class AgentClient:
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, *, host: str = "127.0.0.1") -> None:
+        self.host = host  # the VM's namespace address, or 127.0.0.1 for a slirp host-forward
         self.port = port
         self.token = token
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.base_url = f"http://{host}:{port}"
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(30.0), headers=self._headers())
 
     def _headers(self) -> dict[str, str]:
@@ -158,7 +159,7 @@ class AgentClient:
     def websocket_url(self, path: str, params: dict[str, Any] | None = None) -> str:
         query = httpx.QueryParams({k: v for k, v in (params or {}).items() if v is not None})
         suffix = f"?{query}" if query else ""
-        return f"ws://127.0.0.1:{self.port}{path}{suffix}"
+        return f"ws://{self.host}:{self.port}{path}{suffix}"
 
     @asynccontextmanager
     async def websocket(self, path: str, params: dict[str, Any] | None = None):

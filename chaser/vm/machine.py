@@ -14,6 +14,10 @@ from qemu.qmp import QMPClient
 
 from chaser import errors
 from chaser.vm.agent_client import AgentClient
+from chaser.vm.cgroup import VMCgroup
+from chaser.vm.console import ConsoleLog
+from chaser.vm.network.manager import SandboxNetwork
+from chaser.vm.network.policy import EgressPolicy
 from chaser.vm.process import kill_process_group
 
 log = logging.getLogger(__name__)
@@ -30,12 +34,18 @@ class VirtualMachine:
         qmp: QMPClient,
         agent: AgentClient,
         on_stopped: Callable[[VirtualMachine], None] | None = None,
+        network: SandboxNetwork | None = None,
+        cgroup: VMCgroup | None = None,
+        console: ConsoleLog | None = None,
     ) -> None:
         self.id = vm_id
         self.dir = vm_dir
         self.process = process
         self.qmp = qmp
         self.agent = agent
+        self.network = network  # None: no namespace (CHASER_NETWORK=none or slirp)
+        self.cgroup = cgroup
+        self.console = console
         self.session_id = ""
         self.boot_method = "cold"
         self.pooled = False  # taken ready-made from the warm pool
@@ -45,6 +55,7 @@ class VirtualMachine:
         self._stopping = False
         self._stop_task: asyncio.Future | None = None
         self.exit_reason: str | None = None
+        self._oom = False
         self._exited = asyncio.ensure_future(process.wait())
         self._exited.add_done_callback(self._note_exit)
 
@@ -61,12 +72,43 @@ class VirtualMachine:
         return self._exited.done() and not self._stopping
 
     @property
-    def serial_log(self) -> Path:
-        return self.dir / "serial.log"
+    def oom_killed(self) -> bool:
+        """The VM was killed by its cgroup's memory limit."""
+        return self.cgroup is not None and self.cgroup.oom_killed()
+
+    @property
+    def end_reason(self) -> str:
+        """What ended the session when QEMU died on its own."""
+        return "vm_oom" if self._oom else "vm_crashed"
+
+    @property
+    def network_policy(self) -> EgressPolicy:
+        if self.network is None or self.network.policy is None:
+            return EgressPolicy(internet=False)
+        return self.network.policy
+
+    async def apply_network(self, policy: EgressPolicy) -> None:
+        """Install `policy` when this VM has a namespace (no-op without one)."""
+        if self.network is not None:
+            await self.network.apply(policy)
+
+    async def set_network_policy(self, policy: EgressPolicy) -> None:
+        """Change the egress policy of the running VM; new connections follow it at once."""
+        if self.network is None:
+            raise errors.InvalidRequest(
+                "this server runs without network isolation (CHASER_NETWORK=none or slirp): "
+                "a sandbox's network policy cannot be changed", code="network_unavailable")
+        if not self.alive:
+            raise errors.VMCrashed(self.exit_reason or "the VM is not running")
+        await self.network.apply(policy)
 
     def _note_exit(self, future: asyncio.Future) -> None:
         if not self._stopping and not future.cancelled():
-            self.exit_reason = f"QEMU exited unexpectedly (code {self.process.returncode})"
+            self._oom = self.oom_killed  # read now: the cgroup goes with stop()
+            if self._oom:
+                self.exit_reason = "the VM used more memory than its limit and was killed (vm_oom)"
+            else:
+                self.exit_reason = f"QEMU exited unexpectedly (code {self.process.returncode})"
             log.warning("VM %s: %s", self.id, self.exit_reason)
 
     async def wait_exit(self, timeout: float | None = None) -> bool:
@@ -146,8 +188,14 @@ class VirtualMachine:
                 kill_process_group(self.process.pid)
                 await self.wait_exit(10.0)
         finally:
-            kill_process_group(self.process.pid)  # any helper QEMU forked (e.g. `exec:cat`)
+            kill_process_group(self.process.pid)
             await self._close_connections()
+            if self.console is not None:
+                await self.console.close()
+            if self.network is not None:
+                await self.network.release()
+            if self.cgroup is not None:
+                self.cgroup.remove()
             shutil.rmtree(self.dir, ignore_errors=True)
             if self._on_stopped:
                 self._on_stopped(self)

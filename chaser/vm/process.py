@@ -5,23 +5,60 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from chaser.vm.cgroup import join_in_child
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 OWNER_FILE = "owner.json"
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: QEMU gets SIGKILL if we die.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+@dataclass
+class Confinement:
+    """Where and as whom QEMU runs: set up in the child between fork and exec,
+    so no instruction of QEMU runs outside it."""
+
+    netns: Path | None = None  # enter this network namespace
+    tap: str | None = None  # open this tap device there, as fd `tap_fd`
+    tap_fd: int | None = None
+    cgroup_procs: list[str] = field(default_factory=list)
+    uid: int | None = None  # drop to this user (and gid, groups) before exec
+    gid: int | None = None
+    groups: list[int] = field(default_factory=list)
+
+
+def _confine(confinement: Confinement, netns_fd: int | None):
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if netns_fd is not None and libc.setns(netns_fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        if confinement.tap is not None and confinement.tap_fd is not None:
+            tun = os.open("/dev/net/tun", os.O_RDWR)
+            request = struct.pack("16sH", confinement.tap.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            fcntl.ioctl(tun, TUNSETIFF, request)
+            os.dup2(tun, confinement.tap_fd)
+            os.close(tun)
+        join_in_child(confinement.cgroup_procs)
+        if confinement.uid is not None:
+            os.setgroups(confinement.groups)
+            os.setgid(confinement.gid if confinement.gid is not None else confinement.uid)
+            os.setuid(confinement.uid)
+        # Last: a change of credentials clears the parent-death signal.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return preexec
 
 
 def process_start_time(pid: int) -> str | None:
@@ -33,16 +70,26 @@ def process_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-async def spawn_qemu(argv: list[str], *, vm_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
-    with open(log_path, "ab") as output:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=output,
-            stderr=output,
-            start_new_session=True,  # its own process group: we kill the group
-            preexec_fn=_die_with_parent,
-        )
+async def spawn_qemu(argv: list[str], *, vm_dir: Path, log_path: Path,
+                     confinement: Confinement | None = None) -> asyncio.subprocess.Process:
+    """QEMU as a child that dies with us; its stdout (the guest console) is a pipe."""
+    confinement = confinement or Confinement()
+    netns_fd = os.open(confinement.netns, os.O_RDONLY | os.O_CLOEXEC) if confinement.netns else None
+    try:
+        with open(log_path, "ab") as errors_out:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errors_out,
+                start_new_session=True,  # its own process group: we kill the group
+                preexec_fn=_confine(confinement, netns_fd),
+                pass_fds=[confinement.tap_fd] if confinement.tap_fd is not None else [],
+                limit=1 << 20,
+            )
+    finally:
+        if netns_fd is not None:
+            os.close(netns_fd)
     owner = {
         "owner_pid": os.getpid(),
         "owner_start": process_start_time(os.getpid()),

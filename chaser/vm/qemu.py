@@ -17,6 +17,24 @@ from chaser.agent.protocol import (
 QEMU_BINARY = "qemu-system-x86_64"
 # pit/pic/rtc on: DESIGN.md §3 found boots reliable with them under TCG.
 MACHINE = "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on"
+# The guest's MAC: fixed, like every other address a restored clone remembers.
+GUEST_MAC = "52:54:00:12:34:56"
+# Everything the filter can deny: no spawning, no set*uid, no obsolete or
+# resource-control system calls (checked to restore and run, docs/security.md).
+SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+def netdev_tap(fd: int) -> str:
+    """The tap device the spawner opened inside the VM's namespace, as fd `fd`."""
+    return f"tap,id=net0,fd={fd},vhost=off"
+
+
+def netdev_user(agent_host_port: int, *, restrict: bool) -> str:
+    """slirp with the agent forwarded to 127.0.0.1:agent_host_port. restrict=on
+    cuts the guest off from everything (the host-forward still works);
+    restrict=off is the unsafe development mode."""
+    mode = "on" if restrict else "off"
+    return f"user,id=net0,restrict={mode},hostfwd=tcp:127.0.0.1:{agent_host_port}-:{AGENT_PORT}"
 
 
 @dataclass(frozen=True)
@@ -36,8 +54,8 @@ class QemuCommand:
     image_disk: Path
     writable_disk: Path
     qmp_socket: Path
-    serial_log: Path
-    agent_host_port: int
+    # The -netdev value: a tap fd inside the VM's namespace, or slirp (see netdev_*).
+    netdev: str
     accel: str  # "kvm" | "tcg"
     memory_mib: int
     vcpus: int
@@ -45,6 +63,9 @@ class QemuCommand:
     memory_file: MemoryFile | None = None
     incoming: bool = False  # wait for `migrate-incoming` (snapshot restore)
     tcg_tb_size_mib: int = 64
+    # A seccomp filter (DESIGN of the jail: docs/security.md). No `exec:`
+    # migration with it: snapshots go over fds passed with QMP getfd.
+    seccomp: bool = True
 
     def argv(self) -> list[str]:
         machine = MACHINE
@@ -70,17 +91,20 @@ class QemuCommand:
             "-kernel", str(self.kernel),
             "-initrd", str(self.initramfs),
             "-append", " ".join(self.kernel_args),
-            "-chardev", f"file,id=console,path={self.serial_log}",
+            # The console goes to QEMU's stdout, a pipe the runtime reads into a
+            # bounded buffer: a guest printing forever cannot fill the host disk.
+            "-chardev", "stdio,id=console,signal=off",
             "-serial", "chardev:console",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
         ]
         args += _disk("os", self.os_disk, OS_DISK_SERIAL, read_only=True)
         args += _disk("image", self.image_disk, IMAGE_DISK_SERIAL, read_only=True)
         args += _disk("data", self.writable_disk, WRITABLE_DISK_SERIAL, read_only=False)
+        if self.seccomp:
+            args += ["-sandbox", SECCOMP]
         args += [
-            "-netdev",
-            f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.agent_host_port}-:{AGENT_PORT}",
-            "-device", "virtio-net-device,netdev=net0",
+            "-netdev", self.netdev,
+            "-device", f"virtio-net-device,netdev=net0,mac={GUEST_MAC}",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
             "-device", "virtio-rng-device,rng=rng0",
         ]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import fcntl
@@ -15,7 +16,6 @@ import json
 import logging
 import os
 import secrets
-import shlex
 import shutil
 import socket
 import time
@@ -29,13 +29,19 @@ from chaser import errors
 from chaser.config import Settings
 from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
 from chaser.vm.accel import resolve_accel
+from chaser.agent.protocol import AGENT_PORT
+from chaser.vm.admission import Admission
 from chaser.vm.agent_client import AgentClient
+from chaser.vm.cgroup import Limits, VMCgroup, detect as detect_cgroups, reap_empty
+from chaser.vm.console import ConsoleLog
+from chaser.vm.jail import JailUser, resolve_jail_user
+from chaser.vm.network.manager import NetworkManager, SandboxNetwork
 from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
 from chaser.vm.machine import VirtualMachine
 from chaser.vm.network.policy import EgressPolicy
 from chaser.vm.pool import WarmPool
-from chaser.vm.process import kill_process_group, reap_orphans, spawn_qemu
-from chaser.vm.qemu import MemoryFile, QemuCommand, kernel_args
+from chaser.vm.process import Confinement, kill_process_group, reap_orphans, spawn_qemu
+from chaser.vm.qemu import MemoryFile, QemuCommand, kernel_args, netdev_tap, netdev_user
 from chaser.vm.template import (
     Template,
     discard_failed_template,
@@ -83,6 +89,19 @@ class Runtime:
         reaped = reap_orphans(settings.vms_dir)
         if reaped:
             log.warning("reaped %d VMs left by a dead process", len(reaped))
+        self.jail_user: JailUser | None = resolve_jail_user(settings) if settings.jail else None
+        self.network = NetworkManager(settings, tap_owner=self.jail_user.uid if self.jail_user else None)
+        self.cgroups = detect_cgroups() if settings.jail else None
+        self.admission = Admission(settings)
+        self._starting = 0  # start() calls between admission and a running VM
+        log.info("admission limits: %s", self.admission.describe())
+        reap_empty(self.cgroups)
+        log.info("network: %s (%s); cgroups: %s; QEMU user: %s", self.network.mode, self.network.reason,
+                 self.cgroups or "none", self.jail_user.name if self.jail_user else "root")
+        if self.network.mode == "slirp":
+            log.warning("CHASER_NETWORK=slirp: sandboxes can reach this host's loopback services (development only)")
+        elif self.network.mode == "none":
+            log.warning("sandboxes get no network beyond the agent channel: %s", self.network.reason)
 
     # --- configuration resolved on first use ---
     @property
@@ -116,13 +135,28 @@ class Runtime:
             accel=self.accel,
             image_slot=self.settings.image_slot_bytes,
             writable_slot=self.settings.writable_slot_bytes,
+            network=self.network.backend,
         )
         return self.templates_dir / key
 
     # --- public API ---
+    def check_capacity(self) -> None:
+        """503 capacity_exhausted (with Retry-After) when the host cannot take
+        one more session VM: session limit, host memory, disk (chaser/vm/admission.py)."""
+        running = sum(1 for vm in self.vms.values() if vm.session_id)
+        self.admission.check(running_sessions=running, starting=self._starting)
+
     async def start(self, spec: VMSpec) -> VirtualMachine:
         """A VM for `spec`, initialised for its session: from the warm pool when
         the spec allows, else restored from the template, else cold booted."""
+        self.check_capacity()  # again here: concurrent creates must not overshoot
+        self._starting += 1
+        try:
+            return await self._start(spec)
+        finally:
+            self._starting -= 1
+
+    async def _start(self, spec: VMSpec) -> VirtualMachine:
         started = time.monotonic()
         if self.pool.image is None and self.pool.eligible_shape(spec):
             self.pool.start(spec.image_disk)  # the first plain request names the default image
@@ -131,7 +165,8 @@ class Runtime:
             vm = await self.boot(spec)
         try:
             init = self._init_payload(spec)
-            await vm.guard(vm.agent.init(init))
+            policy = spec.network or EgressPolicy(internet=self.settings.network_internet_default)
+            await asyncio.gather(vm.guard(vm.agent.init(init)), vm.apply_network(policy))
             vm.agent.set_token(init["token"])  # the boot token is dead from here on
         except BaseException:
             await vm.stop(graceful=False)
@@ -173,6 +208,7 @@ class Runtime:
     async def stop_all(self, *, graceful: bool = False) -> None:
         await self.pool.close()
         await asyncio.gather(*(vm.stop(graceful=graceful) for vm in list(self.vms.values())), return_exceptions=True)
+        await self.network.close()
 
     async def ensure_template(self) -> Template:
         """Load the template for the current inputs, building it if missing."""
@@ -227,18 +263,24 @@ class Runtime:
             qmp = vm.qmp
             await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
             await qmp.execute("stop")
-            await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(template.state_file))}"})
-            while True:
-                status = (await qmp.execute("query-migrate")).get("status")
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled"):
-                    raise errors.SandboxRuntimeError(f"template snapshot failed: {status}")
-                await asyncio.sleep(0.02)
+            with open(template.state_file, "wb") as state:
+                await _pass_fd(qmp, state.fileno(), "snapshot")
+                await qmp.execute("migrate", {"uri": "fd:snapshot"})
+                await self._wait_migration(qmp)
         finally:
             await vm.stop(graceful=False)
         template.meta_file.write_text(json.dumps({"token": template.token, "created_at": time.time()}))
         return template
+
+    @staticmethod
+    async def _wait_migration(qmp: QMPClient) -> None:
+        while True:
+            status = (await qmp.execute("query-migrate")).get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise errors.SandboxRuntimeError(f"template snapshot failed: {status}")
+            await asyncio.sleep(0.02)
 
     async def _restore(self, vm_id: str, vm_dir: Path, template: Template, image: Path, writable: Path) -> VirtualMachine | None:
         """Restore a clone of the template; None (and the template discarded)
@@ -251,7 +293,9 @@ class Runtime:
             )
             qmp = vm.qmp
             await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
-            await qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(template.state_file))}"})
+            with open(template.state_file, "rb") as state:
+                await _pass_fd(qmp, state.fileno(), "snapshot")
+            await qmp.execute("migrate-incoming", {"uri": "fd:snapshot"})
             deadline = time.monotonic() + self.settings.restore_timeout_s
             while (await vm.guard(qmp.execute("query-status")))["status"] != "paused":
                 if time.monotonic() > deadline:
@@ -295,44 +339,83 @@ class Runtime:
         incoming: bool = False,
     ) -> VirtualMachine:
         last_error = ""
-        for _attempt in range(3):  # the host port can be taken between probe and bind
-            port = _free_port()
-            command = QemuCommand(
-                kernel=self.assets.kernel,
-                initramfs=self.assets.initramfs,
-                os_disk=self.assets.os_disk,
-                image_disk=image,
-                writable_disk=writable,
-                qmp_socket=vm_dir / "qmp.sock",
-                serial_log=vm_dir / "serial.log",
-                agent_host_port=port,
-                accel=self.accel,
-                memory_mib=self.settings.memory_mib,
-                vcpus=self.settings.vcpus,
-                kernel_args=kernel_args(token=token),
-                memory_file=memory_file,
-                incoming=incoming,
-                tcg_tb_size_mib=self.settings.tcg_tb_size_mib,
-            )
-            process = await spawn_qemu(command.argv(), vm_dir=vm_dir, log_path=vm_dir / "qemu.log")
+        for _attempt in range(3):  # a slirp host port can be taken between probe and bind
+            network: SandboxNetwork | None = None
+            cgroup: VMCgroup | None = None
+            placeholder: int | None = None
+            confinement = Confinement()
+            try:
+                if self.network.isolated:
+                    network = await self.network.acquire()
+                    # A free fd number for the tap, which the child opens inside the namespace.
+                    placeholder = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                    confinement = Confinement(netns=network.netns_path, tap="tap0", tap_fd=placeholder)
+                    netdev, agent_address = netdev_tap(placeholder), (network.agent_host, AGENT_PORT)
+                else:
+                    port = _free_port()
+                    netdev = netdev_user(port, restrict=self.network.mode != "slirp")
+                    agent_address = ("127.0.0.1", port)
+                if self.cgroups is not None:
+                    cgroup = VMCgroup(vm_id, version=self.cgroups)
+                    cgroup.create(self._cgroup_limits())
+                    confinement.cgroup_procs = cgroup.procs_files
+                command = QemuCommand(
+                    kernel=self.assets.kernel,
+                    initramfs=self.assets.initramfs,
+                    os_disk=self.assets.os_disk,
+                    image_disk=image,
+                    writable_disk=writable,
+                    qmp_socket=vm_dir / "qmp.sock",
+                    netdev=netdev,
+                    accel=self.accel,
+                    memory_mib=self.settings.memory_mib,
+                    vcpus=self.settings.vcpus,
+                    kernel_args=kernel_args(token=token),
+                    memory_file=memory_file,
+                    incoming=incoming,
+                    tcg_tb_size_mib=self.settings.tcg_tb_size_mib,
+                    seccomp=self.settings.jail,
+                )
+                process = await spawn_qemu(command.argv(), vm_dir=vm_dir, log_path=vm_dir / "qemu.log",
+                                           confinement=confinement)
+            except BaseException:
+                if network is not None:
+                    await asyncio.shield(network.release())
+                if cgroup is not None:
+                    cgroup.remove()
+                raise
+            finally:
+                if placeholder is not None:
+                    os.close(placeholder)
+            console = ConsoleLog(self.settings.serial_log_max_bytes)
+            console.follow(process.stdout)
             qmp = QMPClient(vm_id)
             try:
                 await self._connect_qmp(qmp, command.qmp_socket, process)
             except BaseException as exc:
                 kill_process_group(process.pid)  # no VirtualMachine owns it yet
                 await asyncio.shield(process.wait())
+                await console.close()
+                if network is not None:
+                    await asyncio.shield(network.release())
+                if cgroup is not None:
+                    cgroup.remove()
                 if not isinstance(exc, errors.VMCrashed):
                     raise
                 last_error = (vm_dir / "qemu.log").read_text(errors="replace")[-2000:]
                 if "hostfwd" in last_error or "forwarding" in last_error:
                     continue
                 raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}") from None
-            vm = VirtualMachine(
+            return VirtualMachine(
                 vm_id=vm_id, vm_dir=vm_dir, process=process, qmp=qmp,
-                agent=AgentClient(port, token), on_stopped=self._forget,
+                agent=AgentClient(agent_address[1], token, host=agent_address[0]), on_stopped=self._forget,
+                network=network, cgroup=cgroup, console=console,
             )
-            return vm
         raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}")
+
+    def _cgroup_limits(self) -> Limits:
+        memory = (self.settings.memory_mib + self.settings.vm_memory_overhead_mib) * 1024 * 1024
+        return Limits(memory_bytes=memory, vcpus=self.settings.vcpus, pids=self.settings.vm_pids_max)
 
     async def _connect_qmp(self, qmp: QMPClient, path: Path, process: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + 10
@@ -358,7 +441,7 @@ class Runtime:
         deadline = time.monotonic() + timeout
         while not await vm.guard(vm.agent.ping(timeout=2.0)):
             if time.monotonic() > deadline:
-                tail = vm.serial_log.read_text(errors="replace")[-1500:] if vm.serial_log.exists() else ""
+                tail = vm.console.tail() if vm.console else ""
                 raise errors.BootTimeout(f"agent not ready after {timeout:.0f}s; console tail:\n{tail}")
             await asyncio.sleep(0.02)
 
@@ -377,6 +460,18 @@ class Runtime:
 
     def _forget(self, vm: VirtualMachine) -> None:
         self.vms.pop(vm.id, None)
+
+
+async def _pass_fd(qmp: QMPClient, fd: int, name: str) -> None:
+    """Hand QEMU an open file as `fd:name` (SCM_RIGHTS + getfd): a jailed QEMU
+    may neither spawn `exec:` helpers nor open our files itself."""
+    # Not QMPClient.send_fd_scm: it needs the stdlib socket under asyncio's
+    # wrapper, which uvloop (the server's loop) does not have. The write
+    # buffer is empty here: every command before this one was answered.
+    transport_socket = qmp._writer.transport.get_extra_info("socket")  # noqa: SLF001
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(transport_socket.fileno())) as sock:
+        sock.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    await qmp.execute("getfd", {"fdname": name})
 
 
 def _remove_dir(path: Path) -> None:

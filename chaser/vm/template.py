@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chaser.agent.protocol import AGENT_PROTOCOL_VERSION
 
-TEMPLATE_FORMAT = 1  # bump when the way templates are made changes
+TEMPLATE_FORMAT = 2  # bump when the way templates are made changes
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,13 @@ def qemu_version() -> str:
 
 
 def template_key(
-    *, fingerprint: str, memory_mib: int, vcpus: int, accel: str, image_slot: int, writable_slot: int
+    *, fingerprint: str, memory_mib: int, vcpus: int, accel: str, image_slot: int, writable_slot: int,
+    network: str = "user",
 ) -> str:
+    """`network` is the netdev backend: a slirp snapshot has slirp state in its
+    migration stream and does not restore with a tap, nor the reverse."""
     parts = [
-        fingerprint, str(memory_mib), str(vcpus), accel, str(image_slot), str(writable_slot),
+        fingerprint, str(memory_mib), str(vcpus), accel, str(image_slot), str(writable_slot), network,
         qemu_version(), str(TEMPLATE_FORMAT), str(AGENT_PROTOCOL_VERSION),
     ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]

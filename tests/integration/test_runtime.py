@@ -189,7 +189,7 @@ async def test_two_vms_are_isolated(runtime, vm):
         result = await other.exec("cat /workspace/secret; hostname")
         assert result["exit_code"] != 0 or "mine" not in text(result)
         assert "other" in text(result)
-        assert other.agent.port != vm.agent.port
+        assert other.agent.base_url != vm.agent.base_url
     finally:
         await other.stop()
 

@@ -132,10 +132,27 @@ class FakeVM:
         self.crashed = False
         self.exit_reason: str | None = None
         self.exec_delay = 0.0
+        self._network = spec.network
+        self.network_changes: list = []  # every policy set_network_policy was given
+        self.network_error: Exception | None = None  # raised by set_network_policy (e.g. network_unavailable)
 
     @property
     def alive(self) -> bool:
         return not self.stopped and not self.crashed
+
+    @property
+    def network_policy(self):
+        from chaser.vm.network.policy import EgressPolicy
+
+        return self._network if self._network is not None else EgressPolicy()
+
+    async def set_network_policy(self, policy) -> None:
+        if not self.alive:
+            raise errors.VMCrashed(self.exit_reason or "the VM stopped")
+        if self.network_error is not None:
+            raise self.network_error
+        self._network = policy
+        self.network_changes.append(policy)
 
     def crash(self) -> None:
         self.crashed = True
@@ -197,6 +214,14 @@ class FakeRuntime:
         self.started: list[FakeVM] = []
         self.fail_with: Exception | None = None
         self.start_delay = 0.0
+        # Raised by check_capacity() (e.g. errors.CapacityExhausted); counts the calls.
+        self.capacity_error: Exception | None = None
+        self.capacity_checks = 0
+
+    def check_capacity(self) -> None:
+        self.capacity_checks += 1
+        if self.capacity_error is not None:
+            raise self.capacity_error
 
     async def start(self, spec):
         if self.start_delay:

@@ -10,15 +10,15 @@ from pathlib import Path
 from chaser import errors
 from chaser.vm.agent_client import error_from_agent
 from chaser.vm.process import process_start_time, reap_orphans
-from chaser.vm.qemu import MemoryFile, QemuCommand, host_tsc_khz, kernel_args
+from chaser.vm.qemu import MemoryFile, QemuCommand, host_tsc_khz, kernel_args, netdev_tap, netdev_user
 from chaser.vm.template import template_key
 
 
 def command(**overrides) -> QemuCommand:
     values = dict(
         kernel=Path("/k"), initramfs=Path("/i"), os_disk=Path("/os"), image_disk=Path("/img"),
-        writable_disk=Path("/w"), qmp_socket=Path("/q.sock"), serial_log=Path("/s.log"),
-        agent_host_port=4321, accel="tcg", memory_mib=512, vcpus=2, kernel_args=["a=1", "b"],
+        writable_disk=Path("/w"), qmp_socket=Path("/q.sock"),
+        netdev=netdev_user(4321, restrict=True), accel="tcg", memory_mib=512, vcpus=2, kernel_args=["a=1", "b"],
     )
     values.update(overrides)
     return QemuCommand(**values)
@@ -30,11 +30,20 @@ def test_argv_has_microvm_disks_net_and_qmp():
     assert argv[0] == "qemu-system-x86_64"
     assert "-M microvm," in joined and "-no-reboot" in argv
     assert "serial=chaser-os" in joined and "serial=chaser-image" in joined and "serial=chaser-data" in joined
-    assert "hostfwd=tcp:127.0.0.1:4321-:8420" in joined
+    assert "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:4321-:8420" in joined
     assert "unix:/q.sock,server=on,wait=off" in joined
     assert argv[argv.index("-append") + 1] == "a=1 b"
     assert argv[argv.index("-smp") + 1] == "2"
     assert "tcg,tb-size=64" in joined and "-incoming" not in argv
+
+
+def test_argv_jails_qemu_and_keeps_the_console_off_disk():
+    argv = command(netdev=netdev_tap(7)).argv()
+    joined = " ".join(argv)
+    assert argv[argv.index("-sandbox") + 1] == "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    assert "tap,id=net0,fd=7,vhost=off" in joined and "restrict" not in joined
+    assert "stdio,id=console,signal=off" in joined and "file,id=console" not in joined
+    assert "-sandbox" not in command(seccomp=False).argv()
 
 
 def test_argv_for_a_clone_maps_template_memory_privately():

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from chaser.api.deps import ExecWrite, ServicesDep
-from chaser.api.routes import SESSION_ERROR_RESPONSES
+from chaser.api.routes import SESSION_ERROR_RESPONSES, START_ERROR_RESPONSES
 from chaser.models import ExecCreate, ExecPublic, SessionExecCreate
 
 router = APIRouter(tags=["exec"], responses=SESSION_ERROR_RESPONSES)
 
 
-@router.post("/v1/exec", response_model=ExecPublic,
+@router.post("/v1/exec", response_model=ExecPublic, responses=START_ERROR_RESPONSES,
              summary="Run a command in a workspace's session (started if needed) or a throw-away one")
 async def exec_auto(services: ServicesDep, principal: ExecWrite, body: ExecCreate) -> ExecPublic:
     return await services.commands.run(principal, body)

@@ -1,4 +1,4 @@
-"""`/v1/sessions`: create, list, get, terminate, bulk-terminate, self-test."""
+"""`/v1/sessions`: create, list, get, terminate, bulk-terminate, self-test, egress policy."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Literal
 from fastapi import APIRouter, Body, Query, Request
 
 from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
-from chaser.api.routes import SESSION_ERROR_RESPONSES
+from chaser.api.routes import SESSION_ERROR_RESPONSES, START_ERROR_RESPONSES
 from chaser.models import (
-    BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic, Endpoints, SelfTestPublic, SessionCreate,
-    SessionPublic, SessionsPublic,
+    BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic, Endpoints, NetworkPolicyCreate,
+    NetworkPolicyPublic, SelfTestPublic, SessionCreate, SessionPublic, SessionsPublic,
 )
+from chaser.service.network import policy_public
 from chaser.store import SessionRow
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=SESSION_ERROR_RESPONSES)
@@ -26,7 +27,8 @@ def session_public(row: SessionRow, url: str) -> SessionPublic:
     )
 
 
-@router.post("", response_model=SessionPublic, summary="Create a session (answers once the VM is ready)")
+@router.post("", response_model=SessionPublic, summary="Create a session (answers once the VM is ready)",
+             responses=START_ERROR_RESPONSES)
 async def create_session(request: Request, services: ServicesDep, principal: SessionsWrite,
                          body: SessionCreate | None = Body(default=None)) -> SessionPublic:
     row = await services.sessions.create(principal, body or SessionCreate())
@@ -71,3 +73,18 @@ async def terminate_session(session_id: str, request: Request, services: Service
 async def self_test(session_id: str, services: ServicesDep, principal: SessionsRead) -> SelfTestPublic:
     live = await services.sessions.live_session(principal, session_id)
     return await services.commands.self_test(live)
+
+
+@router.get("/{session_id}/network", response_model=NetworkPolicyPublic,
+            summary="The session's egress policy (an ended session: its last one)")
+async def get_network(session_id: str, services: ServicesDep, principal: SessionsRead) -> NetworkPolicyPublic:
+    policy = services.sessions.get_network(principal, session_id)
+    return policy_public(policy, enforced=services.sessions.network_enforced())
+
+
+@router.put("/{session_id}/network", response_model=NetworkPolicyPublic,
+            summary="Replace a running session's egress policy (applies to new connections at once)")
+async def set_network(session_id: str, body: NetworkPolicyCreate, services: ServicesDep,
+                      principal: SessionsWrite) -> NetworkPolicyPublic:
+    policy = await services.sessions.set_network(principal, session_id, body)
+    return policy_public(policy, enforced=services.sessions.network_enforced())

@@ -13,6 +13,7 @@ from chaser.models.workspaces import (
     WorkspaceTemplatePublic, WorkspaceTemplateSet,
 )
 from chaser.service.images import DEFAULT_IMAGE
+from chaser.service.network import policy_public, stored_policy
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Workspace
 from chaser.store.tables import WorkspaceSnapshot
@@ -20,11 +21,16 @@ from chaser.store.tables import WorkspaceSnapshot
 router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"], responses=ERROR_RESPONSES)
 
 
-def workspace_public(row: Workspace, workspaces: WorkspaceManager) -> WorkspacePublic:
+def workspace_public(row: Workspace, workspaces: WorkspaceManager, *, enforced: bool) -> WorkspacePublic:
     active, last = workspaces.session_ids(row)
+    network = None
+    if row.network is not None:
+        policy = stored_policy(row.network, default_internet=workspaces.settings.network_internet_default)
+        network = policy_public(policy, enforced=enforced)
     return WorkspacePublic(id=row.id, name=row.name, image=row.image or DEFAULT_IMAGE, template=row.template,
                            source_workspace_id=row.source_workspace_id,
-                           created_at=row.created_at, active_session_id=active, last_session_id=last)
+                           created_at=row.created_at, active_session_id=active, last_session_id=last,
+                           network=network)
 
 
 def snapshot_public(row: WorkspaceSnapshot) -> WorkspaceSnapshotPublic:
@@ -38,12 +44,14 @@ def snapshot_public(row: WorkspaceSnapshot) -> WorkspaceSnapshotPublic:
 async def create_workspace(services: ServicesDep, principal: WorkspacesWrite,
                            body: WorkspaceCreate | None = Body(default=None)) -> WorkspacePublic:
     row = await services.sessions.create_workspace(principal, body or WorkspaceCreate())
-    return workspace_public(row, services.workspaces)
+    return workspace_public(row, services.workspaces, enforced=services.sessions.network_enforced())
 
 
 @router.get("", response_model=list[WorkspacePublic], summary="List workspaces (a JSON list)")
 async def list_workspaces(services: ServicesDep, principal: WorkspacesRead) -> list[WorkspacePublic]:
-    return [workspace_public(row, services.workspaces) for row in services.workspaces.list(principal)]
+    enforced = services.sessions.network_enforced()
+    return [workspace_public(row, services.workspaces, enforced=enforced)
+            for row in services.workspaces.list(principal)]
 
 
 @router.post("/bulk-delete", response_model=BulkDeleteWorkspacesPublic,
@@ -60,7 +68,8 @@ async def bulk_delete_workspaces(services: ServicesDep, principal: WorkspacesWri
 
 @router.get("/{workspace}", response_model=WorkspacePublic, summary="Get a workspace by id or name")
 async def get_workspace(workspace: str, services: ServicesDep, principal: WorkspacesRead) -> WorkspacePublic:
-    return workspace_public(services.workspaces.get(principal, workspace), services.workspaces)
+    return workspace_public(services.workspaces.get(principal, workspace), services.workspaces,
+                            enforced=services.sessions.network_enforced())
 
 
 @router.delete("/{workspace}", response_model=WorkspaceDeletedPublic,

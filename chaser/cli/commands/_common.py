@@ -164,3 +164,21 @@ def split_multi(values: Sequence[str] | None) -> list[str]:
     for value in values or []:
         items.extend(part.strip() for part in value.split(",") if part.strip())
     return items
+
+
+INTERNET_OPTION_HELP = "Allow (or with --no-internet forbid) connections to public destinations."
+ALLOW_OUT_HELP = "Only these destinations: IP, CIDR, example.com, *.example.com (repeatable or comma-separated)."
+DENY_OUT_HELP = "Never these destinations; wins over --allow-out (repeatable or comma-separated)."
+
+
+def network_policy(internet: bool | None, allow_out: Sequence[str] | None,
+                   deny_out: Sequence[str] | None) -> dict[str, Any] | None:
+    """The `network` request object from --internet/--no-internet, --allow-out, --deny-out; None if none given."""
+    policy: dict[str, Any] = {}
+    if internet is not None:
+        policy["internet"] = internet
+    if allow_out:
+        policy["allow_out"] = split_multi(allow_out)
+    if deny_out:
+        policy["deny_out"] = split_multi(deny_out)
+    return policy or None

@@ -6,7 +6,10 @@ from typing import Optional
 
 import typer
 
-from chaser.cli.commands._common import JSON_OPTION_HELP, api_command, console, make_client, parse_env, print_json
+from chaser.cli.commands._common import (
+    ALLOW_OUT_HELP, DENY_OUT_HELP, INTERNET_OPTION_HELP, JSON_OPTION_HELP, api_command, console, make_client,
+    network_policy, parse_env, print_json,
+)
 
 
 @api_command
@@ -15,6 +18,9 @@ def sandbox_command(
     image: Optional[str] = typer.Option(None, "--image", help="OCI image reference for the sandbox root."),
     workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace (name or id) to attach."),
     env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE for the session (repeatable)."),
+    internet: Optional[bool] = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
+    allow_out: Optional[list[str]] = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
+    deny_out: Optional[list[str]] = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Create a sandbox session (remembered as the current session)."""
@@ -27,6 +33,7 @@ def sandbox_command(
             workspace=workspace,
             image=image,
             env=environment,
+            network=network_policy(internet, allow_out, deny_out),
         )
     set_current_session(session["id"])
     if as_json:

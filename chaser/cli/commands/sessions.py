@@ -1,4 +1,4 @@
-"""`chaser sessions …`: list, inspect, terminate, self-test."""
+"""`chaser sessions …`: list, inspect, terminate, self-test, network policy."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from typing import Optional
 import typer
 
 from chaser.cli.commands._common import (
+    ALLOW_OUT_HELP,
+    DENY_OUT_HELP,
+    INTERNET_OPTION_HELP,
     JSON_OPTION_HELP,
     api_command,
     console,
     fail,
     format_value,
     make_client,
+    network_policy,
     print_fields,
     print_json,
     print_table,
@@ -20,7 +24,7 @@ from chaser.cli.commands._common import (
     split_multi,
 )
 
-app = typer.Typer(help="Sessions: list, get, terminate, self-test.", no_args_is_help=True)
+app = typer.Typer(help="Sessions: list, get, terminate, self-test, network.", no_args_is_help=True)
 
 JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 IdArgument = typer.Argument(None, metavar="[ID]", help="Session id (default: the current session).")
@@ -109,6 +113,34 @@ def self_test(session_id: Optional[str] = IdArgument, as_json: bool = JsonOption
             out.print(f"    {name}: {format_value(versions.get(name) or tools.get(name))}", markup=False)
     for key, value in sorted((runtime.get("chaser") or {}).items()):
         out.print(f"  chaser.{key}: {format_value(value)}", markup=False)
+
+
+@app.command("network")
+@api_command
+def network(
+    session_id: Optional[str] = IdArgument,
+    internet: Optional[bool] = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
+    allow_out: Optional[list[str]] = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
+    deny_out: Optional[list[str]] = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show the session's egress policy; with flags, replace it (what is not given takes the default).
+
+    A change applies to new connections at once; the session must be running."""
+    session_id = resolve_session(session_id)
+    policy = network_policy(internet, allow_out, deny_out)
+    with make_client() as client:
+        if policy is None:
+            result = client.sessions.get_network(session_id)
+        else:
+            result = client.sessions.set_network(session_id, **policy)
+    if as_json:
+        print_json(result)
+        return
+    print_fields(result, ["internet", "allow_out", "deny_out", "enforced"])
+    if result.get("enforced") is False:
+        console().print("note: this server runs without network isolation (CHASER_NETWORK=none or slirp): "
+                        "the policy is recorded, not enforced", markup=False)
 
 
 @app.command("bulk-terminate")

@@ -7,11 +7,15 @@ from typing import Optional
 import typer
 
 from chaser.cli.commands._common import (
+    ALLOW_OUT_HELP,
+    DENY_OUT_HELP,
+    INTERNET_OPTION_HELP,
     JSON_OPTION_HELP,
     api_command,
     console,
     fail,
     make_client,
+    network_policy,
     print_fields,
     print_json,
     print_table,
@@ -33,12 +37,16 @@ def create_workspace(
     image: Optional[str] = typer.Option(None, "--image", help="OCI image its sessions use."),
     clone_from: Optional[str] = typer.Option(None, "--clone-from", help="Start with a copy of this workspace's disk."),
     template: Optional[bool] = typer.Option(None, "--template/--no-template", help="Mark it as a template."),
+    internet: Optional[bool] = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
+    allow_out: Optional[list[str]] = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
+    deny_out: Optional[list[str]] = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
-    """Create a workspace."""
+    """Create a workspace (its sessions inherit the network flags' egress policy)."""
     with make_client() as client:
         workspace = client.workspaces.create(name=name, session_type=session_type, image=image,
-                                             clone_from=clone_from, template=template)
+                                             clone_from=clone_from, template=template,
+                                             network=network_policy(internet, allow_out, deny_out))
     if as_json:
         print_json(workspace)
     else:
