@@ -57,12 +57,13 @@ class Settings(BaseSettings):
     network_hosts: dict[str, str] = {}
     # The jail: QEMU runs as this user with a seccomp filter and in its own cgroup.
     jail: bool = True
-    jail_user: str = "chaser-vm"
+    # QEMU of VM slot N runs as uid/gid jail_uid_base + N (no passwd entry needed).
+    jail_uid_base: int = 1_900_000_000
     # Host memory a VM may use beyond its guest RAM (QEMU itself, the TCG code cache).
     vm_memory_overhead_mib: int = 256
     vm_pids_max: int = 256
     # The serial console log keeps at most this much (the newest output).
-    serial_log_max_bytes: int = 1024 * 1024
+    serial_log_max_bytes: int = 256 * 1024
 
     # --- admission control (chaser/vm/admission.py); None: derived from the host ---
     max_sessions: int | None = None

@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
             from chaser.vm.runtime import Runtime
 
             services.sessions.runtime = Runtime(settings)  # also kills QEMUs a dead server left behind
+            await services.sessions.runtime.prepare_host()  # and removes its namespaces
         services.sessions.recover_on_start()
         warm = asyncio.create_task(services.sessions.start_warm_pool(), name="warm-pool")
         reaper = asyncio.create_task(services.sessions.reaper(reaper_interval), name="session-reaper")

@@ -38,6 +38,7 @@ class Confinement:
     uid: int | None = None  # drop to this user (and gid, groups) before exec
     gid: int | None = None
     groups: list[int] = field(default_factory=list)
+    pass_fds: list[int] = field(default_factory=list)  # descriptors QEMU inherits
 
 
 def _confine(confinement: Confinement, netns_fd: int | None):
@@ -84,7 +85,7 @@ async def spawn_qemu(argv: list[str], *, vm_dir: Path, log_path: Path,
                 stderr=errors_out,
                 start_new_session=True,  # its own process group: we kill the group
                 preexec_fn=_confine(confinement, netns_fd),
-                pass_fds=[confinement.tap_fd] if confinement.tap_fd is not None else [],
+                pass_fds=[*confinement.pass_fds, *([confinement.tap_fd] if confinement.tap_fd is not None else [])],
                 limit=1 << 20,
             )
     finally:

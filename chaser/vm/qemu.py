@@ -53,7 +53,7 @@ class QemuCommand:
     os_disk: Path
     image_disk: Path
     writable_disk: Path
-    qmp_socket: Path
+    qmp_fd: int  # a listening Unix socket the runtime bound (QEMU creates no files)
     # The -netdev value: a tap fd inside the VM's namespace, or slirp (see netdev_*).
     netdev: str
     accel: str  # "kvm" | "tcg"
@@ -66,6 +66,8 @@ class QemuCommand:
     # A seccomp filter (DESIGN of the jail: docs/security.md). No `exec:`
     # migration with it: snapshots go over fds passed with QMP getfd.
     seccomp: bool = True
+    # -add-fd arguments for the /dev/fdset/N paths among the disks.
+    fd_args: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
         machine = MACHINE
@@ -95,8 +97,10 @@ class QemuCommand:
             # bounded buffer: a guest printing forever cannot fill the host disk.
             "-chardev", "stdio,id=console,signal=off",
             "-serial", "chardev:console",
-            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-chardev", f"socket,id=qmp,fd={self.qmp_fd},server=on,wait=off",
+            "-mon", "chardev=qmp,mode=control",
         ]
+        args += self.fd_args
         args += _disk("os", self.os_disk, OS_DISK_SERIAL, read_only=True)
         args += _disk("image", self.image_disk, IMAGE_DISK_SERIAL, read_only=True)
         args += _disk("data", self.writable_disk, WRITABLE_DISK_SERIAL, read_only=False)

@@ -34,14 +34,16 @@ from chaser.vm.admission import Admission
 from chaser.vm.agent_client import AgentClient
 from chaser.vm.cgroup import Limits, VMCgroup, detect as detect_cgroups, reap_empty
 from chaser.vm.console import ConsoleLog
-from chaser.vm.jail import JailUser, resolve_jail_user
+from chaser.vm import memory
+from chaser.vm.jail import PassedFiles, jail_user_for
 from chaser.vm.network.manager import NetworkManager, SandboxNetwork
+from chaser.vm.qemu import MemoryFile
 from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
 from chaser.vm.machine import VirtualMachine
 from chaser.vm.network.policy import EgressPolicy
 from chaser.vm.pool import WarmPool
 from chaser.vm.process import Confinement, kill_process_group, reap_orphans, spawn_qemu
-from chaser.vm.qemu import MemoryFile, QemuCommand, kernel_args, netdev_tap, netdev_user
+from chaser.vm.qemu import QemuCommand, kernel_args, netdev_tap, netdev_user
 from chaser.vm.template import (
     Template,
     discard_failed_template,
@@ -89,15 +91,17 @@ class Runtime:
         reaped = reap_orphans(settings.vms_dir)
         if reaped:
             log.warning("reaped %d VMs left by a dead process", len(reaped))
-        self.jail_user: JailUser | None = resolve_jail_user(settings) if settings.jail else None
-        self.network = NetworkManager(settings, tap_owner=self.jail_user.uid if self.jail_user else None)
+        self.network = NetworkManager(settings)
+        # Sealed template RAM per template directory (chaser/vm/memory.py).
+        self._template_memory: dict[Path, int] = {}
+        self._uid_counter = 0
         self.cgroups = detect_cgroups() if settings.jail else None
         self.admission = Admission(settings)
         self._starting = 0  # start() calls between admission and a running VM
         log.info("admission limits: %s", self.admission.describe())
         reap_empty(self.cgroups)
-        log.info("network: %s (%s); cgroups: %s; QEMU user: %s", self.network.mode, self.network.reason,
-                 self.cgroups or "none", self.jail_user.name if self.jail_user else "root")
+        log.info("network: %s (%s); cgroups: %s; QEMU: %s", self.network.mode, self.network.reason,
+                 self.cgroups or "none", "jailed" if jail_user_for(settings, 0) else "not jailed (CHASER_JAIL=false or not root)")
         if self.network.mode == "slirp":
             log.warning("CHASER_NETWORK=slirp: sandboxes can reach this host's loopback services (development only)")
         elif self.network.mode == "none":
@@ -140,6 +144,12 @@ class Runtime:
         return self.templates_dir / key
 
     # --- public API ---
+    async def prepare_host(self) -> None:
+        """Host set-up before the first VM: the host nftables table, and the
+        namespaces a killed server left behind are removed (QEMUs and VM
+        directories were reaped in __init__)."""
+        await self.network.start()
+
     def check_capacity(self) -> None:
         """503 capacity_exhausted (with Retry-After) when the host cannot take
         one more session VM: session limit, host memory, disk (chaser/vm/admission.py)."""
@@ -253,11 +263,17 @@ class Runtime:
         vm_id = f"tpl-{secrets.token_hex(6)}"
         vm_dir = self.settings.vms_dir / vm_id
         vm_dir.mkdir(parents=True)
-        vm = await self._launch(
-            vm_id, vm_dir,
-            image=template.image_placeholder, writable=template.writable_placeholder,
-            token=template.token, memory_file=MemoryFile(template.memory_file, shared=True),
-        )
+        ram_size = self.settings.memory_mib * 1024 * 1024
+        ram = memory.new_memfd("chaser-template", ram_size)
+        try:
+            vm = await self._launch(
+                vm_id, vm_dir,
+                image=template.image_placeholder, writable=template.writable_placeholder,
+                token=template.token, memory_fd=ram, shared_memory=True,
+            )
+        except BaseException:
+            os.close(ram)
+            raise
         try:
             await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
             qmp = vm.qmp
@@ -267,10 +283,38 @@ class Runtime:
                 await _pass_fd(qmp, state.fileno(), "snapshot")
                 await qmp.execute("migrate", {"uri": "fd:snapshot"})
                 await self._wait_migration(qmp)
+        except BaseException:
+            os.close(ram)
+            raise
         finally:
             await vm.stop(graceful=False)
+        try:
+            await asyncio.to_thread(memory.save, ram, template.memory_file, ram_size)
+            memory.seal(ram)
+        except BaseException:
+            os.close(ram)
+            raise
+        self._forget_template_memory(directory)
+        self._template_memory[directory] = ram
         template.meta_file.write_text(json.dumps({"token": template.token, "created_at": time.time()}))
         return template
+
+    async def _sealed_template_memory(self, template: Template) -> int:
+        fd = self._template_memory.get(template.dir)
+        if fd is None:
+            size = self.settings.memory_mib * 1024 * 1024
+            fd = await asyncio.to_thread(memory.load_sealed, template.memory_file, size)
+            if template.dir in self._template_memory:  # another restore loaded it meanwhile
+                os.close(fd)
+                return self._template_memory[template.dir]
+            self._template_memory[template.dir] = fd
+        return fd
+
+    def _forget_template_memory(self, directory: Path) -> None:
+        """Running clones keep their own mapping; only our descriptor goes."""
+        fd = self._template_memory.pop(directory, None)
+        if fd is not None:
+            os.close(fd)
 
     @staticmethod
     async def _wait_migration(qmp: QMPClient) -> None:
@@ -289,7 +333,7 @@ class Runtime:
         try:
             vm = await self._launch(
                 vm_id, vm_dir, image=image, writable=writable, token=template.token,
-                memory_file=MemoryFile(template.memory_file, shared=False), incoming=True,
+                memory_fd=await self._sealed_template_memory(template), shared_memory=False, incoming=True,
             )
             qmp = vm.qmp
             await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
@@ -313,7 +357,8 @@ class Runtime:
             log.warning("template restore failed (%s); discarding it and booting cold", exc)
             if vm is not None:
                 await vm.stop(graceful=False)
-            discard_failed_template(template)
+            if discard_failed_template(template):
+                self._forget_template_memory(template.dir)
             return None
 
     async def _cold_boot(self, vm_id: str, vm_dir: Path, image: Path, writable: Path) -> VirtualMachine:
@@ -335,7 +380,8 @@ class Runtime:
         image: Path,
         writable: Path,
         token: str,
-        memory_file: MemoryFile | None = None,
+        memory_fd: int | None = None,
+        shared_memory: bool = False,
         incoming: bool = False,
     ) -> VirtualMachine:
         last_error = ""
@@ -343,6 +389,7 @@ class Runtime:
             network: SandboxNetwork | None = None
             cgroup: VMCgroup | None = None
             placeholder: int | None = None
+            files = PassedFiles()
             confinement = Confinement()
             try:
                 if self.network.isolated:
@@ -351,31 +398,39 @@ class Runtime:
                     placeholder = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
                     confinement = Confinement(netns=network.netns_path, tap="tap0", tap_fd=placeholder)
                     netdev, agent_address = netdev_tap(placeholder), (network.agent_host, AGENT_PORT)
+                    slot = network.slot.index
                 else:
                     port = _free_port()
                     netdev = netdev_user(port, restrict=self.network.mode != "slirp")
                     agent_address = ("127.0.0.1", port)
+                    self._uid_counter += 1  # unique in this process; slots use the range below 65536
+                    slot = 65536 + self._uid_counter
+                user = jail_user_for(self.settings, slot)
+                if user is not None:
+                    confinement.uid, confinement.gid, confinement.groups = user.uid, user.gid, list(user.groups)
                 if self.cgroups is not None:
                     cgroup = VMCgroup(vm_id, version=self.cgroups)
                     cgroup.create(self._cgroup_limits())
                     confinement.cgroup_procs = cgroup.procs_files
                 command = QemuCommand(
-                    kernel=self.assets.kernel,
-                    initramfs=self.assets.initramfs,
-                    os_disk=self.assets.os_disk,
-                    image_disk=image,
-                    writable_disk=writable,
-                    qmp_socket=vm_dir / "qmp.sock",
+                    kernel=files.path(self.assets.kernel),
+                    initramfs=files.path(self.assets.initramfs),
+                    os_disk=files.fdset(self.assets.os_disk, writable=False),
+                    image_disk=files.fdset(image, writable=False),
+                    writable_disk=files.fdset(writable, writable=True),
+                    qmp_fd=files.listening_socket(vm_dir / "qmp.sock"),
                     netdev=netdev,
                     accel=self.accel,
                     memory_mib=self.settings.memory_mib,
                     vcpus=self.settings.vcpus,
                     kernel_args=kernel_args(token=token),
-                    memory_file=memory_file,
+                    memory_file=MemoryFile(files.fd_path(memory_fd), shared=shared_memory) if memory_fd else None,
                     incoming=incoming,
                     tcg_tb_size_mib=self.settings.tcg_tb_size_mib,
                     seccomp=self.settings.jail,
+                    fd_args=files.qemu_args(),
                 )
+                confinement.pass_fds = files.all_fds
                 process = await spawn_qemu(command.argv(), vm_dir=vm_dir, log_path=vm_dir / "qemu.log",
                                            confinement=confinement)
             except BaseException:
@@ -387,11 +442,12 @@ class Runtime:
             finally:
                 if placeholder is not None:
                     os.close(placeholder)
+                files.close(keep=(memory_fd,) if memory_fd else ())
             console = ConsoleLog(self.settings.serial_log_max_bytes)
             console.follow(process.stdout)
             qmp = QMPClient(vm_id)
             try:
-                await self._connect_qmp(qmp, command.qmp_socket, process)
+                await self._connect_qmp(qmp, vm_dir / "qmp.sock", process)
             except BaseException as exc:
                 kill_process_group(process.pid)  # no VirtualMachine owns it yet
                 await asyncio.shield(process.wait())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chaser.agent.protocol import AGENT_PROTOCOL_VERSION
 
-TEMPLATE_FORMAT = 2  # bump when the way templates are made changes
+TEMPLATE_FORMAT = 3  # bump when the way templates are made changes
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,15 @@ def discard_template(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def discard_failed_template(template: Template) -> None:
+def discard_failed_template(template: Template) -> bool:
     """Discard `template` after a failed restore, unless it was already
     replaced: several restores can fail on one bad snapshot, and a late one
-    must not delete the rebuilt template."""
+    must not delete the rebuilt template. True when it was discarded."""
     current = load_template(template.dir)
     if current is not None and current.token == template.token:
         discard_template(template.dir)
+        return True
+    return False
 
 
 def retire_other_templates(templates_dir: Path, keep: Path) -> None:

@@ -32,17 +32,20 @@ def free_port() -> int:
 
 
 def qemu_pids_under(home: Path) -> list[int]:
-    """Processes whose command line mentions `home` (the server's QEMUs live under it)."""
+    """QEMU processes holding files under `home` (a jailed QEMU gets every file
+    as a descriptor, so its command line names none)."""
     pids = []
-    needle = str(home).encode()
+    needle = str(home)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            if b"qemu-system" not in (entry / "cmdline").read_bytes():
+                continue
+            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
         except OSError:
             continue
-        if needle in cmdline and b"qemu" in cmdline:
+        if any(target.startswith(needle) for target in targets):
             pids.append(int(entry.name))
     return pids
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import ServerProcess, qemu_pids_under
-from tests.integration.testnet import DNS_ADDRESS, INTERNET_NET, PRIVATE_NET, TestNetwork
+from tests.integration.testnet import DNS_ADDRESS, INTERNET_NET, PRIVATE_NET, LabNetwork
 
 pytestmark = pytest.mark.vm
 
@@ -48,7 +48,7 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def testnet():
-    network = TestNetwork().start()
+    network = LabNetwork().start()
     yield network
     network.stop()
 
@@ -105,7 +105,8 @@ def http(server):
 
 def create(http, **body) -> str:
     response = http.post("/v1/sessions", json={"session_type": "sandbox", "ephemeral": True, **body})
-    assert response.status_code == 201, response.text
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "running"
     return response.json()["id"]
 
 
@@ -119,12 +120,12 @@ def probe(http, session_id: str, targets: list[str]) -> dict[str, str]:
     script = base64.b64encode(PROBE.encode()).decode()
     result = run(http, session_id, f"python3 -c \"$(echo {script} | base64 -d)\" {' '.join(targets)}")
     assert result["exit_code"] == 0, result
-    return json.loads(result["stdout"])
+    return json.loads(result["output"])
 
 
 def fetch(http, session_id: str, url: str) -> str:
     """What curl in the guest got (empty when the connection failed)."""
-    return run(http, session_id, f"curl -s -m 5 {url}")["stdout"]
+    return run(http, session_id, f"curl -s -m 5 {url}")["output"]
 
 
 def host_addresses() -> list[str]:
@@ -184,7 +185,7 @@ def test_no_internet_leaves_only_the_agent(http, testnet):
     testnet.check_routes()
     session_id = create(http, network={"internet": False})
     try:
-        assert run(http, session_id, "echo agent works")["stdout"] == "agent works\n"
+        assert run(http, session_id, "echo agent works")["output"] == "agent works\n"
         assert probe(http, session_id, [f"{INTERNET_NET}.10:80"])[f"{INTERNET_NET}.10:80"] != "open"
         policy = http.get(f"/v1/sessions/{session_id}/network").json()
         assert policy["internet"] is False
@@ -228,9 +229,21 @@ def qemu_pid(server: ServerProcess) -> int:
     return pids[0]
 
 
+def proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+
+
 def test_qemu_is_jailed(http, server, sandbox):
+    other = create(http)
+    try:
+        uids = {proc_status(pid)["Uid"].split()[0] for pid in qemu_pids_under(server.home)}
+        assert len(uids) == 2 and "0" not in uids, f"QEMU uids {uids}: not unprivileged and distinct"
+    finally:
+        terminate(http, other)
     pid = qemu_pid(server)
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    status = proc_status(pid)
+    assert status["Uid"].split() == [status["Uid"].split()[0]] * 4 and status["Uid"].split()[0] != "0"
+    assert status["CapEff"].strip() == "0000000000000000"
     assert status["Seccomp"].strip() == "2"
     cgroups = Path(f"/proc/{pid}/cgroup").read_text()
     assert "/chaser/vm-" in cgroups
@@ -257,10 +270,10 @@ def test_memory_hog_and_fork_bomb_stay_inside(http, sandbox):
 
         normal = round_trips()
         hog = run(http, sandbox, "python3 -c 'b = bytearray(3 * 1024**3)'; echo done", timeout_ms=120_000)
-        assert "done" in hog["stdout"]
-        assert run(http, sandbox, "echo alive")["stdout"] == "alive\n"
+        assert "done" in hog["output"]
+        assert run(http, sandbox, "echo alive")["output"] == "alive\n"
         bomb = run(http, sandbox, "(timeout 20 sh -c 'b() { b | b & }; b' >/dev/null 2>&1 &) ; echo started")
-        assert bomb["stdout"] == "started\n"
+        assert bomb["output"] == "started\n"
         loaded = round_trips()
         assert loaded <= max(2 * normal, normal + 0.2), (normal, loaded)
     finally:
@@ -317,6 +330,6 @@ def test_admission_refuses_a_third_session(tmp_path):
             listed = http.get("/v1/sessions", params={"status": "all"}).json()["sessions"]
             assert {s["id"] for s in listed} == {first, second}
             terminate(http, first)
-            assert http.post("/v1/sessions", json={"session_type": "sandbox", "ephemeral": True}).status_code == 201
+            assert http.post("/v1/sessions", json={"session_type": "sandbox", "ephemeral": True}).status_code == 200
     finally:
         srv.stop()

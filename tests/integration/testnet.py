@@ -48,7 +48,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @dataclass
-class TestHost:
+class LabHost:
     namespace: str
     host_veth: str
     host_address: str  # the host's end, /24
@@ -82,14 +82,14 @@ class TestHost:
         sh("ip", "link", "delete", self.host_veth, check=False)
 
 
-class TestNetwork:
+class LabNetwork:
     def __init__(self) -> None:
         run = f"{os.getpid() % 100000}"
-        self.internet = TestHost(f"chtst-inet-{run}", f"ctinet{run}", f"{INTERNET_NET}.1",
+        self.internet = LabHost(f"chtst-inet-{run}", f"ctinet{run}", f"{INTERNET_NET}.1",
                                  [f"{INTERNET_NET}.{n}" for n in (10, 11, 12, 13, 53)])
-        self.private = TestHost(f"chtst-priv-{run}", f"ctpriv{run}", f"{PRIVATE_NET}.1", [f"{PRIVATE_NET}.10"])
+        self.private = LabHost(f"chtst-priv-{run}", f"ctpriv{run}", f"{PRIVATE_NET}.1", [f"{PRIVATE_NET}.10"])
 
-    def start(self) -> TestNetwork:
+    def start(self) -> LabNetwork:
         try:
             for host in (self.internet, self.private):
                 host.create()

@@ -14,18 +14,10 @@ from chaser.vm.runtime import Runtime, VMSpec
 
 
 def qemu_pids_for(directory: Path) -> list[int]:
-    """QEMU processes whose command line mentions `directory`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and str(directory).encode() in cmdline:
-            found.append(int(entry.name))
-    return found
+    """QEMU processes holding files under `directory`."""
+    from tests.integration.conftest import qemu_pids_under
+
+    return qemu_pids_under(directory)
 
 
 @pytest.fixture(scope="session")

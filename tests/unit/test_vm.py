@@ -17,7 +17,7 @@ from chaser.vm.template import template_key
 def command(**overrides) -> QemuCommand:
     values = dict(
         kernel=Path("/k"), initramfs=Path("/i"), os_disk=Path("/os"), image_disk=Path("/img"),
-        writable_disk=Path("/w"), qmp_socket=Path("/q.sock"),
+        writable_disk=Path("/w"), qmp_fd=9,
         netdev=netdev_user(4321, restrict=True), accel="tcg", memory_mib=512, vcpus=2, kernel_args=["a=1", "b"],
     )
     values.update(overrides)
@@ -31,7 +31,7 @@ def test_argv_has_microvm_disks_net_and_qmp():
     assert "-M microvm," in joined and "-no-reboot" in argv
     assert "serial=chaser-os" in joined and "serial=chaser-image" in joined and "serial=chaser-data" in joined
     assert "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:4321-:8420" in joined
-    assert "unix:/q.sock,server=on,wait=off" in joined
+    assert "socket,id=qmp,fd=9,server=on,wait=off" in joined and "chardev=qmp,mode=control" in joined
     assert argv[argv.index("-append") + 1] == "a=1 b"
     assert argv[argv.index("-smp") + 1] == "2"
     assert "tcg,tb-size=64" in joined and "-incoming" not in argv

@@ -104,10 +104,9 @@ class SandboxNetwork:
 
 
 class NetworkManager:
-    def __init__(self, settings: Settings, *, tap_owner: int | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.mode, self.reason = resolve_mode(settings.network)
-        self.tap_owner = tap_owner
         self.dns_servers = dns.upstream_servers(settings.network_dns_servers)
         self._taken: set[int] = set()
         self._ready: list[SandboxNetwork] = []
@@ -190,7 +189,7 @@ class NetworkManager:
         try:
             if leftover:
                 log.warning("removing the leftover namespace %s of a dead server", slot.name)
-            await namespace.create_namespace(slot, tap_owner=self.tap_owner)
+            await namespace.create_namespace(slot)
             await self.load_namespace_table(slot, None)
         except BaseException:
             await asyncio.shield(network.release())

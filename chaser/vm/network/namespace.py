@@ -108,7 +108,7 @@ def release_slot(slot: Slot) -> None:
         pass
 
 
-async def create_namespace(slot: Slot, *, tap_owner: int | None) -> None:
+async def create_namespace(slot: Slot) -> None:
     """The namespace, veth pair and tap of `slot` (its nftables come after)."""
     await remove_namespace(slot.name, slot.host_veth)
     await run("ip", "netns", "add", slot.name)
@@ -117,13 +117,13 @@ async def create_namespace(slot: Slot, *, tap_owner: int | None) -> None:
             f"link add {slot.host_veth} type veth peer name {NS_VETH} netns {slot.name}\n"
             f"addr add {slot.host_address}/30 dev {slot.host_veth}\n"
             f"link set {slot.host_veth} up\n").encode())
-        owner = f" user {tap_owner}" if tap_owner is not None else ""
         await run("ip", "-n", slot.name, "-batch", "-", stdin=(
             "link set lo up\n"
             f"addr add {slot.namespace_address}/30 dev {NS_VETH}\n"
             f"link set {NS_VETH} up\n"
             f"route add default via {slot.host_address}\n"
-            f"tuntap add dev {TAP} mode tap vnet_hdr{owner}\n"
+            # QEMU's spawner attaches to it as root before dropping to the VM's uid.
+            f"tuntap add dev {TAP} mode tap vnet_hdr\n"
             f"link set {TAP} address {GATEWAY_MAC}\n"
             f"addr add {GUEST_GATEWAY}/24 dev {TAP}\n"
             f"addr add {GUEST_RESOLVER}/24 dev {TAP}\n"
