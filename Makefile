@@ -44,3 +44,5 @@ unit: $(VENV)/.installed
 
 bench: setup
 	$(PY) bench/runtime.py
+	$(PY) bench/interactive.py
+	$(PY) bench/network.py
