@@ -345,3 +345,25 @@ def test_admission_refuses_a_third_session(tmp_path):
             assert http.post("/v1/sessions", json={"session_type": "sandbox", "ephemeral": True}).status_code == 200
     finally:
         srv.stop()
+
+
+def test_network_none_leaves_only_the_agent_channel(tmp_path, testnet, canaries):
+    """What a server without CAP_NET_ADMIN gives: slirp restrict=on, nothing but the agent."""
+    testnet.check_routes()
+    env = {"CHASER_NETWORK": "none", "CHASER_WARM_POOL_SIZE": "0"}
+    srv = ServerProcess(home=tmp_path / "home", config_file=tmp_path / "config.json", extra_env=env).start()
+    try:
+        assert "sandboxes get no network beyond the agent channel" in srv.log()
+        with srv.client() as http:
+            session_id = create(http)
+            loopback_canary, any_canary = canaries
+            targets = [f"10.0.2.2:{srv.port}", f"10.0.2.2:{any_canary}", f"{INTERNET_NET}.10:80", f"{PRIVATE_NET}.10:80"]
+            result = probe(http, session_id, targets)
+            assert not [t for t, state in result.items() if state == "open"], result
+            policy = http.get(f"/v1/sessions/{session_id}/network").json()
+            assert policy["enforced"] is False
+            refused = http.put(f"/v1/sessions/{session_id}/network", json={"internet": True})
+            assert refused.status_code == 400 and refused.json()["code"] == "network_unavailable"
+            terminate(http, session_id)
+    finally:
+        srv.stop()

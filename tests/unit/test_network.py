@@ -161,3 +161,16 @@ def test_passed_files_name_descriptors_not_paths(tmp_path):
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_mode_falls_back_to_none_without_net_admin(monkeypatch):
+    from chaser.vm.network import manager
+
+    monkeypatch.setattr(manager, "_has_net_admin", lambda: False)
+    mode, reason = manager.resolve_mode("auto")
+    assert mode == "none" and "CAP_NET_ADMIN" in reason
+    with pytest.raises(errors.SandboxRuntimeError, match="CHASER_NETWORK=isolated"):
+        manager.resolve_mode("isolated")
+    assert manager.resolve_mode("slirp")[0] == "slirp"
+    monkeypatch.setattr(manager, "_has_net_admin", lambda: True)
+    assert manager.resolve_mode("auto")[0] == "isolated"
