@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     vcpus: int = 1
     tcg_tb_size_mib: int = 64
     # Every disk slot keeps one apparent size so a restored clone sees the size
-    # the template saw at boot (DESIGN.md §3).
+    # the template saw at boot (docs/architecture.md, "Facts").
     image_slot_bytes: int = 16 * GIB
     writable_slot_bytes: int = 64 * GIB
     writable_size_bytes: int = 4 * GIB

@@ -50,7 +50,7 @@ def ensure_tarball(guest_dir: Path, spec: RootfsSpec, progress=print) -> Path:
     def build(tmp: Path) -> None:
         progress(f"{spec.kind}: mmdebstrap {SUITE} (+{len(spec.packages)} packages)")
         # No mirror argument: use the host's apt sources. /dev nodes are skipped:
-        # the VM mounts devtmpfs there (DESIGN.md §4).
+        # the VM mounts devtmpfs there (docs/architecture.md, "Facts").
         run([
             "mmdebstrap", "--quiet", "--variant=minbase", "--skip=output/dev",
             f"--include={','.join(spec.packages)}", SUITE, str(tmp / "rootfs.tar"),

@@ -2,7 +2,7 @@
 
 Uncompressed, like the guest OS disk: under TCG every decompressed byte costs
 emulated CPU, and reads of an uncompressed erofs are plain block copies;
-lz4 would save ~35 % of disk (DESIGN.md §4: 253 MB → 163 MB for the base
+lz4 would save ~35 % of disk (docs/architecture.md, "Facts": 253 MB → 163 MB for the base
 image) at ~1.7× the build time and slower reads in the guest. Host disk is
 the cheaper resource here."""
 

@@ -1,5 +1,5 @@
 """Choosing KVM or TCG. /dev/kvm existing is not enough: on PVM hosts a stock
-guest kernel fails under KVM at once (DESIGN.md §3), so we boot one tiny probe
+guest kernel fails under KVM at once (docs/architecture.md, "Facts"), so we boot one tiny probe
 guest and cache the verdict."""
 
 from __future__ import annotations

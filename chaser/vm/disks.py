@@ -1,5 +1,5 @@
 """Disk files for the fixed-size slots: a restored clone keeps the disk sizes the
-template saw at boot, so every slot has one apparent size (DESIGN.md §3)."""
+template saw at boot, so every slot has one apparent size (docs/architecture.md, "Facts")."""
 
 from __future__ import annotations
 

@@ -130,8 +130,9 @@ class VirtualMachine:
             try:
                 return task.result()
             except errors.AgentUnavailable:
-                # The connection usually drops a moment before QEMU is reaped.
-                if await self.wait_exit(1.0):
+                # The connection usually drops a moment before QEMU is reaped
+                # (tearing down its memory takes a while on a loaded host).
+                if await self.wait_exit(3.0):
                     raise errors.VMCrashed(self.exit_reason or "the VM stopped") from None
                 raise
         task.cancel()

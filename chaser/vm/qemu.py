@@ -15,7 +15,7 @@ from chaser.agent.protocol import (
 )
 
 QEMU_BINARY = "qemu-system-x86_64"
-# pit/pic/rtc on: DESIGN.md §3 found boots reliable with them under TCG.
+# pit/pic/rtc on: boots are reliable with them under TCG (docs/architecture.md, "Facts").
 MACHINE = "microvm,x-option-roms=off,isa-serial=on,pit=on,pic=on,rtc=on"
 # The guest's MAC: fixed, like every other address a restored clone remembers.
 GUEST_MAC = "52:54:00:12:34:56"
@@ -63,7 +63,7 @@ class QemuCommand:
     memory_file: MemoryFile | None = None
     incoming: bool = False  # wait for `migrate-incoming` (snapshot restore)
     tcg_tb_size_mib: int = 64
-    # A seccomp filter (DESIGN of the jail: docs/security.md). No `exec:`
+    # A seccomp filter (docs/security.md). No `exec:`
     # migration with it: snapshots go over fds passed with QMP getfd.
     seccomp: bool = True
     # -add-fd arguments for the /dev/fdset/N paths among the disks.
@@ -128,7 +128,7 @@ def _disk(name: str, path: Path, serial: str, *, read_only: bool) -> list[str]:
 
 def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
     """The host TSC rate for `tsc_early_khz`: avoids the random hang at
-    'Unable to calibrate against PIT' under TCG (DESIGN.md §3)."""
+    'Unable to calibrate against PIT' under TCG (docs/architecture.md, "Facts")."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()

@@ -4,7 +4,7 @@ Each registry gets its own config file listening on 127.0.0.1:<free port>
 with storage in a temp dir (Debian's default config listens on all
 interfaces: never used). Each runs in its own process group and is stopped
 by its PID. Images are built with umoci + GNU tar (`umoci insert` writes
-broken tars, DESIGN.md §4) on a busybox-static rootfs so they stay small.
+broken tars, docs/architecture.md, "Facts") on a busybox-static rootfs so they stay small.
 """
 
 from __future__ import annotations

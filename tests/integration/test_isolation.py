@@ -367,3 +367,25 @@ def test_network_none_leaves_only_the_agent_channel(tmp_path, testnet, canaries)
             terminate(http, session_id)
     finally:
         srv.stop()
+
+
+def test_a_vm_over_its_memory_limit_ends_as_vm_oom(tmp_path):
+    """With no allowance beyond guest RAM, a guest that fills its RAM pushes its
+    QEMU over the cgroup limit: that session fails with vm_oom, the other runs on."""
+    env = {"CHASER_VM_MEMORY_OVERHEAD_MIB": "0", "CHASER_WARM_POOL_SIZE": "0"}
+    srv = ServerProcess(home=tmp_path / "home", config_file=tmp_path / "config.json", extra_env=env).start()
+    try:
+        with srv.client() as http:
+            victim, bystander = create(http), create(http)
+            hog = http.post(f"/v1/sessions/{victim}/exec", json={
+                "command": "python3 -c \"b = b'x' * (460 * 1024**2); input()\"", "timeout_ms": 120_000})
+            assert hog.status_code in (409, 503), hog.text  # the VM died under the request
+            deadline = time.monotonic() + 30
+            while (row := http.get(f"/v1/sessions/{victim}").json())["status"] != "failed":
+                assert time.monotonic() < deadline, row
+                time.sleep(0.2)
+            assert row["end_reason"] == "vm_oom", row
+            assert run(http, bystander, "echo still here")["output"] == "still here\n"
+            assert http.get("/health").status_code == 200
+    finally:
+        srv.stop()
