@@ -15,15 +15,13 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.runtime import cpu_ticks, memory_kib, summary  # noqa: E402
+from bench.runtime import idle_cost, summary  # noqa: E402
 from chaser.config import Settings  # noqa: E402
 from chaser.vm.runtime import Runtime, VMSpec  # noqa: E402
 from tests.integration.testnet import INTERNET_NET, LabNetwork  # noqa: E402
@@ -98,22 +96,14 @@ async def restores(image: Path, count: int, *, ready_namespaces: int) -> dict:
     return summary(times)
 
 
-async def idle_cost(image: Path, count: int) -> dict:
+async def idle_jailed(image: Path, count: int) -> dict:
     runtime = Runtime(Settings(network="isolated", warm_pool_size=0))
     await runtime.prepare_host()
     vms = [await runtime.start(VMSpec(image_disk=image, session_id=f"idle-{n}")) for n in range(count)]
-    for vm in vms:
-        await vm.exec("true")
-    await asyncio.sleep(3)  # let start-up work settle
-    before = {vm.pid: cpu_ticks(vm.pid) for vm in vms}
-    window = 10.0
-    await asyncio.sleep(window)
-    hz = os.sysconf("SC_CLK_TCK")
-    cpu = [(cpu_ticks(vm.pid) - before[vm.pid]) / hz / window * 100 for vm in vms]
-    memory = [memory_kib(vm.pid) for vm in vms]
-    await runtime.stop_all()
-    return {"vms": count, "cpu_percent_per_vm": round(statistics.mean(cpu), 2),
-            "pss_mib_per_vm": round(statistics.mean(p for _, p in memory) / 1024, 1)}
+    try:
+        return {"vms": count, **await idle_cost(vms)}
+    finally:
+        await runtime.stop_all()
 
 
 async def main(count: int, idle_vms: int, megabytes: int) -> dict:
@@ -131,7 +121,7 @@ async def main(count: int, idle_vms: int, megabytes: int) -> dict:
             "with_ready_namespaces": await restores(image, count, ready_namespaces=2),
             "without": await restores(image, count, ready_namespaces=0),
         }
-        result["idle_jailed"] = await idle_cost(image, idle_vms)
+        result["idle_jailed"] = await idle_jailed(image, idle_vms)
         return result
     finally:
         lab.stop()

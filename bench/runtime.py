@@ -43,6 +43,23 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+async def idle_cost(vms: list, window: float = 10.0) -> dict:
+    """Mean CPU (%) and RSS/PSS (MiB) per VM over `window` seconds of idling."""
+    for machine in vms:
+        await machine.exec("true")
+    await asyncio.sleep(3)  # let start-up work settle
+    ticks_before = {m.pid: cpu_ticks(m.pid) for m in vms}
+    await asyncio.sleep(window)
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu = [(cpu_ticks(m.pid) - ticks_before[m.pid]) / hz / window * 100 for m in vms]
+    memory = [memory_kib(m.pid) for m in vms]
+    return {
+        "cpu_percent_per_vm": round(statistics.mean(cpu), 2),
+        "rss_mib_per_vm": round(statistics.mean(r for r, _ in memory) / 1024, 1),
+        "pss_mib_per_vm": round(statistics.mean(p for _, p in memory) / 1024, 1),
+    }
+
+
 async def pool_starts(image: Path, count: int) -> dict:
     """Start → first exec when a warm VM is waiting (the pool refills between runs)."""
     runtime = Runtime(Settings(warm_pool_size=1))
@@ -106,19 +123,11 @@ async def main(restores: int, idle_vms: int) -> dict:
     await vm.stop(graceful=False)
 
     idle = [await runtime.start(VMSpec(image_disk=image)) for _ in range(idle_vms)]
-    for machine in idle:
-        await machine.exec("true")
-    await asyncio.sleep(3)  # let start-up work settle
-    ticks_before = {m.pid: cpu_ticks(m.pid) for m in idle}
-    window = 10.0
-    await asyncio.sleep(window)
-    hz = os.sysconf("SC_CLK_TCK")
-    cpu = [(cpu_ticks(m.pid) - ticks_before[m.pid]) / hz / window * 100 for m in idle]
-    memory = [memory_kib(m.pid) for m in idle]
+    cost = await idle_cost(idle)
     result["idle_vms"] = idle_vms
-    result["idle_cpu_percent_per_vm"] = round(statistics.mean(cpu), 2)
-    result["rss_mib_per_idle_vm"] = round(statistics.mean(r for r, _ in memory) / 1024, 1)
-    result["pss_mib_per_idle_vm"] = round(statistics.mean(p for _, p in memory) / 1024, 1)
+    result["idle_cpu_percent_per_vm"] = cost["cpu_percent_per_vm"]
+    result["rss_mib_per_idle_vm"] = cost["rss_mib_per_vm"]
+    result["pss_mib_per_idle_vm"] = cost["pss_mib_per_vm"]
     await runtime.stop_all()
     return result
 
