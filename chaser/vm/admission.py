@@ -15,10 +15,10 @@ What one VM costs
     overhead is QEMU itself (devices, the TCG code cache, …). The sum is the worst
     case, and it is what the check charges.
     disk: writable disks are sparse files; each grows as its guest writes, up to
-    `writable_size_bytes` (the ext4 inside is that size). A start itself writes
-    little (the ext4's metadata, logs); the check charges `VM_START_DISK_MIB` for
-    it and refuses when the data directory's file system would then have less
-    free than the reserve.
+    `writable_size_bytes` (the ext4 inside is that size). The check charges a new
+    VM that whole quota (at least `VM_START_DISK_MIB`) on top of what the running
+    VMs' disks may still grow, and refuses when the data directory's file system
+    would then have less free than the reserve.
 
 The limits (each `CHASER_*` setting; unset = derived from the host here)
     memory reserve (`CHASER_HOST_MEMORY_RESERVE_MIB`): host memory never handed
@@ -34,8 +34,8 @@ The check, in order (the first that fails answers)
     1. running + starting >= the session limit;
     2. MemAvailable minus the worst case of each VM still starting (its memory is
        not in use yet) is less than one VM's worst case plus the memory reserve;
-    3. the free space of the data directory's file system is less than
-       `VM_START_DISK_MIB` plus the disk reserve.
+    3. the free space of the data directory's file system, minus what the running
+       VMs' disks may still grow, is less than the new VM's quota plus the disk reserve.
     A host read that fails refuses the start (fail closed) with the error in the message.
 """
 
@@ -157,11 +157,14 @@ class Admission:
             disk_total_mib=disk.total_mib, derived=tuple(derived),
         )
 
-    def check(self, *, running_sessions: int, starting: int = 0) -> None:
+    def check(self, *, running_sessions: int, starting: int = 0, disk_growth_mib: int = 0) -> None:
         """Raise `errors.CapacityExhausted` unless one more VM may start now.
 
         `running_sessions`: VMs of this runtime that are up; `starting`: VMs being
-        started (not counting the one asked about)."""
+        started (not counting the one asked about); `disk_growth_mib`: how much
+        the writable disks of the running VMs may still grow (quota minus what
+        they hold). The new VM is charged its whole quota, so guests together
+        can never write the data directory's file system below the reserve."""
         limits = self.limits
         count = running_sessions + starting
         if count >= limits.max_sessions:
@@ -187,10 +190,12 @@ class Admission:
         except OSError as exc:
             raise errors.CapacityExhausted(f"free disk space of {self.data_dir} cannot be read ({exc}); "
                                            "not starting a VM", retry_after_s=RETRY_DISK_S) from exc
-        if disk.free_mib < limits.vm_start_disk_mib + limits.disk_reserve_mib:
+        needed = max(limits.vm_start_disk_mib, limits.writable_size_mib)
+        if disk.free_mib - disk_growth_mib < needed + limits.disk_reserve_mib:
+            promised = f" ({disk_growth_mib} MiB of it promised to running VMs' disks)" if disk_growth_mib else ""
             raise errors.CapacityExhausted(
-                f"disk: {disk.free_mib} MiB free on the file system of {self.data_dir}, a VM needs "
-                f"{limits.vm_start_disk_mib} MiB to start plus the {limits.disk_reserve_mib} MiB reserve "
+                f"disk: {disk.free_mib} MiB free on the file system of {self.data_dir}{promised}, a VM's disk "
+                f"may grow to {needed} MiB, plus the {limits.disk_reserve_mib} MiB reserve "
                 "(CHASER_HOST_DISK_RESERVE_MIB)", retry_after_s=RETRY_DISK_S)
 
     def describe(self) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,8 @@ class VirtualMachine:
         self._stop_task: asyncio.Future | None = None
         self.exit_reason: str | None = None
         self._oom = False
+        self.writable_disk: Path | None = None  # set by the runtime; admission counts its growth
+        self.disk_quota_bytes = 0
         self._exited = asyncio.ensure_future(process.wait())
         self._exited.add_done_callback(self._note_exit)
 
@@ -70,6 +73,16 @@ class VirtualMachine:
     @property
     def crashed(self) -> bool:
         return self._exited.done() and not self._stopping
+
+    def disk_growth_bytes(self) -> int:
+        """How much more the writable disk may take on the host (quota minus allocated)."""
+        if self.writable_disk is None:
+            return 0
+        try:
+            allocated = os.stat(self.writable_disk).st_blocks * 512
+        except OSError:
+            return 0
+        return max(0, self.disk_quota_bytes - allocated)
 
     @property
     def oom_killed(self) -> bool:

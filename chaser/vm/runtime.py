@@ -153,8 +153,9 @@ class Runtime:
     def check_capacity(self) -> None:
         """503 capacity_exhausted (with Retry-After) when the host cannot take
         one more session VM: session limit, host memory, disk (chaser/vm/admission.py)."""
-        running = sum(1 for vm in self.vms.values() if vm.session_id)
-        self.admission.check(running_sessions=running, starting=self._starting)
+        running = [vm for vm in self.vms.values() if vm.session_id]
+        growth = sum(vm.disk_growth_bytes() for vm in self.vms.values()) // (1024 * 1024)
+        self.admission.check(running_sessions=len(running), starting=self._starting, disk_growth_mib=growth)
 
     async def start(self, spec: VMSpec) -> VirtualMachine:
         """A VM for `spec`, initialised for its session: from the warm pool when
@@ -212,6 +213,8 @@ class Runtime:
             else:
                 _remove_dir(vm_dir)
             raise
+        vm.writable_disk = writable
+        vm.disk_quota_bytes = spec.writable_size_bytes or self.settings.writable_size_bytes
         self.vms[vm_id] = vm
         return vm
 

@@ -116,7 +116,7 @@ def test_host_memory_unreadable_fails_closed(tmp_path):
 
 def test_disk(tmp_path):
     host = FakeHost(disk_free_mib=2048 + 64)
-    a = admission(tmp_path, host, max_sessions=100, host_disk_reserve_mib=2048)
+    a = admission(tmp_path, host, max_sessions=100, host_disk_reserve_mib=2048, writable_size_bytes=32 * 2**20)
     a.check(running_sessions=0)
     host.disk_free_mib -= 1
     with pytest.raises(errors.CapacityExhausted) as info:
@@ -124,6 +124,14 @@ def test_disk(tmp_path):
     message = info.value.message
     assert message.startswith("disk: 2111 MiB free") and "2048 MiB reserve" in message
     assert "CHASER_HOST_DISK_RESERVE_MIB" in message and info.value.headers["Retry-After"]
+
+
+def test_disk_keeps_room_for_what_running_guests_may_still_write(tmp_path):
+    host = FakeHost(disk_free_mib=2048 + 3 * 4096)
+    a = admission(tmp_path, host, max_sessions=100, host_disk_reserve_mib=2048, writable_size_bytes=4 * 2**30)
+    a.check(running_sessions=2, disk_growth_mib=2 * 4096)  # two empty 4 GiB disks running: one more fits
+    with pytest.raises(errors.CapacityExhausted, match="promised to running VMs' disks"):
+        a.check(running_sessions=3, disk_growth_mib=3 * 4096 - 1)
 
 
 def test_session_limit_is_checked_first(tmp_path):
