@@ -210,7 +210,7 @@ class VirtualMachine:
                 await self.network.release()
             if self.cgroup is not None:
                 self.cgroup.remove()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self.dir, ignore_errors=True)  # not on the event loop
             if self._on_stopped:
                 self._on_stopped(self)
 

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import array
 import asyncio
 import base64
 import fcntl
@@ -17,33 +16,27 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from qemu.qmp import QMPClient
 
 from chaser import errors
-from chaser.config import Settings
 from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
-from chaser.vm.accel import resolve_accel
-from chaser.agent.protocol import AGENT_PORT
-from chaser.vm.admission import Admission
-from chaser.vm.agent_client import AgentClient
-from chaser.vm.cgroup import Limits, VMCgroup, detect as detect_cgroups, reap_empty
-from chaser.vm.console import ConsoleLog
+from chaser.config import Settings
 from chaser.vm import memory
-from chaser.vm.jail import PassedFiles, jail_user_for
-from chaser.vm.network.manager import NetworkManager, SandboxNetwork
-from chaser.vm.qemu import MemoryFile
+from chaser.vm.accel import resolve_accel
+from chaser.vm.admission import Admission
+from chaser.vm.cgroup import detect as detect_cgroups, reap_empty
 from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
+from chaser.vm.jail import jail_user_for
+from chaser.vm.launcher import Launcher, pass_fd
 from chaser.vm.machine import VirtualMachine
+from chaser.vm.network.manager import NetworkManager
 from chaser.vm.network.policy import EgressPolicy
 from chaser.vm.pool import WarmPool
-from chaser.vm.process import Confinement, kill_process_group, reap_orphans, spawn_qemu
-from chaser.vm.qemu import QemuCommand, kernel_args, netdev_tap, netdev_user
+from chaser.vm.process import reap_orphans
+from chaser.vm.spec import BootMethod, VMSpec  # noqa: F401 - VMSpec is part of this module's API
 from chaser.vm.template import (
     Template,
     discard_failed_template,
@@ -54,29 +47,6 @@ from chaser.vm.template import (
 )
 
 log = logging.getLogger(__name__)
-BootMethod = Literal["auto", "template", "cold"]
-
-
-@dataclass
-class VMSpec:
-    image_disk: Path
-    # None: an ephemeral writable disk inside the VM directory, deleted with the VM.
-    writable_disk: Path | None = None
-    writable_size_bytes: int | None = None
-    session_id: str = ""
-    env: dict[str, str] = field(default_factory=dict)
-    hostname: str = "sandbox"
-    user: str | None = None
-    workdir: str | None = None
-    boot: BootMethod = "auto"
-    # None: the default policy (internet per CHASER_NETWORK_INTERNET_DEFAULT).
-    network: EgressPolicy | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Runtime:
@@ -94,8 +64,8 @@ class Runtime:
         self.network = NetworkManager(settings)
         # Sealed template RAM per template directory (chaser/vm/memory.py).
         self._template_memory: dict[Path, int] = {}
-        self._uid_counter = 0
         self.cgroups = detect_cgroups() if settings.jail else None
+        self.launcher = Launcher(settings, network=self.network, cgroups=self.cgroups)
         self.admission = Admission(settings)
         self._starting = 0  # start() calls between admission and a running VM
         log.info("admission limits: %s", self.admission.describe())
@@ -211,7 +181,7 @@ class Runtime:
             if vm is not None:
                 await vm.stop(graceful=False)
             else:
-                _remove_dir(vm_dir)
+                await asyncio.to_thread(shutil.rmtree, vm_dir, ignore_errors=True)
             raise
         vm.writable_disk = writable
         vm.disk_quota_bytes = spec.writable_size_bytes or self.settings.writable_size_bytes
@@ -269,7 +239,7 @@ class Runtime:
         ram_size = self.settings.memory_mib * 1024 * 1024
         ram = memory.new_memfd("chaser-template", ram_size)
         try:
-            vm = await self._launch(
+            vm = await self._launch_vm(
                 vm_id, vm_dir,
                 image=template.image_placeholder, writable=template.writable_placeholder,
                 token=template.token, memory_fd=ram, shared_memory=True,
@@ -283,7 +253,7 @@ class Runtime:
             await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
             await qmp.execute("stop")
             with open(template.state_file, "wb") as state:
-                await _pass_fd(qmp, state.fileno(), "snapshot")
+                await pass_fd(qmp, state.fileno(), "snapshot")
                 await qmp.execute("migrate", {"uri": "fd:snapshot"})
                 await self._wait_migration(qmp)
         except BaseException:
@@ -334,14 +304,14 @@ class Runtime:
         when the snapshot does not restore, so the caller boots cold."""
         vm = None
         try:
-            vm = await self._launch(
+            vm = await self._launch_vm(
                 vm_id, vm_dir, image=image, writable=writable, token=template.token,
                 memory_fd=await self._sealed_template_memory(template), shared_memory=False, incoming=True,
             )
             qmp = vm.qmp
             await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
             with open(template.state_file, "rb") as state:
-                await _pass_fd(qmp, state.fileno(), "snapshot")
+                await pass_fd(qmp, state.fileno(), "snapshot")
             await qmp.execute("migrate-incoming", {"uri": "fd:snapshot"})
             deadline = time.monotonic() + self.settings.restore_timeout_s
             while (await vm.guard(qmp.execute("query-status")))["status"] != "paused":
@@ -366,7 +336,7 @@ class Runtime:
 
     async def _cold_boot(self, vm_id: str, vm_dir: Path, image: Path, writable: Path) -> VirtualMachine:
         token = secrets.token_urlsafe(24)
-        vm = await self._launch(vm_id, vm_dir, image=image, writable=writable, token=token)
+        vm = await self._launch_vm(vm_id, vm_dir, image=image, writable=writable, token=token)
         try:
             await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
         except BaseException:
@@ -375,126 +345,9 @@ class Runtime:
         vm.boot_method = "cold"
         return vm
 
-    async def _launch(
-        self,
-        vm_id: str,
-        vm_dir: Path,
-        *,
-        image: Path,
-        writable: Path,
-        token: str,
-        memory_fd: int | None = None,
-        shared_memory: bool = False,
-        incoming: bool = False,
-    ) -> VirtualMachine:
-        last_error = ""
-        for _attempt in range(3):  # a slirp host port can be taken between probe and bind
-            network: SandboxNetwork | None = None
-            cgroup: VMCgroup | None = None
-            placeholder: int | None = None
-            files = PassedFiles()
-            confinement = Confinement()
-            try:
-                if self.network.isolated:
-                    network = await self.network.acquire()
-                    # A free fd number for the tap, which the child opens inside the namespace.
-                    placeholder = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-                    confinement = Confinement(netns=network.netns_path, tap="tap0", tap_fd=placeholder)
-                    netdev, agent_address = netdev_tap(placeholder), (network.agent_host, AGENT_PORT)
-                    slot = network.slot.index
-                else:
-                    port = _free_port()
-                    netdev = netdev_user(port, restrict=self.network.mode != "slirp")
-                    agent_address = ("127.0.0.1", port)
-                    self._uid_counter += 1  # unique in this process; slots use the range below 65536
-                    slot = 65536 + self._uid_counter
-                user = jail_user_for(self.settings, slot)
-                if user is not None:
-                    confinement.uid, confinement.gid, confinement.groups = user.uid, user.gid, list(user.groups)
-                if self.cgroups is not None:
-                    cgroup = VMCgroup(vm_id, version=self.cgroups)
-                    cgroup.create(self._cgroup_limits())
-                    confinement.cgroup_procs = cgroup.procs_files
-                command = QemuCommand(
-                    kernel=files.path(self.assets.kernel),
-                    initramfs=files.path(self.assets.initramfs),
-                    os_disk=files.fdset(self.assets.os_disk, writable=False),
-                    image_disk=files.fdset(image, writable=False),
-                    writable_disk=files.fdset(writable, writable=True),
-                    qmp_fd=files.listening_socket(vm_dir / "qmp.sock"),
-                    netdev=netdev,
-                    accel=self.accel,
-                    memory_mib=self.settings.memory_mib,
-                    vcpus=self.settings.vcpus,
-                    kernel_args=kernel_args(token=token),
-                    memory_file=MemoryFile(files.fd_path(memory_fd), shared=shared_memory) if memory_fd else None,
-                    incoming=incoming,
-                    tcg_tb_size_mib=self.settings.tcg_tb_size_mib,
-                    seccomp=self.settings.jail,
-                    fd_args=files.qemu_args(),
-                )
-                confinement.pass_fds = files.all_fds
-                process = await spawn_qemu(command.argv(), vm_dir=vm_dir, log_path=vm_dir / "qemu.log",
-                                           confinement=confinement)
-            except BaseException:
-                if network is not None:
-                    await asyncio.shield(network.release())
-                if cgroup is not None:
-                    cgroup.remove()
-                raise
-            finally:
-                if placeholder is not None:
-                    os.close(placeholder)
-                files.close(keep=(memory_fd,) if memory_fd else ())
-            console = ConsoleLog(self.settings.serial_log_max_bytes)
-            console.follow(process.stdout)
-            qmp = QMPClient(vm_id)
-            try:
-                await self._connect_qmp(qmp, vm_dir / "qmp.sock", process)
-            except BaseException as exc:
-                kill_process_group(process.pid)  # no VirtualMachine owns it yet
-                await asyncio.shield(process.wait())
-                await console.close()
-                if network is not None:
-                    await asyncio.shield(network.release())
-                if cgroup is not None:
-                    cgroup.remove()
-                if not isinstance(exc, errors.VMCrashed):
-                    raise
-                last_error = (vm_dir / "qemu.log").read_text(errors="replace")[-2000:]
-                if "hostfwd" in last_error or "forwarding" in last_error:
-                    continue
-                raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}") from None
-            return VirtualMachine(
-                vm_id=vm_id, vm_dir=vm_dir, process=process, qmp=qmp,
-                agent=AgentClient(agent_address[1], token, host=agent_address[0]), on_stopped=self._forget,
-                network=network, cgroup=cgroup, console=console,
-            )
-        raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}")
-
-    def _cgroup_limits(self) -> Limits:
-        memory = (self.settings.memory_mib + self.settings.vm_memory_overhead_mib) * 1024 * 1024
-        return Limits(memory_bytes=memory, vcpus=self.settings.vcpus, pids=self.settings.vm_pids_max)
-
-    async def _connect_qmp(self, qmp: QMPClient, path: Path, process: asyncio.subprocess.Process) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.returncode is not None:
-                raise errors.VMCrashed("QEMU exited during start-up")
-            if path.exists():
-                try:
-                    await qmp.connect(str(path))
-                    return
-                except Exception:  # noqa: BLE001 - socket not accepting yet
-                    pass
-            if time.monotonic() > deadline:
-                kill_process_group(process.pid)
-                await process.wait()
-                raise errors.VMCrashed("QEMU did not open its QMP socket")
-            try:
-                await asyncio.wait_for(process.wait(), 0.02)
-            except asyncio.TimeoutError:
-                pass
+    async def _launch_vm(self, vm_id: str, vm_dir: Path, **kwargs) -> VirtualMachine:
+        return await self.launcher.launch(vm_id, vm_dir, assets=self.assets, accel=self.accel,
+                                          on_stopped=self._forget, **kwargs)
 
     async def _wait_for_agent(self, vm: VirtualMachine, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -520,18 +373,3 @@ class Runtime:
     def _forget(self, vm: VirtualMachine) -> None:
         self.vms.pop(vm.id, None)
 
-
-async def _pass_fd(qmp: QMPClient, fd: int, name: str) -> None:
-    """Hand QEMU an open file as `fd:name` (SCM_RIGHTS + getfd): a jailed QEMU
-    may neither spawn `exec:` helpers nor open our files itself."""
-    # Not QMPClient.send_fd_scm: it needs the stdlib socket under asyncio's
-    # wrapper, which uvloop (the server's loop) does not have. The write
-    # buffer is empty here: every command before this one was answered.
-    transport_socket = qmp._writer.transport.get_extra_info("socket")  # noqa: SLF001
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(transport_socket.fileno())) as sock:
-        sock.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-    await qmp.execute("getfd", {"fdname": name})
-
-
-def _remove_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -9,7 +9,6 @@ import fcntl
 import mmap
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
