@@ -38,6 +38,7 @@ from chaser.vm.pool import WarmPool
 from chaser.vm.process import reap_orphans
 from chaser.vm.spec import BootMethod, VMSpec  # noqa: F401 - VMSpec is part of this module's API
 from chaser.vm.template import (
+    qemu_version,
     Template,
     discard_failed_template,
     discard_template,
@@ -117,8 +118,10 @@ class Runtime:
     async def prepare_host(self) -> None:
         """Host set-up before the first VM: the host nftables table, and the
         namespaces a killed server left behind are removed (QEMUs and VM
-        directories were reaped in __init__)."""
+        directories were reaped in __init__); the accelerator (a KVM probe may
+        boot a guest) and QEMU's version are resolved off the event loop."""
         await self.network.start()
+        await asyncio.to_thread(lambda: (self.accel, qemu_version()))
 
     def check_capacity(self) -> None:
         """503 capacity_exhausted (with Retry-After) when the host cannot take
