@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     # `prune` removes unused images, least recently used first, until the cache fits.
     image_cache_budget_bytes: int = 50 * GIB
     image_pull_timeout_s: int = 1800
-    # Registries (host[:port]) reached over plain HTTP / without TLS verification.
+    # Registries (host[:port]) reached over plain HTTP / without TLS verification; loopback ones
+    # (localhost, 127.0.0.0/8, ::1) are anyway, others follow registries.conf (docs/images.md).
     registries_insecure: list[str] = []
     # auth.json (containers-auth.json format); default: skopeo's lookup (REGISTRY_AUTH_FILE, …).
     registry_auth_file: Path | None = None

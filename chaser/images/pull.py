@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -104,6 +105,23 @@ def classify(stderr: str, what: str) -> errors.ChaserError:
 # --------------------------------------------------------------------------- skopeo
 
 
+def is_loopback_registry(domain: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1 (with or without a port), as Docker treats them: reachable
+    over plain HTTP without configuration. Names other than `localhost` are not resolved (a name
+    that resolves to loopback now may not when skopeo connects)."""
+    host = domain.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class Target:
     """What a reference resolved to."""
@@ -124,8 +142,15 @@ class Skopeo:
     # -- options
 
     def _insecure(self, ref: Reference) -> bool:
+        """Plain HTTP / no TLS verification: a registry our setting lists, or one on loopback."""
         hosts = {h.strip().lower() for h in (getattr(self.settings, "registries_insecure", None) or [])}
-        return ref.transport == "docker" and ref.domain.lower() in hosts
+        return ref.transport == "docker" and (ref.domain.lower() in hosts or is_loopback_registry(ref.domain))
+
+    def _tls_args(self, ref: Reference, flag: str) -> list[str]:
+        """`--…tls-verify=false` for an insecure registry, else nothing: skopeo then follows the
+        containers configuration (`insecure = true` in registries.conf / registries.conf.d),
+        which an explicit `--tls-verify=true` would override."""
+        return [f"{flag}=false"] if self._insecure(ref) else []
 
     def _auth_file(self, ref: Reference) -> tuple[list[str], Path | None]:
         """(`--authfile` args, temp file to delete). Per-registry credentials from
@@ -158,8 +183,7 @@ class Skopeo:
         cmd = self._global() + ["inspect", "--raw"]
         if config:
             cmd.append("--config")
-        if ref.transport == "docker":
-            cmd.append(f"--tls-verify={'false' if self._insecure(ref) else 'true'}")
+        cmd += self._tls_args(ref, "--tls-verify")
         if authfile:
             cmd.append(f"--authfile={authfile[0]}")
         cmd.append(source)
@@ -177,8 +201,7 @@ class Skopeo:
                    on_line: Callable[[str], None] | None = None) -> None:
         authfile, tmp = self._auth_file(ref)
         cmd = self._global() + ["copy", f"--override-arch={ARCH}", f"--override-os={OS}"]
-        if ref.transport == "docker":
-            cmd.append(f"--src-tls-verify={'false' if self._insecure(ref) else 'true'}")
+        cmd += self._tls_args(ref, "--src-tls-verify")
         if authfile:
             cmd.append(f"--src-authfile={authfile[0]}")
         cmd += [source, f"oci:{layout}:{tag}"]

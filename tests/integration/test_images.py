@@ -240,11 +240,43 @@ async def test_registry_down_is_502_and_leaves_nothing(tmp_path, work, feature):
     down.cleanup()
 
 
-async def test_plain_http_registry_needs_configuration(tmp_path, feature):
-    _, _, ref, _ = feature
-    store = ImageStore(make_settings(tmp_path))  # not listed as insecure
+async def test_loopback_registry_over_plain_http_needs_no_setting(tmp_path, reg, feature):
+    """As with Docker, a registry on 127.0.0.0/8, ::1 or `localhost` is reached over plain HTTP
+    without being listed in CHASER_REGISTRIES_INSECURE."""
+    _, digest, ref, _ = feature
+    store = ImageStore(make_settings(tmp_path))  # nothing listed as insecure
+    assert (await store.resolve(ref)).digest == digest
+    by_name = ref.replace("127.0.0.1:", "localhost:", 1)
+    assert by_name.startswith(f"localhost:{reg.port}/")
+    assert (await store.resolve(by_name)).digest == digest
+
+
+async def test_registries_conf_drop_in_insecure_is_honoured(tmp_path, reg, feature, monkeypatch):
+    """`insecure = true` in a registries.conf.d drop-in is skopeo's to apply: we pass no
+    --tls-verify flag for a registry that is neither listed nor on loopback.
+
+    Honest set-up without leaving the machine: the registry is addressed by a name that is not
+    loopback (`registry.example.test`, never resolved) and the drop-in maps that prefix to the
+    plain-HTTP registry on 127.0.0.1 (`location`). The drop-in sits in the per-user directory
+    `$HOME/.config/containers/registries.conf.d/` (HOME is a temp dir for this test), which skopeo
+    reads besides /etc/containers/registries.conf.d/, so the host's own configuration is not
+    touched. Without `insecure = true` the same pull fails with skopeo's HTTPS error; with it, it
+    succeeds: the drop-in is what decides."""
+    _, digest, _, _ = feature
+    home = tmp_path / "home-dir"
+    drop_in = home / ".config" / "containers" / "registries.conf.d" / "50-chaser-test.conf"
+    drop_in.parent.mkdir(parents=True)
+    entry = f'[[registry]]\nprefix = "registry.example.test"\nlocation = "{reg.host}"\n'
+    monkeypatch.setenv("HOME", str(home))
+    store = ImageStore(make_settings(tmp_path))  # nothing listed as insecure
+
+    drop_in.write_text(entry)
     with pytest.raises(errors.ImagePullFailed, match="HTTP response to HTTPS client"):
-        await store.resolve(ref)
+        await store.resolve("registry.example.test/feat:v1")
+    drop_in.write_text(entry + "insecure = true\n")
+    img = await store.resolve("registry.example.test/feat:v1")
+    assert img.digest == digest and img.reference == "registry.example.test/feat:v1"
+    assert leftovers(store.root) == []
 
 
 async def test_auth_registry(tmp_path, areg, feature, monkeypatch):
