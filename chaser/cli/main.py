@@ -8,6 +8,7 @@ import typer
 
 from chaser.cli.commands import _common, commands, execute, files, guest, images, keys, sandbox, server, sessions, workspaces
 from chaser.cli.commands import forward as forward_cmd
+from chaser.cli.commands import mcp_cmd
 from chaser.cli.commands import shell as shell_cmd
 
 app = typer.Typer(help="Chaser: sandbox sessions in microVMs.", no_args_is_help=True, add_completion=False)
@@ -37,6 +38,7 @@ app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(keys.app, name="keys")
 app.add_typer(guest.app, name="guest")
 app.add_typer(images.app, name="images")
+app.add_typer(mcp_cmd.app, name="mcp")
 app.command("shell")(shell_cmd.shell_command)
 app.command("forward")(forward_cmd.forward_command)
 

@@ -133,6 +133,17 @@ class MCPEndpoint:
             await _json_error(send, status, code, message,
                               {"WWW-Authenticate": "Bearer"} if status == 401 else None)
             return
+        if (headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+            # The SDK would answer plain text; every answer of this endpoint is JSON.
+            await _json_error(send, 415, "unsupported_media_type",
+                              "send the JSON-RPC request with 'Content-Type: application/json'")
+            return
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_REQUEST_BODY_BYTES:
+            # The API's error shape (the SDK's own limit answers text); the API drains the body (chaser/api/body.py).
+            await _json_error(send, 413, "payload_too_large",
+                              f"MCP requests are limited to {MAX_REQUEST_BODY_BYTES} bytes")
+            return
         scope = {
             **scope,
             "headers": _with_accept(list(scope.get("headers") or [])),

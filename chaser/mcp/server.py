@@ -180,7 +180,9 @@ _TARGET_PROPS: dict[str, Any] = {
     "workspace": {"type": "string", "description": "Workspace name or id: reuse its running session or start one."},
     "session_id": {"type": "string", "description": "Run in this existing session (ses_…)."},
     "ephemeral": {"type": "boolean",
-                  "description": "Use a throw-away session for this one call (terminated afterwards)."},
+                  "description": "Start a new session with a throw-away disk. It is not terminated after the "
+                                 "call: pass the returned session_id in follow-up calls, and end it with "
+                                 "session_terminate (else it ends at its idle timeout)."},
 }
 
 NETWORK_MAX_ENTRIES = 256
@@ -218,7 +220,8 @@ TERMINAL_DESCRIPTION = """\
 Run a shell command, or structured file operations, in a Chaser sandbox (a microVM).
 Recommended tool for agents. Target exactly one of: `workspace` (name or id; its running \
 session is reused, or one is started; files persist), `session_id`, or `ephemeral: true` \
-(a throw-away session for this call only).
+(a new session with a throw-away disk; it keeps running for follow-up calls with its session_id \
+until session_terminate or its idle timeout).
 Give `command` (alias `cmd`; run with /bin/sh -c, stdout+stderr merged) OR `xml` with one or \
 more file operations (paths relative to /workspace, or to `cwd`):
   <read_file path="a.py"/>
@@ -456,9 +459,19 @@ def _run_command(client: ChaserClient, request: TerminalRequest) -> types.CallTo
     if request.target == "session_id":
         result = client.exec.in_session(request.session_id, request.command, cwd=request.cwd,
                                         timeout_ms=request.timeout_ms)
+    elif request.target == "ephemeral":
+        # Not `POST /v1/exec` with `ephemeral` (create, run, terminate): the session_id this
+        # returns must stay usable for follow-up calls. It lives until session_terminate or its
+        # idle timeout.
+        session = client.sessions.create(ephemeral=True, network=request.network)
+        try:
+            result = client.exec.in_session(session["id"], request.command, cwd=request.cwd,
+                                            timeout_ms=request.timeout_ms)
+        except ChaserClientError:
+            _terminate_quietly(client, session["id"])  # the caller never learns its id
+            raise
     else:
         result = client.exec.run(request.command, workspace=request.workspace,
-                                 ephemeral=True if request.target == "ephemeral" else None,
                                  cwd=request.cwd, timeout_ms=request.timeout_ms, network=request.network)
     output = result.get("output") or ""
     structured = {
@@ -486,16 +499,17 @@ def _resolve_session(client: ChaserClient, request: TerminalRequest) -> tuple[st
     return session["id"], session.get("workspace_id")
 
 
+def _terminate_quietly(client: ChaserClient, session_id: str) -> None:
+    try:
+        client.sessions.terminate(session_id, force=True)
+    except ChaserClientError:
+        pass  # the idle reaper ends it anyway
+
+
 def _run_file_ops(client: ChaserClient, request: TerminalRequest) -> types.CallToolResult:
     session_id, workspace_id = _resolve_session(client, request)
-    try:
-        results = [_file_op(client, session_id, op, request) for op in request.ops or []]
-    finally:
-        if request.target == "ephemeral":
-            try:
-                client.sessions.terminate(session_id, force=True)
-            except ChaserClientError:
-                pass  # the reaper ends it anyway
+    # An ephemeral session stays for follow-up calls, as with a command (see _run_command).
+    results = [_file_op(client, session_id, op, request) for op in request.ops or []]
     failed = [result for result in results if not result["ok"]]
     body = "\n".join(_format_op(result) for result in results)
     structured = {
@@ -621,14 +635,18 @@ def _client_factory(request: Any) -> ClientFactory:
     return lambda: ChaserClient(base_url=base_url, api_key=api_key, headers=headers)
 
 
-def build_server() -> Server[Any]:
-    """The low-level MCP server: tools/list and tools/call over the Chaser REST API."""
+def build_server(client_factory: ClientFactory | None = None) -> Server[Any]:
+    """The low-level MCP server: tools/list and tools/call over the Chaser REST API.
+
+    Without `client_factory` each call's client comes from the HTTP request (the caller's key,
+    put in the ASGI scope by chaser.mcp.asgi); with it (the stdio server, chaser.mcp.stdio)
+    every call uses that factory. The tools are the same either way."""
 
     async def list_tools(_ctx: Any, _params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS)
 
     async def handle_call(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        factory = _client_factory(ctx.request)
+        factory = client_factory or _client_factory(ctx.request)
         # The client is synchronous and calls back into this very server: keep the event loop free.
         return await anyio.to_thread.run_sync(call_tool, factory, params.name, params.arguments,
                                               abandon_on_cancel=True)
@@ -642,7 +660,8 @@ def build_server() -> Server[Any]:
         version="0.1.0",
         title="Chaser",
         instructions="Sandboxes in microVMs. Use the `terminal` tool with a `workspace` (files persist) or "
-                     "`ephemeral: true`; reuse the returned session_id in follow-up calls.",
+                     "`ephemeral: true` (a scratch session); reuse the returned session_id in follow-up "
+                     "calls, and end a scratch session with `session_terminate` when done.",
         get_tool_input_schema=input_schema,
         on_list_tools=list_tools,
         on_call_tool=handle_call,

@@ -3,7 +3,9 @@
 - the exact curl body from the reference page, sent by httpx with no SSE Accept and no
   session header → a JSON-RPC result carrying session_id/workspace_id and the output;
 - the official MCP SDK client (streamable HTTP + ClientSession): initialize, tools/list,
-  and a terminal xml write_file/apply_edit/read_file round trip in the same session.
+  and a terminal xml write_file/apply_edit/read_file round trip in the same session;
+- `terminal` with `ephemeral: true`: the returned session_id serves follow-up calls until
+  session_terminate.
 """
 
 from __future__ import annotations
@@ -123,3 +125,41 @@ async def test_sdk_client_initialize_list_and_xml_round_trip(server, dev):
                 ops = missing.structured_content["operations"]
                 assert ops[0]["error"]["code"] == "edit_failed"
                 assert ops[1]["content"] == 'if 1 < 2 and "a" != "b":\n    print("hello, edited")\n'
+
+
+async def test_sdk_client_ephemeral_session_serves_follow_up_calls(server):
+    """`terminal` with `ephemeral: true` leaves its session running: the session_id it returns
+    works in a follow-up call (which sees the first call's file) until session_terminate."""
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(900, connect=10)) as http:
+        async with streamable_http_client(f"{server.url}/v1/mcp", http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                first = await session.call_tool("terminal", {
+                    "ephemeral": True, "command": "echo scratch-state > /workspace/note.txt && echo written"})
+                assert not first.is_error, first.content[0].text
+                structured = first.structured_content
+                assert structured["exit_code"] == 0 and "written" in structured["output"]
+                assert structured["ephemeral"] is True and structured["workspace_id"] is None
+                session_id = structured["session_id"]
+                assert json.loads(first.content[0].text.partition("\n")[0])["session_id"] == session_id
+                try:
+                    listed = await session.call_tool("sessions_list", {})
+                    running = {s["id"]: s for s in listed.structured_content["sessions"]}
+                    assert running[session_id]["status"] == "running" and running[session_id]["ephemeral"]
+
+                    follow = await session.call_tool("terminal", {"session_id": session_id,
+                                                                  "command": "cat /workspace/note.txt"})
+                    assert not follow.is_error, follow.content[0].text
+                    assert follow.structured_content["session_id"] == session_id
+                    assert follow.structured_content["output"] == "scratch-state\n"
+
+                    read_back = await session.call_tool("terminal", {"session_id": session_id,
+                                                                     "xml": '<read_file path="note.txt"/>'})
+                    assert read_back.structured_content["operations"][0]["content"] == "scratch-state\n"
+                finally:
+                    ended = await session.call_tool("session_terminate", {"session_id": session_id})
+                assert not ended.is_error and ended.structured_content["status"] == "terminated"
+                gone = await session.call_tool("terminal", {"session_id": session_id, "command": "true"})
+                assert gone.is_error
+                assert gone.structured_content["error"]["code"] == "session_not_running"

@@ -158,6 +158,16 @@ class FakeAPI:
         self.requests.append(request)
         assert request.headers["authorization"] == f"Bearer {KEY}"
         path = request.url.path
+        if path == "/v1/sessions" and request.method == "POST":
+            body = json.loads(request.content)
+            assert body.get("ephemeral") is True
+            return httpx.Response(200, json={"id": "ses_eph", "workspace_id": None, "status": "running"})
+        if path == "/v1/sessions/ses_eph/exec":
+            body = json.loads(request.content)
+            return httpx.Response(200, json={
+                "kind": "sandbox_exec", "status": "completed", "session_id": "ses_eph", "workspace_id": None,
+                "command": body["command"], "exit_code": 0, "output": f"ran {body['command']}\n",
+                "output_truncated": False})
         if path == "/v1/exec" or path.endswith("/exec"):
             body = json.loads(request.content)
             if body.get("workspace") == "missing":
@@ -214,11 +224,41 @@ def test_terminal_nonzero_exit_is_not_a_tool_error():
     assert api.requests[0].url.path == "/v1/sessions/ses_1/exec"
 
 
-def test_terminal_ephemeral_uses_exec_ephemeral():
+def test_terminal_ephemeral_starts_a_session_that_stays():
+    """Not POST /v1/exec with ephemeral (which terminates): create, exec, and nothing else, so the
+    returned session_id can be used in follow-up calls."""
     api = FakeAPI()
     result = call_tool(api.factory(), "terminal", {"ephemeral": True, "command": "echo hi"})
-    assert json.loads(api.requests[0].content)["ephemeral"] is True
+    assert not result.is_error, result.content[0].text
+    assert [(r.method, r.url.path) for r in api.requests] == [
+        ("POST", "/v1/sessions"), ("POST", "/v1/sessions/ses_eph/exec")]
+    assert json.loads(api.requests[0].content) == {"session_type": "sandbox", "ephemeral": True}
+    assert result.structured_content["session_id"] == "ses_eph"
     assert result.structured_content["workspace_id"] is None and result.structured_content["ephemeral"]
+
+    xml = call_tool(api.factory(), "terminal", {"ephemeral": True, "xml": '<list_files path="."/>'})
+    assert xml.structured_content["session_id"] == "ses_eph"
+    assert not any(r.method == "DELETE" for r in api.requests)
+
+
+def test_terminal_ephemeral_exec_failure_terminates_the_new_session():
+    api = FakeAPI()
+    inner = api.__call__
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/sessions/ses_eph/exec":
+            api.requests.append(request)
+            return httpx.Response(503, json={"code": "vm_crashed", "message": "the VM died"})
+        if request.method == "DELETE":
+            api.requests.append(request)
+            return httpx.Response(200, json={"id": "ses_eph", "status": "terminated"})
+        return inner(request)
+
+    factory = lambda: ChaserClient(base_url="http://api.test", api_key=KEY,  # noqa: E731
+                                   transport=httpx.MockTransport(failing))
+    result = call_tool(factory, "terminal", {"ephemeral": True, "command": "echo hi"})
+    assert result.is_error and result.structured_content["error"]["code"] == "vm_crashed"
+    assert (api.requests[-1].method, api.requests[-1].url.path) == ("DELETE", "/v1/sessions/ses_eph")
 
 
 def test_terminal_api_error_is_a_tool_error():
