@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
@@ -62,7 +64,7 @@ def make_client() -> ChaserClient:
 
 def resolve_session(session: str | None) -> str:
     if session:
-        return session
+        return expand_session_id(session)
     from chaser.client import get_current_session
 
     current = get_current_session()
@@ -71,46 +73,137 @@ def resolve_session(session: str | None) -> str:
     return current
 
 
+# Session ids are long ("ses_" + 24 hex): tables show "ses_" + 12 hex, as docker shows 12 of 64,
+# and every command taking a session id accepts such a unique prefix (expand_session_id).
+_FULL_SESSION_ID = re.compile(r"^ses_[0-9a-f]{24}$")
+SHORT_SESSION_ID_CHARS = 16
+
+
+def short_id(value: str) -> str:
+    return value[:SHORT_SESSION_ID_CHARS] if _FULL_SESSION_ID.match(value) else value
+
+
+def expand_session_id(value: str) -> str:
+    """A unique prefix of a session id (`ses_…`, as tables show it) → the full id. Anything else,
+    or a prefix no session has, is returned as given (the server then says what is wrong)."""
+    if not value.startswith("ses_") or len(value) <= len("ses_") or _FULL_SESSION_ID.match(value):
+        return value
+    with make_client() as client:
+        sessions = client.sessions.list_page(status="all").get("sessions", [])
+    matches = sorted({str(s.get("id")) for s in sessions if str(s.get("id", "")).startswith(value)})
+    if len(matches) > 1:
+        fail("ambiguous_id", f"{value} is the start of {len(matches)} session ids "
+                             f"({', '.join(matches[:3])}{', …' if len(matches) > 3 else ''}): give more of it")
+    return matches[0] if matches else value
+
+
 def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 
-def console() -> Console:
+WIDE_OPTION_HELP = "Show every column, full ids and full timestamps; nothing is truncated."
+DEFAULT_COLUMNS = 80
+_WIDE_WIDTH = 100_000
+
+
+def output_width() -> int | None:
+    """The width to lay out for: the terminal's (Rich asks it; COLUMNS overrides) when stdout is
+    one; else COLUMNS, or 80 (Rich would otherwise use the size of whatever terminal stdin or
+    stderr is)."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else DEFAULT_COLUMNS
+
+
+def console(*, width: int | None = None) -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, width=width or output_width())
 
 
-def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str]], *, empty: str) -> None:
-    """A Rich table of `columns` ((key, header) pairs) over `rows`."""
+# Columns of free text (names, images, commands): the ones cut to fit, widest first.
+FLEX_KEYS = frozenset({"name", "image", "command", "access", "scopes", "ref"})
+
+
+def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str]], *, empty: str,
+                wide: bool = False, wide_only: Collection[str] = (), flex: Collection[str] = FLEX_KEYS) -> None:
+    """A Rich table of `columns` ((key, header) pairs) over `rows`, one line per row.
+
+    Fits the output width as `docker ps` does: session ids shortened (short_id; in full where
+    two rows' prefixes are the same), timestamps as ages ("5m ago"), the `wide_only` columns
+    left out, and only the `flex` columns cut (with an ellipsis, widest first): ids, statuses,
+    times stay whole (unless the width is too small even for those). `wide`: every column and
+    full values, whatever the width."""
     from rich.table import Table
     from rich.text import Text
 
     rows = list(rows)
-    out = console()
+    out = console(width=_WIDE_WIDTH if wide else None)
     if not rows:
         out.print(empty, markup=False)
         return
+    shown = [(key, header) for key, header in columns if wide or key not in wide_only]
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for key, header in columns:
-        # Ids are copied and pasted: never fold them.
-        table.add_column(header, overflow="fold", no_wrap=key == "id" or key.endswith("_id"))
+    for key, header in shown:
+        # Rich shrinks the columns that may wrap first; the cells never wrap, they are cut.
+        table.add_column(Text(header, no_wrap=True, overflow="ellipsis"), no_wrap=key not in flex,
+                         overflow="ellipsis")
+    now = datetime.now(timezone.utc)
+    # Ids shown by the same prefix: those are shown in full.
+    by_prefix: dict[str, set[str]] = {}
     for row in rows:
-        table.add_row(*(Text(_table_value(row.get(key))) for key, _ in columns))
+        for key, _ in shown:
+            value = row.get(key)
+            if _is_id_key(key) and isinstance(value, str) and short_id(value) != value:
+                by_prefix.setdefault(short_id(value), set()).add(value)
+    for row in rows:
+        cells = []
+        for key, _ in shown:
+            value = row.get(key)
+            text = _table_value(value, id_column=_is_id_key(key), wide=wide, now=now)
+            if _is_id_key(key) and len(by_prefix.get(text, ())) > 1:
+                text = value
+            cells.append(Text(text, no_wrap=True, overflow="ellipsis"))
+        table.add_row(*cells)
     out.print(table, markup=False)
+
+
+def _is_id_key(key: str) -> bool:
+    return key == "id" or key.endswith("_id")
 
 
 _ISO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]00:00)?$")
 
 
-def _table_value(value: Any) -> str:
-    """Like format_value, with UTC timestamps shortened to the second for tables."""
+def _table_value(value: Any, *, id_column: bool = False, wide: bool = True, now: datetime | None = None) -> str:
+    """Like format_value, with UTC timestamps to the second (wide) or as an age, and short session ids."""
     if isinstance(value, str):
         match = _ISO_TIME.match(value)
         if match:
+            if not wide:
+                when = datetime.strptime(f"{match.group(1)} {match.group(2)}", "%Y-%m-%d %H:%M:%S")
+                return age(when.replace(tzinfo=timezone.utc), now)
             return f"{match.group(1)} {match.group(2)}"
+        if id_column and not wide:
+            return short_id(value)
     return format_value(value)
+
+
+def age(when: datetime, now: datetime | None = None) -> str:
+    """`45s ago`, `12m ago`, `5h ago`, `3d ago` (`in 5h` for the future), as `docker ps` and kubectl."""
+    seconds = int(((now or datetime.now(timezone.utc)) - when).total_seconds())
+    future, seconds = seconds < 0, abs(seconds)
+    if seconds < 60:
+        text = f"{seconds}s"
+    elif seconds < 3600:
+        text = f"{seconds // 60}m"
+    elif seconds < 48 * 3600:
+        text = f"{seconds // 3600}h"
+    else:
+        text = f"{seconds // 86400}d"
+    return f"in {text}" if future else f"{text} ago"
 
 
 def print_fields(payload: dict[str, Any], keys: Sequence[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import typer
 from chaser.cli.commands._common import (
     JSON_OPTION_HELP,
     SESSION_OPTION_HELP,
+    WIDE_OPTION_HELP,
     api_command,
     console,
     fail,
@@ -31,7 +32,8 @@ JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 
 @app.command("list")
 @api_command
-def list_commands(session: Optional[str] = SessionOption, as_json: bool = JsonOption) -> None:
+def list_commands(session: Optional[str] = SessionOption, as_json: bool = JsonOption,
+                  wide: bool = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)) -> None:
     """List the session's commands."""
     session_id = resolve_session(session)
     with make_client() as client:
@@ -42,7 +44,7 @@ def list_commands(session: Optional[str] = SessionOption, as_json: bool = JsonOp
     print_table(
         page.get("commands", []),
         [("command_id", "COMMAND ID"), ("status", "STATUS"), ("exit_code", "EXIT"), ("pid", "PID"), ("command", "COMMAND")],
-        empty="no commands",
+        empty="no commands", wide=wide,
     )
 
 

@@ -10,10 +10,13 @@ from typing import Any
 
 import typer
 
-from chaser.cli.commands._common import JSON_OPTION_HELP, fail, print_json
+from chaser.cli.commands._common import JSON_OPTION_HELP, WIDE_OPTION_HELP, fail, print_json
 
 app = typer.Typer(help="OCI images cached on this host (pulled and converted to erofs disks).",
                   no_args_is_help=True)
+
+
+SHORT_DIGEST_CHARS = len("sha256:") + 12  # as `docker images` shows them; `rm` takes a unique prefix
 
 
 def _store():
@@ -86,8 +89,9 @@ def pull(
 
 
 @app.command("list")
-def list_images(json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP)) -> None:
-    """Images in the local store."""
+def list_images(json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
+                wide: bool = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)) -> None:
+    """Images in the local store (digests shortened to sha256: + 12 hex; --wide for full ones)."""
     rows = _run(lambda: _store().list())
     if json_output:
         print_json(rows)
@@ -95,21 +99,26 @@ def list_images(json_output: bool = typer.Option(False, "--json", help=JSON_OPTI
     from chaser.cli.commands._common import print_table
 
     print_table(
-        [{**r, "ref": r["ref"] or "<none>", "digest": r["digest"][:19], "size": _human(r["size"]),
-          "last_used": (r["last_used"] or "-")[:19].replace("T", " ")} for r in rows],
+        [{**r, "ref": r["ref"] or "<none>", "digest": r["digest"] if wide else r["digest"][:SHORT_DIGEST_CHARS],
+          "size": _human(r["size"])} for r in rows],
         [("ref", "REF"), ("digest", "DIGEST"), ("size", "SIZE"), ("last_used", "LAST USED")],
-        empty="no images",
+        empty="no images", wide=wide,
     )
 
 
 @app.command("rm")
 def remove(
-    ref: str = typer.Argument(..., help="Reference or digest (sha256:…)."),
+    ref: str = typer.Argument(..., help="Reference or digest (sha256:…, or a unique prefix of one)."),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Remove an image reference; the disk is deleted when no other reference uses it.
 
     Sessions already running keep their open disk."""
+    if ref.startswith("sha256:") and len(ref) < len("sha256:") + 64:
+        matches = sorted({r["digest"] for r in _run(lambda: _store().list()) if r["digest"].startswith(ref)})
+        if len(matches) > 1:
+            fail("ambiguous_digest", f"{ref} is the start of {len(matches)} image digests: give more of it")
+        ref = matches[0] if matches else ref
     removed = _run(lambda: _store().remove(ref))
     if json_output:
         print_json({"ref": ref, "deleted": removed})

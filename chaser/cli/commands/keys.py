@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from chaser.cli.commands._common import JSON_OPTION_HELP, api_command, console, make_client, print_json, print_table
+from chaser.cli.commands._common import (
+    JSON_OPTION_HELP,
+    WIDE_OPTION_HELP,
+    api_command,
+    console,
+    make_client,
+    print_json,
+    print_table,
+)
 
 app = typer.Typer(help="API keys: list, create, revoke.", no_args_is_help=True)
 
@@ -16,18 +24,21 @@ JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 
 @app.command("list")
 @api_command
-def list_keys(as_json: bool = JsonOption) -> None:
+def list_keys(as_json: bool = JsonOption,
+              wide: bool = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)) -> None:
     """List API keys (prefixes only; keys are shown once, at creation)."""
     with make_client() as client:
         page = client.keys.list_page()
     if as_json:
         print_json(page)
         return
+    # 80 columns: one ACCESS column ("full", or the scopes); --wide: SCOPES and FULL as the API has them.
+    access = [("scopes", "SCOPES"), ("full_access", "FULL")] if wide else [("access", "ACCESS")]
     print_table(
-        page.get("keys", []),
-        [("id", "ID"), ("key_prefix", "PREFIX"), ("name", "NAME"), ("scopes", "SCOPES"), ("full_access", "FULL"),
+        [{**key, "access": "full" if key.get("full_access") else key.get("scopes")} for key in page.get("keys", [])],
+        [("id", "ID"), ("key_prefix", "PREFIX"), ("name", "NAME"), *access,
          ("created_at", "CREATED"), ("last_used_at", "LAST USED"), ("revoked", "REVOKED")],
-        empty="no keys",
+        empty="no keys", wide=wide, wide_only={"created_at"},
     )
 
 

@@ -11,7 +11,9 @@ from chaser.cli.commands._common import (
     DENY_OUT_HELP,
     INTERNET_OPTION_HELP,
     JSON_OPTION_HELP,
+    WIDE_OPTION_HELP,
     api_command,
+    expand_session_id,
     console,
     fail,
     format_value,
@@ -27,13 +29,15 @@ from chaser.cli.commands._common import (
 app = typer.Typer(help="Sessions: list, get, terminate, self-test, network.", no_args_is_help=True)
 
 JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
-IdArgument = typer.Argument(None, metavar="[ID]", help="Session id (default: the current session).")
+WideOption = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)
+IdArgument = typer.Argument(None, metavar="[ID]", help="Session id or a unique prefix of it "
+                                                      "(default: the current session).")
 
 
 @app.command("list")
 @api_command
-def list_sessions(as_json: bool = JsonOption) -> None:
-    """List sessions."""
+def list_sessions(as_json: bool = JsonOption, wide: bool = WideOption) -> None:
+    """List sessions (ids shortened to a usable prefix; --wide for full ones)."""
     from chaser.client import get_current_session
 
     with make_client() as client:
@@ -43,11 +47,12 @@ def list_sessions(as_json: bool = JsonOption) -> None:
         return
     current = get_current_session()
     rows = [{**s, "current": "*" if s.get("id") == current else ""} for s in page.get("sessions", [])]
+    marker = [("current", "")] if any(row["current"] for row in rows) else []
     print_table(
         rows,
-        [("current", ""), ("id", "ID"), ("status", "STATUS"), ("workspace_id", "WORKSPACE"), ("image", "IMAGE"),
+        [*marker, ("id", "ID"), ("status", "STATUS"), ("workspace_id", "WORKSPACE"), ("image", "IMAGE"),
          ("created_at", "CREATED"), ("expires_at", "EXPIRES")],
-        empty="no sessions",
+        empty="no sessions", wide=wide, wide_only={"expires_at"},
     )
 
 
@@ -155,7 +160,7 @@ def bulk_terminate(
     """Terminate many sessions at once."""
     from chaser.client import get_current_session, set_current_session
 
-    id_list, workspace_list = split_multi(ids), split_multi(workspaces)
+    id_list, workspace_list = [expand_session_id(i) for i in split_multi(ids)], split_multi(workspaces)
     if not (all_sessions or id_list or workspace_list):
         fail("invalid_argument", "say which sessions: --all, --ids or --workspace")
     with make_client() as client:

@@ -11,6 +11,7 @@ from chaser.cli.commands._common import (
     DENY_OUT_HELP,
     INTERNET_OPTION_HELP,
     JSON_OPTION_HELP,
+    WIDE_OPTION_HELP,
     api_command,
     console,
     fail,
@@ -27,6 +28,7 @@ snapshots_app = typer.Typer(help="Workspace snapshots: list, create, restore, de
 app.add_typer(snapshots_app, name="snapshots")
 
 JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
+WideOption = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)
 
 
 @app.command("create")
@@ -58,7 +60,7 @@ def create_workspace(
 
 @app.command("list")
 @api_command
-def list_workspaces(as_json: bool = JsonOption) -> None:
+def list_workspaces(as_json: bool = JsonOption, wide: bool = WideOption) -> None:
     """List workspaces."""
     with make_client() as client:
         workspaces = client.workspaces.list()
@@ -67,9 +69,9 @@ def list_workspaces(as_json: bool = JsonOption) -> None:
         return
     print_table(
         workspaces,
-        [("id", "ID"), ("name", "NAME"), ("image", "IMAGE"), ("status", "STATUS"),
+        [("id", "ID"), ("name", "NAME"), ("image", "IMAGE"), ("status", "STATUS"), ("template", "TEMPLATE"),
          ("active_session_id", "ACTIVE SESSION"), ("created_at", "CREATED")],
-        empty="no workspaces",
+        empty="no workspaces", wide=wide, wide_only={"template"},
     )
 
 
@@ -174,18 +176,21 @@ def bulk_delete(
 
 @snapshots_app.command("list")
 @api_command
-def list_snapshots(workspace: str = WorkspaceArgument, as_json: bool = JsonOption) -> None:
+def list_snapshots(workspace: str = WorkspaceArgument, as_json: bool = JsonOption, wide: bool = WideOption) -> None:
     """List a workspace's snapshots."""
     with make_client() as client:
         snapshots = client.workspaces.snapshots.list(workspace)
     if as_json:
         print_json(snapshots)
         return
+    from chaser.cli.commands.images import _human
+
     print_table(
-        snapshots,
-        [("id", "ID"), ("name", "NAME"), ("used_bytes", "USED BYTES"), ("created_at", "CREATED"),
-         ("restored_at", "RESTORED")],
-        empty="no snapshots",
+        [{**snapshot, "used": _human(snapshot["used_bytes"]) if isinstance(snapshot.get("used_bytes"), int) else None}
+         for snapshot in snapshots],
+        [("id", "ID"), ("name", "NAME"), ("used_bytes", "USED BYTES") if wide else ("used", "USED"),
+         ("created_at", "CREATED"), ("restored_at", "RESTORED")],
+        empty="no snapshots", wide=wide,
     )
 
 
