@@ -8,6 +8,7 @@ the API maps them to `{"code", "message"}` bodies in one place.
     ├── Conflict (409)
     ├── PayloadTooLarge (413)
     ├── QuotaExceeded (429)
+    ├── FeatureNotImplemented (501)
     ├── PortNotListening (502), ImagePullFailed (502)
     └── SandboxRuntimeError (503) ── BootTimeout, AgentUnavailable, VMCrashed, GuestAssetsMissing,
                                      CapacityExhausted (with Retry-After)
@@ -100,6 +101,13 @@ class QuotaExceeded(ChaserError):
 
     code = "quota_exceeded"
     status = 429
+
+
+class FeatureNotImplemented(ChaserError):
+    """What the hosted service offers and a self-hosted server does not serve."""
+
+    code = "not_implemented"
+    status = 501
 
 
 class PortNotListening(ChaserError):

@@ -79,9 +79,10 @@ class SessionsResource(_Resource):
         )
         return self._client.request_json("POST", "/v1/sessions", json=body, timeout=SESSION_CREATE_TIMEOUT)
 
-    def list_page(self) -> dict[str, Any]:
-        """`{"sessions": [...], "total": n}` as the server sends it."""
-        payload = self._client.request_json("GET", "/v1/sessions")
+    def list_page(self, *, status: str | None = None) -> dict[str, Any]:
+        """`{"sessions": [...], "total": n}` as the server sends it; `status`: active (the
+        server's default), all, starting, running, terminated, failed."""
+        payload = self._client.request_json("GET", "/v1/sessions", params=_drop_none(status=status) or None)
         if isinstance(payload, list):
             return {"sessions": payload, "total": len(payload)}
         return payload

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
@@ -13,6 +15,22 @@ class RequestModel(BaseModel):
     """Request bodies: unknown fields are an error (400), never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class OmitNoneModel(BaseModel):
+    """An answer whose `omit_if_none` fields are left out, not `null`, when they have no value:
+    chaser-sdk types them as plain `int`/`str` (keys that may be missing, never null)."""
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.omit_if_none:
+                if name in data and data[name] is None:
+                    del data[name]
+        return data
 
 
 class ErrorPublic(BaseModel):

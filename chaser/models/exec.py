@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from chaser.models.common import MAX_TIMEOUT_MS, RequestModel, check_command, check_env, check_path
+from chaser.models.common import MAX_TIMEOUT_MS, OmitNoneModel, RequestModel, check_command, check_env, check_path
 from chaser.models.network import NetworkPolicyCreate
 
 
@@ -33,7 +33,9 @@ class ExecCreate(SessionExecCreate):
     network: NetworkPolicyCreate | None = None
 
 
-class ExecPublic(BaseModel):
+class ExecPublic(OmitNoneModel):
+    omit_if_none = frozenset({"command_id", "pid", "exit_code"})  # no exit_code while a background command runs
+
     kind: Literal["sandbox_exec"] = "sandbox_exec"
     status: str  # completed | failed | timed_out | running
     session_id: str
@@ -49,7 +51,11 @@ class ExecPublic(BaseModel):
     output_truncated: bool = False
 
 
-class CommandPublic(BaseModel):
+class CommandPublic(OmitNoneModel):
+    # e.g. no exit_code while it runs, no output in lists
+    omit_if_none = frozenset({"pid", "exit_code", "command", "cwd", "user", "started_at_epoch",
+                              "finished_at_epoch", "output"})
+
     command_id: str
     session_id: str
     status: str  # queued | starting | running | completed | failed | killed | timed_out

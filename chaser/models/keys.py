@@ -28,8 +28,8 @@ class KeyPublic(BaseModel):
     full_access: bool
     created_at: datetime
     last_used_at: datetime | None = None
-    revoked: bool
-    revoked_at: datetime | None = None
+    revoked: datetime | None = None  # when it was revoked (as chaser-sdk types it: a string), null while valid
+    revoked_at: datetime | None = None  # the same
 
 
 class KeysPublic(BaseModel):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from chaser.models.common import RequestModel
+from chaser.models.common import OmitNoneModel, RequestModel
 from chaser.models.network import NetworkPolicyCreate, NetworkPolicyPublic
 
 
@@ -67,7 +67,9 @@ class BulkDeleteWorkspacesCreate(RequestModel):
     force: bool = False
 
 
-class BulkDeleteWorkspaceItem(BaseModel):
+class BulkDeleteWorkspaceItem(OmitNoneModel):
+    omit_if_none = frozenset({"error"})  # only on a failure
+
     id: str
     deleted: bool
     error: str | None = None

@@ -159,7 +159,10 @@ class SessionManager:
             return found
         return self.workspaces.get(principal, workspace)
 
-    async def create(self, principal: Principal, request: SessionCreate) -> SessionRow:
+    async def create(self, principal: Principal, request: SessionCreate) -> tuple[SessionRow, bool]:
+        """The session and whether it was started now. A workspace runs at most one session:
+        when it has one (running or starting), that session is the answer (`False`), as for
+        /v1/exec and MCP; its `network` is applied to it, a different `env` or `proxy` is 409."""
         if request.session_type != "sandbox":
             raise errors.UnsupportedSessionType(
                 f"session_type {request.session_type!r} is not supported here; only 'sandbox'")
@@ -171,21 +174,23 @@ class SessionManager:
         proxy = check_proxy(request.proxy)
         workspace = self.resolve_workspace_ref(principal, ephemeral=request.ephemeral,
                                                workspace=request.workspace, image=request.image)
-        live = await self._start(principal, workspace=workspace, image=request.image, env=request.env or {},
-                                 proxy=proxy, ttl_seconds=request.ttl_seconds, reuse=False, network=request.network)
-        return self.get(principal, live.id)
+        live, started = await self._start(principal, workspace=workspace, image=request.image, env=request.env or {},
+                                          proxy=proxy, ttl_seconds=request.ttl_seconds, network=request.network)
+        return self.get(principal, live.id), started
 
     async def ensure_for_workspace(self, principal: Principal, workspace: Workspace, *,
                                    network: NetworkPolicyCreate | None = None) -> LiveSession:
         """The workspace's running session, started if there is none (for /v1/exec). A `network`
         for a running session is applied to it (fields it omits keep the session's current values)."""
-        return await self._start(principal, workspace=workspace, image=None, env={}, proxy=None,
-                                 ttl_seconds=None, reuse=True, network=network)
+        live, _started = await self._start(principal, workspace=workspace, image=None, env={}, proxy=None,
+                                           ttl_seconds=None, network=network)
+        return live
 
     async def create_ephemeral(self, principal: Principal, *, image: str | None,
                                network: NetworkPolicyCreate | None = None) -> LiveSession:
-        return await self._start(principal, workspace=None, image=image, env={}, proxy=None,
-                                 ttl_seconds=None, reuse=False, network=network)
+        live, _started = await self._start(principal, workspace=None, image=image, env={}, proxy=None,
+                                           ttl_seconds=None, network=network)
+        return live
 
     async def start_warm_pool(self) -> None:
         """Keep VMs of the default image ready, so ephemeral sessions start at once."""
@@ -198,14 +203,16 @@ class SessionManager:
             log.warning("warm pool not started: %s", exc)
 
     async def _start(self, principal: Principal, *, workspace: Workspace | None, image: str | None,
-                     env: dict[str, str], proxy: str | None, ttl_seconds: int | None, reuse: bool,
-                     network: NetworkPolicyCreate | None = None) -> LiveSession:
+                     env: dict[str, str], proxy: str | None, ttl_seconds: int | None,
+                     network: NetworkPolicyCreate | None = None) -> tuple[LiveSession, bool]:
+        """Start a session, or (a workspace that has one) answer its running session: (live, started).
+        Never two VMs on one workspace disk."""
         if self._closing:
             raise errors.SandboxRuntimeError("the server is shutting down")
         policy = effective_policy(network, base=workspace.network if workspace is not None else None,
                                   default_internet=self.settings.network_internet_default)
         image_ref = workspace.image if workspace is not None else check_image_ref(image)
-        if not (reuse and workspace is not None and self._active_for_workspace(workspace) is not None):
+        if not (workspace is not None and self._active_for_workspace(workspace) is not None):
             self._admit(principal.account_id)  # before an image is pulled; again in _insert
         resolved = await self.images.resolve(image_ref, runtime=self.runtime)
         now = utcnow()
@@ -232,23 +239,37 @@ class SessionManager:
                         raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
                     existing = self._active_for_workspace(workspace)
                     if existing is not None:
-                        if not reuse:
-                            raise errors.Conflict(
-                                f"workspace {live.workspace_name} already has a running session {existing.id}",
-                                code="workspace_busy")
+                        self._check_reusable(existing, env=env, proxy=proxy)
                         live.lock.release()
                         running = await self._wait_running(existing)
                         if network is not None:  # not silently ignored: applied to the running session
                             await self._change_network(running, network)
-                        return running
+                        return running, False
                     self._insert(row, live)
             else:
                 self._insert(row, live)
             await self._boot(live, image=resolved, env=env)
-            return live
+            return live, True
         finally:
             if live.lock.locked():
                 live.lock.release()
+
+    def _check_reusable(self, existing: LiveSession, *, env: dict[str, str], proxy: str | None) -> None:
+        """A create that names a workspace with a session gets that session, unless it asks for what
+        only a new VM could give: env and proxy are fixed when a session starts (409, nothing changed)."""
+        different = []
+        if env:
+            with self.db.session() as s:
+                row = s.get(SessionRow, existing.id)
+            if row is None or dict(row.env or {}) != env:
+                different.append("env")
+        if proxy is not None and proxy != existing.proxy:
+            different.append("proxy")
+        if different:
+            raise errors.Conflict(
+                f"workspace {existing.workspace_name} already has a running session {existing.id} with a different "
+                f"{' and '.join(different)} (fixed when a session starts); terminate it first, or omit "
+                f"{' and '.join(different)} to use it", code="workspace_busy")
 
     def _admit(self, account_id: str) -> None:
         """A start of a new VM: the account's quota (429), then the host's capacity (503)."""
@@ -283,7 +304,7 @@ class SessionManager:
         return live
 
     async def _boot(self, live: LiveSession, *, image, env: dict[str, str]) -> None:
-        from chaser.vm.runtime import VMSpec
+        from chaser.vm.spec import VMSpec
 
         writable = None
         if live.workspace_id is not None:

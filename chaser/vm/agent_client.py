@@ -44,7 +44,9 @@ class AgentClient:
         self.port = port
         self.token = token
         self.base_url = f"http://{host}:{port}"
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(30.0), headers=self._headers())
+        # trust_env=False: the host's proxy variables never apply to an agent.
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(30.0), headers=self._headers(),
+                                       trust_env=False)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -69,7 +71,7 @@ class AgentClient:
         """One quick /health probe on a fresh connection (no keep-alive: a
         snapshot must not capture an open connection)."""
         try:
-            async with httpx.AsyncClient(timeout=timeout) as probe:
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as probe:
                 response = await probe.get(
                     f"{self.base_url}/health", headers={**self._headers(), "Connection": "close"}
                 )

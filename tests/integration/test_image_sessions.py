@@ -44,7 +44,7 @@ def run(client, session_id: str, command: str) -> dict:
 def test_session_root_is_the_image_with_its_config_applied(api, feature_image):
     _, ref, _ = feature_image
     created = api.post("/v1/sessions", json={"ephemeral": True, "image": ref, "env": {"EXTRA": "x"}})
-    assert created.status_code == 200, created.text
+    assert created.status_code == 201, created.text
     session = created.json()
     assert session["status"] == "running" and session["image"] == ref
     try:

@@ -105,7 +105,7 @@ def http(server):
 
 def create(http, **body) -> str:
     response = http.post("/v1/sessions", json={"session_type": "sandbox", "ephemeral": True, **body})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 201, response.text  # 201: a session was started (200: a workspace's, reused)
     assert response.json()["status"] == "running"
     return response.json()["id"]
 
@@ -344,7 +344,7 @@ def test_admission_refuses_a_third_session(tmp_path):
             listed = http.get("/v1/sessions", params={"status": "all"}).json()["sessions"]
             assert {s["id"] for s in listed} == {first, second}
             terminate(http, first)
-            assert http.post("/v1/sessions", json={"session_type": "sandbox", "ephemeral": True}).status_code == 200
+            assert http.post("/v1/sessions", json={"session_type": "sandbox", "ephemeral": True}).status_code == 201
     finally:
         srv.stop()
 

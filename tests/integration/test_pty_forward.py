@@ -179,7 +179,7 @@ def api(server):
 @pytest.fixture(scope="module")
 def session(server, api):
     response = api.post("/v1/sessions", json={"ephemeral": True})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 201, response.text
     sid = response.json()["id"]
     run(api, sid, "mkdir -p /workspace/www && head -c 5242880 /dev/urandom > /workspace/www/big.bin "
                   "&& echo hello > /workspace/www/index.txt")

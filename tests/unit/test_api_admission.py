@@ -48,7 +48,7 @@ def test_account_quota(tmp_path):
 
         other = h.key("sessions.read", "sessions.write", account_id="acct_other")
         response = client.post("/v1/sessions", json={"ephemeral": True}, headers=other)
-        assert response.status_code == 200, response.text  # another account has its own quota
+        assert response.status_code == 201, response.text  # another account has its own quota
 
         assert client.delete(f"/v1/sessions/{a['id']}").json()["status"] == "terminated"
         c = h.session()  # terminating one freed a slot

@@ -268,7 +268,7 @@ class Harness:
 
     def session(self, **body) -> dict:
         response = self.client.post("/v1/sessions", json={"ephemeral": True, **body})
-        assert response.status_code == 200, response.text
+        assert response.status_code == 201, response.text
         return response.json()
 
     def vm(self, session_id: str) -> FakeVM:
@@ -287,7 +287,7 @@ def harness(tmp_path):
 
 def test_fake_vm_answers_like_the_agent():
     async def scenario():
-        from chaser.vm.runtime import VMSpec
+        from chaser.vm.spec import VMSpec
 
         vm = await FakeRuntime().start(VMSpec(image_disk=Path("/x"), session_id="s"))
         result = await vm.exec("echo hi")

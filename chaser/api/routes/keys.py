@@ -5,17 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Body
 
 from chaser.api.deps import KeysRead, KeysWrite, ServicesDep
-from chaser.api.routes import ERROR_RESPONSES
+from chaser.api.routes import AUTH_ERROR_RESPONSES, error_responses
 from chaser.models import KeyCreate, KeyCreatedPublic, KeyPublic, KeyRevokedPublic, KeysPublic
 from chaser.store import ApiKey
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=AUTH_ERROR_RESPONSES)
 
 
 def key_public(row: ApiKey) -> KeyPublic:
     return KeyPublic(id=row.id, key_prefix=row.key_prefix, name=row.name, scopes=list(row.scopes or []),
                      full_access=row.full_access, created_at=row.created_at, last_used_at=row.last_used_at,
-                     revoked=row.revoked_at is not None, revoked_at=row.revoked_at)
+                     revoked=row.revoked_at, revoked_at=row.revoked_at)
 
 
 @router.get("", response_model=KeysPublic, summary="List the account's API keys")
@@ -23,7 +23,8 @@ async def list_keys(services: ServicesDep, principal: KeysRead) -> KeysPublic:
     return KeysPublic(keys=[key_public(row) for row in services.keys.list(principal.account_id)])
 
 
-@router.post("", response_model=KeyCreatedPublic, summary="Create an API key (the key is shown only here)")
+@router.post("", response_model=KeyCreatedPublic, responses=error_responses(400),
+             summary="Create an API key (the key is shown only here)")
 async def create_key(services: ServicesDep, principal: KeysWrite,
                      body: KeyCreate | None = Body(default=None)) -> KeyCreatedPublic:
     body = body or KeyCreate()
@@ -33,7 +34,7 @@ async def create_key(services: ServicesDep, principal: KeysWrite,
                             scopes=list(row.scopes or []), full_access=row.full_access)
 
 
-@router.delete("/{key_id}", response_model=KeyRevokedPublic, summary="Revoke an API key")
+@router.delete("/{key_id}", response_model=KeyRevokedPublic, responses=error_responses(404), summary="Revoke an API key")
 async def revoke_key(key_id: str, services: ServicesDep, principal: KeysWrite) -> KeyRevokedPublic:
     row = services.keys.revoke(principal, key_id)
     return KeyRevokedPublic(id=row.id, revoked=True)
