@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from chaser.api.body import DrainBodyMiddleware
 from chaser.api.deps import Services
 from chaser.api.errors import RequestIdMiddleware, install_error_handlers
 from chaser.config import Settings, get_settings
@@ -21,6 +22,7 @@ from chaser.store import Database
 
 log = logging.getLogger("chaser.api")
 REAPER_INTERVAL_S = 5.0
+DRAIN_LIMIT_FACTOR = 4  # an oversized body is read (and discarded) up to 4x the transfer limit, then the connection closes
 
 
 def build_services(settings: Settings, runtime=None) -> Services:
@@ -70,11 +72,16 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
+    # An error answered before the body was read (413 first of all): drain it so the client reads the answer.
+    app.add_middleware(DrainBodyMiddleware, max_bytes=DRAIN_LIMIT_FACTOR * settings.max_transfer_bytes)
 
     from chaser.api.routes import commands, exec, files, images, keys, sessions, workspaces
 
     for module in (sessions, exec, commands, files, workspaces, keys, images):
         app.include_router(module.router)
+    from chaser.api.routes import unavailable  # what a self-hosted server does not serve: 501
+
+    app.include_router(unavailable.router)
 
     # Interactive access: PTY WebSocket, port forwarding (gateway, tunnels), host-style routing.
     from chaser.api.routes import forward, pty

@@ -2,7 +2,8 @@
 
     ChaserError            → its own status and code
     RequestValidationError → 400 invalid_request (malformed JSON, wrong types, unknown fields, …)
-    routing 404 / 405      → not_found / method_not_allowed
+    routing 404 / 405      → not_found / method_not_allowed (`Allow`: every method the path answers);
+                             an HTTP request to a WebSocket endpoint → 426 upgrade_required (GET) / 405
     anything else          → 500 internal_error (RequestIdMiddleware, so the header is still set)
 """
 
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from chaser import errors
 
@@ -57,7 +59,7 @@ async def _chaser_error(_request: Request, exc: errors.ChaserError) -> JSONRespo
     headers = dict(exc.headers or {})
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if exc.status >= 500:
+    if exc.status >= 500 and not isinstance(exc, errors.FeatureNotImplemented):  # 501: a deliberate answer
         log.warning("%s: %s", exc.code, exc.message)
     return error_response(exc.status, exc.code, exc.message, headers or None)
 
@@ -66,12 +68,42 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     return error_response(400, "invalid_request", describe_validation_error(exc))
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def path_methods(request: Request) -> tuple[list[str], bool]:
+    """(The methods the HTTP routes at this request's path answer, whether a WebSocket route is there.)
+
+    Starlette's 405 names only the methods of the first route whose path matched; a path
+    served by several routes (GET and POST of /v1/sessions are two) must list them all."""
+    routes = request.app.router.routes
+
+    def served(**changes) -> bool:
+        probe = {**request.scope, **changes}
+        return any(route.matches(probe)[0] == Match.FULL for route in routes)
+
+    methods = [method for method in _METHOD_ORDER if served(method=method)]
+    return methods, served(type="websocket")
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        methods, websocket = path_methods(request)
+        if websocket and "GET" not in methods:
+            methods.insert(0, "GET")
+        headers = {**(headers or {}), "Allow": ", ".join(methods)} if methods else headers
     if exc.status_code == 404 and message == "Not Found":
+        methods, websocket = path_methods(request)
+        if websocket and not methods:  # plain HTTP to a WebSocket-only endpoint
+            if request.method in ("GET", "HEAD"):
+                return error_response(426, "upgrade_required", "this endpoint takes a WebSocket upgrade "
+                                      "(Connection: Upgrade, Upgrade: websocket)", {"Upgrade": "websocket"})
+            return error_response(405, "method_not_allowed", "Method Not Allowed", {"Allow": "GET"})
         message = "no such endpoint"
-    return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, message, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,5 +1,7 @@
-"""Endpoints FastAPI cannot describe by itself (WebSocket upgrades, the MCP
-ASGI app) added to `/openapi.json`, so the document lists the whole surface."""
+"""What `/openapi.json` needs beyond FastAPI's own: the endpoints it cannot
+describe (WebSocket upgrades, the MCP ASGI app), and validation errors as the
+app answers them — `400 invalid_request` with the `{"code", "message"}` body,
+not FastAPI's 422 (chaser/api/errors.py maps them)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ def _error_responses(*codes: int) -> dict[str, Any]:
 def _websocket(summary: str, description: str, parameters: list[dict], tag: str) -> dict[str, Any]:
     return {"get": {
         "tags": [tag], "summary": summary, "description": description, "parameters": parameters,
-        "responses": {"101": {"description": "Switching Protocols (WebSocket)"}, **_error_responses(400, 401, 403, 404, 409)},
+        "responses": {"101": {"description": "Switching Protocols (WebSocket)"},
+                      **_error_responses(400, 401, 403, 404, 409, 503),
+                      "426": {"description": "`upgrade_required`: a plain HTTP request to a WebSocket endpoint",
+                              "content": {"application/json": {"schema": _ERROR}}}},
     }}
 
 
@@ -35,7 +40,13 @@ EXTRA_PATHS: dict[str, dict[str, Any]] = {
             "properties": {"jsonrpc": {"const": "2.0"}, "id": {"type": ["integer", "string"]},
                            "method": {"type": "string"}, "params": {"type": "object"}}}}}},
         "responses": {"200": {"description": "JSON-RPC response", "content": {"application/json": {
-            "schema": {"type": "object"}}}}, **_error_responses(401)},
+            "schema": {"type": "object"}}}},
+            "202": {"description": "A JSON-RPC notification or response was accepted (no body)"},
+            "400": {"description": "Not a JSON-RPC request the server can parse (JSON-RPC error body)",
+                    "content": {"application/json": {"schema": {"type": "object"}}}},
+            **_error_responses(401, 413),
+            "415": {"description": "`unsupported_media_type`: the request is not `application/json`",
+                    "content": {"application/json": {"schema": _ERROR}}}},
     }},
     "/v1/sessions/{session_id}/pty": _websocket(
         "Interactive PTY (WebSocket)",
@@ -60,8 +71,56 @@ def install_extra_paths(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
+            _validation_errors_as_400(schema)
             schema["paths"].update(EXTRA_PATHS)
+            _add_links(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _validation_errors_as_400(schema: dict[str, Any]) -> None:
+    from chaser.api.routes import ERROR_DESCRIPTIONS
+
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": ERROR_DESCRIPTIONS[400],
+                                             "content": {"application/json": {"schema": _ERROR}}})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+
+
+# (operation that creates, its path, the path parameter its answer's `id` fills)
+LINK_SOURCES = (
+    ("post", "/v1/sessions", "session_id"),
+    ("post", "/v1/workspaces", "workspace"),
+    ("post", "/v1/workspaces/{workspace}/snapshots", "snapshot"),
+)
+
+
+def _add_links(schema: dict[str, Any]) -> None:
+    """OpenAPI links from each create to the operations on what it created, so
+    a client generator or a stateful tester (schemathesis) can follow them."""
+    paths = schema["paths"]
+    for method, source, parameter in LINK_SOURCES:
+        operation = paths.get(source, {}).get(method)
+        if operation is None:
+            continue
+        links: dict[str, Any] = {}
+        for path, operations in paths.items():
+            if "{" + parameter + "}" not in path:
+                continue
+            for target_method, target in operations.items():
+                operation_id = target.get("operationId")
+                if not operation_id:
+                    continue
+                parameters = {parameter: "$response.body#/id"}
+                if "{workspace}" in source:
+                    parameters["workspace"] = "$request.path.workspace"
+                links[operation_id] = {"operationId": operation_id, "parameters": parameters}
+        for status, response in operation.get("responses", {}).items():
+            if status.startswith("2") and links:
+                response["links"] = links

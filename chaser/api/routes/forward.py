@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from chaser import errors
 from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
-from chaser.api.routes import SESSION_ERROR_RESPONSES
+from chaser.api.routes import ERROR_DESCRIPTIONS, SESSION_ERROR_RESPONSES
 from chaser.api.routes.pty import as_chaser_error, connection_principal, deny, services_of
 from chaser.service import forward as fwd
 from chaser.service.keys import Principal
@@ -109,9 +109,35 @@ async def forward_http(session_id: str, port: str, path: str, request: Request) 
                                 prefix=prefix, stack=stack)
 
 
+def _relayed(description: str) -> dict:
+    """A gateway answer: its own refusal (`{"code", "message"}`), or whatever the sandboxed server answered."""
+    return {"description": description, "content": {
+        "application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/ErrorPublic"},
+                                                  {"description": "a JSON answer of the sandboxed server"}]}},
+        "*/*": {"schema": {"description": "an answer of the sandboxed server, relayed as is"}}}}
+
+
+RELAYED = " (or the sandboxed server's own answer with this status, relayed as is)"
+GATEWAY_RESPONSES: dict = {
+    200: _relayed("The sandboxed server's answer, relayed as is"),
+    302: {"description": "A one-time login link (`?token=<key>`, GET and HEAD): to the same URL without `token`, "
+                         "with the key in an HttpOnly `chaser_token` cookie" + RELAYED,
+          "headers": {"Location": {"schema": {"type": "string"}}, "Set-Cookie": {"schema": {"type": "string"}}}},
+    400: _relayed("`invalid_request`: `port` is not an integer in 1..65535" + RELAYED),
+    401: _relayed(ERROR_DESCRIPTIONS[401] + "; a public port needs no key" + RELAYED),
+    403: _relayed("The key lacks `exec.write`, or the account is not its own (`forbidden`)" + RELAYED),
+    404: _relayed("`session_not_found`, or the session is not running (a missing site)" + RELAYED),
+    502: _relayed("`port_not_listening`: nothing listens on that port inside the sandbox" + RELAYED),
+    503: _relayed(ERROR_DESCRIPTIONS[503] + RELAYED),
+    "default": _relayed("Any other status the sandboxed server answers, relayed as is"),
+}
+
 for _method in ALL_METHODS:  # one route per method: distinct OpenAPI operation ids
     router.add_api_route("/s/{session_id}/forward/{port}/{path:path}", forward_http, methods=[_method],
-                         operation_id=f"forward_{_method.lower()}",
+                         operation_id=f"forward_{_method.lower()}", response_class=Response,
+                         responses=GATEWAY_RESPONSES if _method != "GET" else {
+                             101: {"description": "Switching Protocols: a WebSocket to the sandboxed server"},
+                             **GATEWAY_RESPONSES},
                          summary="Reverse proxy to 127.0.0.1:{port} inside the sandbox (HTTP and WebSocket)")
 
 

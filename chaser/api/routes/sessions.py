@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
-from chaser.api.routes import SESSION_ERROR_RESPONSES, START_ERROR_RESPONSES
+from chaser.api.routes import (
+    AUTH_ERROR_RESPONSES, IMAGE_ERROR_RESPONSES, SESSION_ERROR_RESPONSES, START_ERROR_RESPONSES, error_responses,
+)
 from chaser.models import (
     BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic, Endpoints, NetworkPolicyCreate,
     NetworkPolicyPublic, SelfTestPublic, SessionCreate, SessionPublic, SessionsPublic,
@@ -15,7 +17,7 @@ from chaser.models import (
 from chaser.service.network import policy_public
 from chaser.store import SessionRow
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=SESSION_ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=AUTH_ERROR_RESPONSES)
 
 
 def session_public(row: SessionRow, url: str) -> SessionPublic:
@@ -27,11 +29,17 @@ def session_public(row: SessionRow, url: str) -> SessionPublic:
     )
 
 
-@router.post("", response_model=SessionPublic, summary="Create a session (answers once the VM is ready)",
-             responses=START_ERROR_RESPONSES)
-async def create_session(request: Request, services: ServicesDep, principal: SessionsWrite,
+@router.post("", response_model=SessionPublic, status_code=201,
+             summary="Create a session (answers once the VM is ready), or get the workspace's running one",
+             responses={201: {"description": "A session was started"},
+                        200: {"model": SessionPublic, "description": "The workspace already had a session: "
+                              "that one (its `network` applied to it; nothing else started)"},
+                        **error_responses(400, 404, 409), **IMAGE_ERROR_RESPONSES, **START_ERROR_RESPONSES})
+async def create_session(request: Request, response: Response, services: ServicesDep, principal: SessionsWrite,
                          body: SessionCreate | None = Body(default=None)) -> SessionPublic:
-    row = await services.sessions.create(principal, body or SessionCreate())
+    row, started = await services.sessions.create(principal, body or SessionCreate())
+    if not started:
+        response.status_code = 200
     return session_public(row, base_url(request, services))
 
 
@@ -52,7 +60,7 @@ async def bulk_terminate(services: ServicesDep, principal: SessionsWrite, body: 
         BulkTerminateFailure(id=item_id, code=code, message=message) for item_id, code, message in failed])
 
 
-@router.get("/{session_id}", response_model=SessionPublic, summary="Get a session")
+@router.get("/{session_id}", response_model=SessionPublic, summary="Get a session", responses=error_responses(404))
 async def get_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead) -> SessionPublic:
     row = services.sessions.get(principal, session_id)
     if row.status == "running":
@@ -61,7 +69,7 @@ async def get_session(session_id: str, request: Request, services: ServicesDep, 
     return session_public(row, base_url(request, services))
 
 
-@router.delete("/{session_id}", response_model=SessionPublic,
+@router.delete("/{session_id}", response_model=SessionPublic, responses=error_responses(404),
                summary="Terminate a session (idempotent; force=true kills the VM at once)")
 async def terminate_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsWrite,
                             force: bool = Query(False)) -> SessionPublic:
@@ -69,20 +77,21 @@ async def terminate_session(session_id: str, request: Request, services: Service
     return session_public(row, base_url(request, services))
 
 
-@router.post("/{session_id}/self-test", response_model=SelfTestPublic, summary="What a process sees inside the sandbox")
+@router.post("/{session_id}/self-test", response_model=SelfTestPublic, responses=SESSION_ERROR_RESPONSES,
+             summary="What a process sees inside the sandbox")
 async def self_test(session_id: str, services: ServicesDep, principal: SessionsRead) -> SelfTestPublic:
     live = await services.sessions.live_session(principal, session_id)
     return await services.commands.self_test(live)
 
 
-@router.get("/{session_id}/network", response_model=NetworkPolicyPublic,
+@router.get("/{session_id}/network", response_model=NetworkPolicyPublic, responses=error_responses(404),
             summary="The session's egress policy (an ended session: its last one)")
 async def get_network(session_id: str, services: ServicesDep, principal: SessionsRead) -> NetworkPolicyPublic:
     policy = services.sessions.get_network(principal, session_id)
     return policy_public(policy, enforced=services.sessions.network_enforced())
 
 
-@router.put("/{session_id}/network", response_model=NetworkPolicyPublic,
+@router.put("/{session_id}/network", response_model=NetworkPolicyPublic, responses=SESSION_ERROR_RESPONSES,
             summary="Replace a running session's egress policy (applies to new connections at once)")
 async def set_network(session_id: str, body: NetworkPolicyCreate, services: ServicesDep,
                       principal: SessionsWrite) -> NetworkPolicyPublic:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Query
 
 from chaser.api.deps import ServicesDep, WorkspacesRead, WorkspacesWrite
-from chaser.api.routes import ERROR_RESPONSES
+from chaser.api.routes import AUTH_ERROR_RESPONSES, error_responses
 from chaser.models import WorkspaceCreate, WorkspaceDeletedPublic, WorkspacePublic
 from chaser.models.workspaces import (
     BulkDeleteWorkspaceItem, BulkDeleteWorkspacesCreate, BulkDeleteWorkspacesPublic, SnapshotCreate,
@@ -18,7 +18,10 @@ from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Workspace
 from chaser.store.tables import WorkspaceSnapshot
 
-router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"], responses=AUTH_ERROR_RESPONSES)
+# Copying the disk of a workspace whose session runs (clone, snapshot) freezes its VM: 503 if that VM is gone.
+COPY_ERROR = (503, "The running session's VM could not be frozen for the copy (`vm_crashed`, …); "
+                   "nothing was recorded")
 
 
 def workspace_public(row: Workspace, workspaces: WorkspaceManager, *, enforced: bool) -> WorkspacePublic:
@@ -39,7 +42,7 @@ def snapshot_public(row: WorkspaceSnapshot) -> WorkspaceSnapshotPublic:
                                    restored_at=row.restored_at)
 
 
-@router.post("", response_model=WorkspacePublic,
+@router.post("", response_model=WorkspacePublic, responses=error_responses(400, 404, 409, COPY_ERROR),
              summary="Create a workspace (clone_from: start with a copy of another workspace's disk)")
 async def create_workspace(services: ServicesDep, principal: WorkspacesWrite,
                            body: WorkspaceCreate | None = Body(default=None)) -> WorkspacePublic:
@@ -66,13 +69,14 @@ async def bulk_delete_workspaces(services: ServicesDep, principal: WorkspacesWri
                                       results=items)
 
 
-@router.get("/{workspace}", response_model=WorkspacePublic, summary="Get a workspace by id or name")
+@router.get("/{workspace}", response_model=WorkspacePublic, responses=error_responses(404),
+            summary="Get a workspace by id or name")
 async def get_workspace(workspace: str, services: ServicesDep, principal: WorkspacesRead) -> WorkspacePublic:
     return workspace_public(services.workspaces.get(principal, workspace), services.workspaces,
                             enforced=services.sessions.network_enforced())
 
 
-@router.delete("/{workspace}", response_model=WorkspaceDeletedPublic,
+@router.delete("/{workspace}", response_model=WorkspaceDeletedPublic, responses=error_responses(404, 409),
                summary="Delete a workspace, its disk and snapshots (409 while a session runs, unless force=true)")
 async def delete_workspace(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                            force: bool = Query(False)) -> WorkspaceDeletedPublic:
@@ -81,7 +85,7 @@ async def delete_workspace(workspace: str, services: ServicesDep, principal: Wor
     return WorkspaceDeletedPublic(id=row.id, deleted=True)
 
 
-@router.put("/{workspace}/name", response_model=WorkspaceNamePublic,
+@router.put("/{workspace}/name", response_model=WorkspaceNamePublic, responses=error_responses(400, 404, 409),
             summary="Rename a workspace (null clears the name; 409 workspace_exists if taken)")
 async def rename_workspace(workspace: str, body: WorkspaceRename, services: ServicesDep,
                            principal: WorkspacesWrite) -> WorkspaceNamePublic:
@@ -90,7 +94,7 @@ async def rename_workspace(workspace: str, body: WorkspaceRename, services: Serv
     return WorkspaceNamePublic(id=row.id, name=row.name)
 
 
-@router.put("/{workspace}/template", response_model=WorkspaceTemplatePublic,
+@router.put("/{workspace}/template", response_model=WorkspaceTemplatePublic, responses=error_responses(404),
             summary="Mark a workspace as a template (or not)")
 async def set_workspace_template(workspace: str, body: WorkspaceTemplateSet, services: ServicesDep,
                                  principal: WorkspacesWrite) -> WorkspaceTemplatePublic:
@@ -98,7 +102,7 @@ async def set_workspace_template(workspace: str, body: WorkspaceTemplateSet, ser
     return WorkspaceTemplatePublic(id=row.id, template=row.template)
 
 
-@router.get("/{workspace}/snapshots", response_model=list[WorkspaceSnapshotPublic],
+@router.get("/{workspace}/snapshots", response_model=list[WorkspaceSnapshotPublic], responses=error_responses(404),
             summary="List a workspace's snapshots (a JSON list, oldest first)")
 async def list_snapshots(workspace: str, services: ServicesDep,
                          principal: WorkspacesRead) -> list[WorkspaceSnapshotPublic]:
@@ -107,6 +111,7 @@ async def list_snapshots(workspace: str, services: ServicesDep,
 
 
 @router.post("/{workspace}/snapshots", response_model=WorkspaceSnapshotPublic,
+             responses=error_responses(400, 404, 409, COPY_ERROR),
              summary="Snapshot a workspace's disk (a running session is frozen for the copy)")
 async def create_snapshot(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                           body: SnapshotCreate | None = Body(default=None)) -> WorkspaceSnapshotPublic:
@@ -116,6 +121,7 @@ async def create_snapshot(workspace: str, services: ServicesDep, principal: Work
 
 
 @router.post("/{workspace}/snapshots/{snapshot}/restore", response_model=WorkspaceSnapshotPublic,
+             responses=error_responses(404, 409),
              summary="Restore a snapshot over the workspace's disk (409 while a session runs, unless force)")
 async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep, principal: WorkspacesWrite,
                            body: SnapshotRestore | None = Body(default=None)) -> WorkspaceSnapshotPublic:
@@ -126,6 +132,7 @@ async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep,
 
 
 @router.delete("/{workspace}/snapshots/{snapshot}", response_model=SnapshotDeletedPublic,
+               responses=error_responses(404),
                summary="Delete a snapshot")
 async def delete_snapshot(workspace: str, snapshot: str, services: ServicesDep,
                           principal: WorkspacesWrite) -> SnapshotDeletedPublic:
