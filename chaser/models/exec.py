@@ -28,7 +28,8 @@ class ExecCreate(SessionExecCreate):
     workspace: str | None = Field(default=None, min_length=1, max_length=200)
     ephemeral: bool = False
     image: str | None = Field(default=None, max_length=1000)
-    session_type: str = "sandbox"
+    # Any other value is refused with `unsupported_session_type`; the schema says what is served.
+    session_type: str = Field(default="sandbox", json_schema_extra={"enum": ["sandbox"]})
     # For the session this call starts; a reused running session gets it applied (PUT …/network).
     network: NetworkPolicyCreate | None = None
 

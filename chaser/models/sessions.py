@@ -12,7 +12,8 @@ from chaser.models.network import NetworkPolicyCreate
 
 
 class SessionCreate(RequestModel):
-    session_type: str = "sandbox"
+    # Any other value is refused with `unsupported_session_type`; the schema says what is served.
+    session_type: str = Field(default="sandbox", json_schema_extra={"enum": ["sandbox"]})
     ephemeral: bool = False
     workspace: str | None = Field(default=None, min_length=1, max_length=200)
     image: str | None = Field(default=None, max_length=1000)

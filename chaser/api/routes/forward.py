@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 
-from fastapi import APIRouter, Body, Request, WebSocket
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, Request, WebSocket
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
@@ -26,6 +28,9 @@ from chaser.api.routes import ERROR_DESCRIPTIONS, SESSION_ERROR_RESPONSES
 from chaser.api.routes.pty import as_chaser_error, connection_principal, deny, services_of
 from chaser.service import forward as fwd
 from chaser.service.keys import Principal
+
+# Taken as text so a bad port gets our own 400 message (fwd.check_port); documented as what it must be.
+PortParam = Annotated[str, Path(json_schema_extra={"type": "integer", "minimum": 1, "maximum": 65535})]
 
 log = logging.getLogger("chaser.api.forward")
 router = APIRouter(tags=["forwarding"])
@@ -86,7 +91,7 @@ async def forward_root(session_id: str, port: str, request: Request) -> Response
     return RedirectResponse(request.url.path + "/" + (f"?{query}" if query else ""), status_code=307)
 
 
-async def forward_http(session_id: str, port: str, path: str, request: Request) -> Response:
+async def forward_http(session_id: str, port: PortParam, path: str, request: Request) -> Response:
     port_number = fwd.check_port(port)
     live, token_used = await gateway_live(request, session_id, port_number)
     prefix, cookie_path = prefix_of(request, session_id, port_number)
@@ -213,7 +218,7 @@ class PublicBody(BaseModel):
 
 @api_router.post("/{session_id}/ports/{port}/public",
                  summary="Open (or close) a forwarded port to requests without an API key")
-async def set_public(session_id: str, port: str, request: Request, services: ServicesDep, principal: SessionsWrite,
+async def set_public(session_id: str, port: PortParam, request: Request, services: ServicesDep, principal: SessionsWrite,
                      body: PublicBody | None = Body(default=None)) -> dict:
     port_number = fwd.check_port(port)
     await services.sessions.live_session(principal, session_id)

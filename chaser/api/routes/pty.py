@@ -16,7 +16,7 @@ import json
 import logging
 
 from fastapi import APIRouter, Body, WebSocket
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
 from chaser import errors
@@ -147,8 +147,9 @@ async def pty_socket(websocket: WebSocket, session_id: str) -> None:
 
 # --- resize / list ----------------------------------------------------------------------
 class ResizeBody(BaseModel):
-    rows: int
-    cols: int
+    # The bounds are also what ptys.check_size enforces (with its own message).
+    rows: int = Field(ge=1, le=ptys.MAX_SIZE)
+    cols: int = Field(ge=1, le=ptys.MAX_SIZE)
 
 
 @router.post("/{session_id}/resize", summary="Resize the session's open terminals (rows/cols 1..1000)")
