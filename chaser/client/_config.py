@@ -37,16 +37,14 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save_config(data: dict[str, Any], path: Path | None = None) -> None:
-    """Write atomically with mode 0600: the file holds an API key."""
-    path = path or config_path()
+def write_file_atomically(path: Path, text: str, *, mode: int) -> None:
+    """Replace `path` with `text` in one rename (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -54,6 +52,11 @@ def save_config(data: dict[str, Any], path: Path | None = None) -> None:
         except OSError:
             pass
         raise
+
+
+def save_config(data: dict[str, Any], path: Path | None = None) -> None:
+    """Write atomically with mode 0600: the file holds an API key."""
+    write_file_atomically(path or config_path(), json.dumps(data, indent=2) + "\n", mode=0o600)
 
 
 def update_config(path: Path | None = None, **values: Any) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import re
 import shutil
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -165,22 +164,12 @@ def merged_toml(existing: str | None, name: str, entry: dict[str, Any]) -> str:
 
 def write_atomically(path: Path, text: str, *, private: bool) -> None:
     """Replace `path` (its mode kept; new files 0644, or 0600 when they hold a key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from chaser.client._config import write_file_atomically  # lazily: `chaser --help` stays light
+
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
     if private:
         mode &= 0o600
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_file_atomically(path, text, mode=mode)
 
 
 @app.command("install")
