@@ -113,6 +113,13 @@ def test_ids_with_the_same_short_prefix_are_shown_in_full(cli, fake, data):
     assert data["sessions"][2]["id"] not in result.stdout  # the others stay short
 
 
+def test_the_current_session_is_marked(cli, config_file, data):
+    current = data["sessions"][1]["id"]
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "current_session": current}))
+    lines = assert_fits(cli("sessions", "list", env=COLUMNS_80).stdout)
+    assert row(lines, current[:16]).startswith("* ") and lines[0].split()[0] == "ID"
+
+
 def test_sessions_list_wide_shows_everything(cli, data):
     result = cli("sessions", "list", "--wide", env=COLUMNS_80)
     assert result.exit_code == 0, result.output
@@ -200,9 +207,15 @@ def test_images_list_fits(cli, monkeypatch):
     rows = [{"ref": LONG_IMAGE, "digest": digest, "size": 459_000_000, "last_used": iso(-timedelta(minutes=1)),
              "created": iso(-timedelta(days=1))}]
 
+    removed: list[str] = []
+
     class Store:
         def list(self):
             return rows
+
+        def remove(self, ref):
+            removed.append(ref)
+            return [ref]
 
     monkeypatch.setattr(images, "_store", lambda: Store())
     result = cli("images", "list", env=COLUMNS_80)
@@ -212,6 +225,8 @@ def test_images_list_fits(cli, monkeypatch):
     wide = cli("images", "list", "--wide", env=COLUMNS_80)
     assert digest in wide.stdout and LONG_IMAGE in wide.stdout
     assert json.loads(cli("images", "list", "--json").stdout) == rows
+    assert cli("images", "rm", "sha256:0123456789ab").exit_code == 0  # the prefix the table shows
+    assert removed == [digest]
 
 
 def test_piped_output_is_80_columns_unless_columns_says_otherwise(cli, data, monkeypatch):
