@@ -1,7 +1,9 @@
 """What `/openapi.json` needs beyond FastAPI's own: the endpoints it cannot
-describe (WebSocket upgrades, the MCP ASGI app), and validation errors as the
+describe (WebSocket upgrades, the MCP ASGI app), validation errors as the
 app answers them — `400 invalid_request` with the `{"code", "message"}` body,
-not FastAPI's 422 (chaser/api/errors.py maps them)."""
+not FastAPI's 422 (chaser/api/errors.py maps them) —, OpenAPI `links` from the
+creates, and the request limits this server's configuration decides.
+Checked by tests/integration/test_openapi_conformance.py (docs/api.md "Conformance")."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ def _error_responses(*codes: int) -> dict[str, Any]:
     return {str(code): {"description": "Error", "content": {"application/json": {"schema": _ERROR}}} for code in codes}
 
 
-def _websocket(summary: str, description: str, parameters: list[dict], tag: str) -> dict[str, Any]:
+def _websocket(summary: str, description: str, parameters: list[dict], tag: str, operation_id: str) -> dict[str, Any]:
     return {"get": {
         "tags": [tag], "summary": summary, "description": description, "parameters": parameters,
+        "operationId": operation_id,
         "responses": {"101": {"description": "Switching Protocols (WebSocket)"},
                       **_error_responses(400, 401, 403, 404, 409, 503),
                       "426": {"description": "`upgrade_required`: a plain HTTP request to a WebSocket endpoint",
@@ -58,10 +61,11 @@ EXTRA_PATHS: dict[str, dict[str, Any]] = {
          {"name": "rows", "in": "query", "schema": {"type": "integer"}},
          {"name": "cols", "in": "query", "schema": {"type": "integer"}},
          {"name": "token", "in": "query", "schema": {"type": "string"}, "description": "API key, for browsers"}],
-        "pty"),
+        "pty", "pty_websocket"),
     "/v1/sessions/{session_id}/tunnel/{port}": _websocket(
         "Raw TCP tunnel to a sandbox port (WebSocket, binary frames)",
-        "Used by `chaser forward`; 502 `port_not_listening` when nothing listens.", [_SESSION, _PORT], "forwarding"),
+        "Used by `chaser forward`; 502 `port_not_listening` when nothing listens.", [_SESSION, _PORT], "forwarding",
+        "tunnel_websocket"),
 }
 
 
@@ -74,6 +78,7 @@ def install_extra_paths(app: FastAPI) -> None:
             _validation_errors_as_400(schema)
             schema["paths"].update(EXTRA_PATHS)
             _add_links(schema)
+            _server_limits(schema, app.state.services.settings)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -124,3 +129,28 @@ def _add_links(schema: dict[str, Any]) -> None:
         for status, response in operation.get("responses", {}).items():
             if status.startswith("2") and links:
                 response["links"] = links
+
+
+# Without a default workspace (CHASER_DEFAULT_WORKSPACE), a session needs a workspace or `ephemeral: true`.
+WORKSPACE_OR_EPHEMERAL = {"anyOf": [
+    {"required": ["workspace"], "properties": {"workspace": {"type": "string"}}},
+    {"required": ["ephemeral"], "properties": {"ephemeral": {"const": True}}},
+]}
+
+
+def _server_limits(schema: dict[str, Any], settings) -> None:
+    """What this server's configuration decides: the longest `ttl_seconds`, and whether a
+    create that names neither a workspace nor `ephemeral: true` has a default workspace to use."""
+    components = schema["components"]["schemas"]
+    ttl = components["SessionCreate"]["properties"]["ttl_seconds"]
+    for option in ttl.get("anyOf", [ttl]):
+        if option.get("type") == "integer":
+            option["maximum"] = settings.session_max_lifetime_s
+    if settings.default_workspace:
+        return
+    for name in ("SessionCreate", "ExecCreate"):
+        components[name].setdefault("allOf", []).append(WORKSPACE_OR_EPHEMERAL)
+    body = schema["paths"]["/v1/sessions"]["post"].get("requestBody")
+    if body is not None:  # no body at all is `400 workspace_required` too
+        body["required"] = True
+        body["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/SessionCreate"}

@@ -10,6 +10,33 @@ MAX_COMMAND_BYTES = 64 * 1024
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 MAX_PATH_CHARS = 4096
 
+# JSON Schema of what the checks below and the services accept, for /openapi.json only: each
+# check keeps its own message (and error code), so these go in `json_schema_extra`, never in
+# `Field(pattern=…)`. What matches is accepted (tests/unit/test_openapi_schemas.py); a few odd
+# forms the checks also take (surrounding spaces, say) are left out, and `maxLength` counts
+# characters where a limit is in bytes of UTF-8.
+NO_NUL = "^[^\\u0000]*$"
+# Not blank: `str.strip()` also strips U+001C..U+001F and U+0085, which ECMA-262's \s does not.
+COMMAND_SCHEMA = {"maxLength": MAX_COMMAND_BYTES,
+                  "pattern": "^[^\\u0000]*[^\\s\\u0000\\u001c-\\u001f\\u0085][^\\u0000]*$",
+                  "description": "Run with /bin/sh -c; not blank, no NUL, at most 64 KiB of UTF-8"}
+PATH_SCHEMA = {"maxLength": MAX_PATH_CHARS, "pattern": NO_NUL}
+ENV_SCHEMA = {"maxProperties": 1000,
+              "propertyNames": {"minLength": 1, "maxLength": 1024, "pattern": "^[^=\\u0000]*$"},
+              "additionalProperties": {"type": "string", "maxLength": 128 * 1024, "pattern": NO_NUL}}
+# An image reference as chaser/service/images.py check_image_ref and chaser/images/reference.py
+# accept it over the API (a registry reference; empty: the default image).
+_COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_FIRST_COMPONENT = "[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*"  # a first part with '.' or ':' is a registry host
+_HOST_PART = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = (f"(?:{_HOST_PART}(?:\\.{_HOST_PART})+(?::[0-9]+)?|{_HOST_PART}:[0-9]+|localhost(?::[0-9]+)?"
+         "|\\[[0-9a-fA-F]*:[0-9a-fA-F:]*\\](?::[0-9]+)?)")
+IMAGE_REF_PATTERN = (
+    "^(?:|(?!(?:oci|oci-archive|docker-archive|docker|dir)(?::|$))"
+    f"(?:{_HOST}/{_COMPONENT}(?:/{_COMPONENT})*|{_FIRST_COMPONENT}(?:/{_COMPONENT})+|{_COMPONENT})"
+    "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?)$"
+)
+
 
 class RequestModel(BaseModel):
     """Request bodies: unknown fields are an error (400), never silently ignored."""

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chaser.models.common import MAX_TIMEOUT_MS, OmitNoneModel, RequestModel, check_command, check_env, check_path
+from chaser.models.common import (
+    COMMAND_SCHEMA, ENV_SCHEMA, IMAGE_REF_PATTERN, MAX_TIMEOUT_MS, PATH_SCHEMA, OmitNoneModel, RequestModel,
+    check_command, check_env, check_path,
+)
 from chaser.models.network import NetworkPolicyCreate
+from chaser.models.sessions import TARGET_RULES
 
 
 class SessionExecCreate(RequestModel):
-    command: str = Field(min_length=1)
-    cwd: str | None = Field(default=None, min_length=1)
-    env: dict[str, str] | None = None
+    command: str = Field(min_length=1, json_schema_extra=COMMAND_SCHEMA)
+    cwd: str | None = Field(default=None, min_length=1, json_schema_extra=PATH_SCHEMA)
+    env: dict[str, str] | None = Field(default=None, json_schema_extra=ENV_SCHEMA)
     timeout_ms: int | None = Field(default=None, gt=0, le=MAX_TIMEOUT_MS)
     background: bool = False
 
@@ -25,9 +29,14 @@ class SessionExecCreate(RequestModel):
 class ExecCreate(SessionExecCreate):
     """`POST /v1/exec`: the session is found or started for you."""
 
+    # As for sessions, and a background command needs a workspace (an ephemeral session ends with it).
+    model_config = ConfigDict(json_schema_extra={"allOf": [*TARGET_RULES, {"not": {
+        "required": ["background", "ephemeral"],
+        "properties": {"background": {"const": True}, "ephemeral": {"const": True}}}}]})
+
     workspace: str | None = Field(default=None, min_length=1, max_length=200)
     ephemeral: bool = False
-    image: str | None = Field(default=None, max_length=1000)
+    image: str | None = Field(default=None, max_length=1000, json_schema_extra={"pattern": IMAGE_REF_PATTERN})
     # Any other value is refused with `unsupported_session_type`; the schema says what is served.
     session_type: str = Field(default="sandbox", json_schema_extra={"enum": ["sandbox"]})
     # For the session this call starts; a reused running session gets it applied (PUT …/network).

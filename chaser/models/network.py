@@ -15,7 +15,22 @@ from chaser.models.common import RequestModel
 MAX_NETWORK_ENTRIES = 256
 MAX_NETWORK_ENTRY_CHARS = 300
 
-NetworkEntry = Annotated[str, Field(max_length=MAX_NETWORK_ENTRY_CHARS)]
+# For /openapi.json (the check, chaser.vm.network.policy.normalise_entry, keeps its message): an
+# IPv4 or IPv6 address or CIDR, a domain name or a `*.domain` wildcard, in the forms that check takes
+# (it also takes surrounding spaces, netmask CIDRs, IPv6 scopes and more compressed IPv6 forms).
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_HEXTET = "[0-9a-fA-F]{1,4}"
+_LABEL = "[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+NETWORK_ENTRY_PATTERN = (
+    f"^(?:{_OCTET}(?:\\.{_OCTET}){{3}}(?:/(?:3[0-2]|[12]?[0-9]))?"
+    "|(?:" + "|".join((f"(?:{_HEXTET}:){{7}}{_HEXTET}", f"(?:{_HEXTET}:){{1,7}}:",
+                       *(f"(?:{_HEXTET}:){{1,{n}}}(?::{_HEXTET}){{1,{7 - n}}}" for n in range(6, 0, -1)),
+                       f":(?:(?::{_HEXTET}){{1,7}}|:)")) + ")"
+    "(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?"
+    f"|(?:\\*\\.)?(?:{_LABEL}\\.){{0,8}}[a-zA-Z](?:[a-zA-Z0-9-]{{0,61}}[a-zA-Z0-9])?\\.?)$"
+)
+NetworkEntry = Annotated[str, Field(max_length=MAX_NETWORK_ENTRY_CHARS,
+                                    json_schema_extra={"pattern": NETWORK_ENTRY_PATTERN})]
 
 
 class NetworkPolicyCreate(RequestModel):

@@ -5,22 +5,40 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chaser.models.common import RequestModel, check_env
+from chaser.models.common import ENV_SCHEMA, IMAGE_REF_PATTERN, RequestModel, check_env
 from chaser.models.network import NetworkPolicyCreate
 
 
+# Which session a request targets (chaser/service/sessions.py resolve_workspace_ref), for
+# /openapi.json: a workspace, or `ephemeral: true` (with an image or not), never both; an image
+# only for an ephemeral session. (Neither: the default workspace, when the server has one.)
+TARGET_RULES = [
+    {"not": {"required": ["workspace", "image"],
+             "properties": {"workspace": {"type": "string"}, "image": {"type": "string"}}}},
+    {"not": {"required": ["workspace", "ephemeral"],
+             "properties": {"workspace": {"type": "string"}, "ephemeral": {"const": True}}}},
+    {"if": {"required": ["image"], "properties": {"image": {"type": "string"}}},
+     "then": {"required": ["ephemeral"], "properties": {"ephemeral": {"const": True}}}},
+]
+PROXY_PATTERN = ("^(?:|(?:[Hh][Tt][Tt][Pp][Ss]?|[Ss][Oo][Cc][Kk][Ss](?:4|5[Hh]?))://"
+                 "(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?/?)$")
+
+
 class SessionCreate(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"allOf": TARGET_RULES})
+
     # Any other value is refused with `unsupported_session_type`; the schema says what is served.
     session_type: str = Field(default="sandbox", json_schema_extra={"enum": ["sandbox"]})
     ephemeral: bool = False
     workspace: str | None = Field(default=None, min_length=1, max_length=200)
-    image: str | None = Field(default=None, max_length=1000)
-    env: dict[str, str] | None = None
-    proxy: str | None = Field(default=None, max_length=2000)
-    ttl_seconds: int | None = Field(default=None, ge=1)
-    github_repo: str | None = None  # accepted for SDK compatibility; must be null
+    image: str | None = Field(default=None, max_length=1000, json_schema_extra={"pattern": IMAGE_REF_PATTERN})
+    env: dict[str, str] | None = Field(default=None, json_schema_extra=ENV_SCHEMA)
+    proxy: str | None = Field(default=None, max_length=2000, json_schema_extra={"pattern": PROXY_PATTERN})
+    ttl_seconds: int | None = Field(default=None, ge=1)  # at most session_max_lifetime_s (chaser/api/openapi.py)
+    # Accepted for SDK compatibility; anything but null is refused.
+    github_repo: str | None = Field(default=None, json_schema_extra={"anyOf": [{"type": "null"}]})
     network: NetworkPolicyCreate | None = None  # egress policy; omitted: the workspace's, then the default
 
     _env = field_validator("env")(check_env)

@@ -86,8 +86,12 @@ def proxy_env(proxy: str | None) -> dict[str, str]:
 def check_proxy(proxy: str | None) -> str | None:
     if proxy is None or proxy == "":
         return None
-    parts = urlsplit(proxy)
-    if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
+    try:
+        parts = urlsplit(proxy)
+        hostname = parts.hostname
+    except ValueError:  # e.g. "http://[": an unclosed IPv6 literal
+        hostname = None
+    if not hostname or parts.scheme not in PROXY_SCHEMES:
         raise errors.InvalidRequest(f"proxy must be a URL like http://host:port (schemes: {', '.join(PROXY_SCHEMES)})")
     return proxy
 

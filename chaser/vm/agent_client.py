@@ -177,6 +177,7 @@ class AgentClient:
                 compression=None,  # deflate costs more than it saves on loopback under TCG
                 open_timeout=30,
                 ping_interval=None,
+                proxy=None,  # else websockets (>= 15) goes through the host's HTTP(S)_PROXY: never for an agent
             )
         except InvalidStatus as exc:
             raise error_from_agent(exc.response.status_code, exc.response.body or b"") from exc
