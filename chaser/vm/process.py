@@ -41,7 +41,7 @@ class Confinement:
     pass_fds: list[int] = field(default_factory=list)  # descriptors QEMU inherits
 
 
-def _confine(confinement: Confinement, netns_fd: int | None):
+def confine(confinement: Confinement, netns_fd: int | None):
     def preexec() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if netns_fd is not None and libc.setns(netns_fd, CLONE_NEWNET) != 0:
@@ -84,7 +84,7 @@ async def spawn_qemu(argv: list[str], *, vm_dir: Path, log_path: Path,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=errors_out,
                 start_new_session=True,  # its own process group: we kill the group
-                preexec_fn=_confine(confinement, netns_fd),
+                preexec_fn=confine(confinement, netns_fd),
                 pass_fds=[*confinement.pass_fds, *([confinement.tap_fd] if confinement.tap_fd is not None else [])],
                 limit=1 << 20,
             )

@@ -8,17 +8,14 @@ allowed name (or listed as IPs)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
-import signal
 from pathlib import Path
 
 from chaser.vm.network.nftables import GUEST_RESOLVER, TABLE
+from chaser.vm.process import Confinement, confine
 from chaser.vm.network.policy import EgressPolicy
 
-CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
 
 
 def upstream_servers(configured: list[str], resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
@@ -60,22 +57,14 @@ def dnsmasq_argv(policy: EgressPolicy | None, *, upstreams: list[str], hosts: di
     return argv
 
 
-def _enter(netns_fd: int):
-    def preexec() -> None:  # in the child, before exec: into the namespace, die with us
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(netns_fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    return preexec
-
-
 async def start_dnsmasq(netns: Path, argv: list[str], log_path: Path) -> asyncio.subprocess.Process:
+    """dnsmasq inside `netns`, dying with us (the same preexec as QEMU's, chaser/vm/process.py)."""
     netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with open(log_path, "ab") as output:
             return await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
-                start_new_session=True, preexec_fn=_enter(netns_fd),
+                start_new_session=True, preexec_fn=confine(Confinement(netns=netns), netns_fd),
             )
     finally:
         os.close(netns_fd)

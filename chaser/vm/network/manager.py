@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +202,3 @@ class NetworkManager:
             await asyncio.gather(self._filler, return_exceptions=True)
         ready, self._ready = self._ready, []
         await asyncio.gather(*(network.release() for network in ready), return_exceptions=True)
-
-
-def netns_fd(path: Path) -> int:
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
