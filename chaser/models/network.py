@@ -2,7 +2,7 @@
 `GET/PUT /v1/sessions/{id}/network`).
 
 Only the shape is checked here; what an entry may be (IP, CIDR, domain, `*.domain`)
-is checked by `chaser.vm.network.policy.EgressPolicy`, called by the service layer."""
+is checked by `chaser.runtime.egress.EgressPolicy`, called by the service layer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from chaser.models.common import RequestModel
 MAX_NETWORK_ENTRIES = 256
 MAX_NETWORK_ENTRY_CHARS = 300
 
-# For /openapi.json (the check, chaser.vm.network.policy.normalise_entry, keeps its message): an
+# For /openapi.json (the check, chaser.runtime.egress.normalise_entry, keeps its message): an
 # IPv4 or IPv6 address or CIDR, a domain name or a `*.domain` wildcard, in the forms that check takes
 # (it also takes surrounding spaces, netmask CIDRs, IPv6 scopes and more compressed IPv6 forms).
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"

@@ -9,7 +9,7 @@ from typing import Any
 from chaser import errors
 from chaser.config import Settings
 from chaser.models.network import NetworkPolicyCreate, NetworkPolicyPublic
-from chaser.vm.network.policy import EgressPolicy
+from chaser.runtime.egress import EgressPolicy
 
 # Runtime network modes in which the policy is recorded but nothing enforces it.
 UNENFORCED_MODES = ("none", "slirp")

@@ -36,7 +36,7 @@ from chaser.service.network import effective_policy, network_enforced, stored_po
 from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager, copy_disk
 from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import WorkspaceSnapshot, utcnow
-from chaser.vm.network.policy import EgressPolicy
+from chaser.runtime.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class SessionManager:
         return live
 
     async def _boot(self, live: LiveSession, *, image, env: dict[str, str]) -> None:
-        from chaser.vm.spec import VMSpec
+        from chaser.runtime.spec import VMSpec
 
         writable = None
         if live.workspace_id is not None:

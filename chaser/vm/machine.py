@@ -18,7 +18,7 @@ from chaser.vm.agent_client import AgentClient
 from chaser.vm.cgroup import VMCgroup
 from chaser.vm.console import ConsoleLog
 from chaser.vm.network.manager import SandboxNetwork
-from chaser.vm.network.policy import EgressPolicy
+from chaser.runtime.egress import EgressPolicy
 from chaser.vm.process import kill_process_group
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
 if TYPE_CHECKING:
     from chaser.vm.machine import VirtualMachine
     from chaser.vm.runtime import Runtime
-    from chaser.vm.spec import VMSpec
+    from chaser.runtime.spec import VMSpec
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_FAILURE_S = 30.0
@@ -70,7 +70,7 @@ class WarmPool:
             self._filler = asyncio.ensure_future(self._fill())
 
     async def _fill(self) -> None:
-        from chaser.vm.spec import VMSpec
+        from chaser.runtime.spec import VMSpec
 
         while len(self.ready) < self.size and not self._closed:
             image = self.image

@@ -33,10 +33,10 @@ from chaser.vm.jail import jail_user_for
 from chaser.vm.launcher import Launcher, pass_fd
 from chaser.vm.machine import VirtualMachine
 from chaser.vm.network.manager import NetworkManager
-from chaser.vm.network.policy import EgressPolicy
+from chaser.runtime.egress import EgressPolicy
 from chaser.vm.pool import WarmPool
 from chaser.vm.process import reap_orphans
-from chaser.vm.spec import BootMethod, VMSpec  # noqa: F401 - VMSpec is part of this module's API
+from chaser.runtime.spec import BootMethod, VMSpec  # noqa: F401 - VMSpec is part of this module's API
 from chaser.vm.template import (
     qemu_version,
     Template,

@@ -142,7 +142,7 @@ class FakeVM:
 
     @property
     def network_policy(self):
-        from chaser.vm.network.policy import EgressPolicy
+        from chaser.runtime.egress import EgressPolicy
 
         return self._network if self._network is not None else EgressPolicy()
 
@@ -287,7 +287,7 @@ def harness(tmp_path):
 
 def test_fake_vm_answers_like_the_agent():
     async def scenario():
-        from chaser.vm.spec import VMSpec
+        from chaser.runtime.spec import VMSpec
 
         vm = await FakeRuntime().start(VMSpec(image_disk=Path("/x"), session_id="s"))
         result = await vm.exec("echo hi")

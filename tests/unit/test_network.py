@@ -18,7 +18,7 @@ from chaser.vm.console import ConsoleLog
 from chaser.vm.jail import PassedFiles
 from chaser.vm.network.dns import dnsmasq_argv, upstream_servers
 from chaser.vm.network.nftables import BLOCKED_V4, host_ruleset, namespace_ruleset
-from chaser.vm.network.policy import EgressPolicy, normalise_entry
+from chaser.runtime.egress import EgressPolicy, normalise_entry
 
 
 def nft_check(script: str) -> subprocess.CompletedProcess:

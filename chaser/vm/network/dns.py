@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chaser.vm.network.nftables import GUEST_RESOLVER, TABLE
 from chaser.vm.process import Confinement, confine
-from chaser.vm.network.policy import EgressPolicy
+from chaser.runtime.egress import EgressPolicy
 
 
 

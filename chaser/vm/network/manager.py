@@ -28,7 +28,7 @@ from chaser.config import Settings
 from chaser.vm.network import dns, namespace
 from chaser.vm.network.namespace import LOCK_DIR, Slot, run
 from chaser.vm.network.nftables import host_ruleset, namespace_ruleset
-from chaser.vm.network.policy import EgressPolicy
+from chaser.runtime.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
 REQUIRED_COMMANDS = ("ip", "nft", "dnsmasq")

@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from chaser.agent.protocol import AGENT_PORT
-from chaser.vm.network.policy import EgressPolicy
+from chaser.runtime.egress import EgressPolicy
 
 TABLE = "chaser"
 HOST_VETH_PREFIX = "chv"  # host end of each namespace's veth pair: chv<slot>

@@ -11,7 +11,7 @@ matches `example.com` itself, as dnsmasq's `/example.com/` does). Domains are
 enforced by the sandbox's own resolver, which adds the addresses it answers
 for an allowed (or denied) name to the matching nftables set. What is never
 reachable whatever the policy (host, loopback, other sandboxes, private and
-link-local ranges) is in chaser/vm/network/nftables.py."""
+link-local ranges) is the runtime's business (chaser/vm/network/nftables.py)."""
 
 from __future__ import annotations
 

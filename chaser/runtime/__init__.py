@@ -1,0 +1,8 @@
+"""The runtime seam (interface.py): the only way the service layer reaches VMs."""
+
+from chaser.runtime.egress import EgressPolicy
+from chaser.runtime.interface import UNENFORCED_MODES, AgentSocket, NetworkMode, Runtime, SandboxVM
+from chaser.runtime.spec import BootMethod, VMSpec
+
+__all__ = ["AgentSocket", "BootMethod", "EgressPolicy", "NetworkMode", "Runtime", "SandboxVM",
+           "UNENFORCED_MODES", "VMSpec"]
