@@ -35,3 +35,32 @@ LOWER_MOUNT = "/run/chaser/lower"
 DATA_MOUNT = "/run/chaser/data"
 # DNS server of QEMU's user-mode network.
 SANDBOX_NAMESERVER = "10.0.2.3"
+
+
+class Endpoint:
+    """Every path the agent serves, declared once: the agent's router, the host's
+    client and the test fake all use these (docs/agent-protocol.md)."""
+
+    HEALTH = "/health"  # GET: liveness (no side effects; safe before /init)
+    INIT = "/init"  # POST: identity, env, clock, entropy, the per-session token
+    PREPARE = "/prepare"  # POST: mount the sandbox ahead of /init (warm pool)
+    EXEC = "/exec"  # POST: run a command (foreground or background)
+    PROCESSES = "/processes"  # GET: list
+    PROCESS = "/processes/{id}"  # GET: one
+    PROCESS_OUTPUT = "/processes/{id}/output"  # GET: bytes from an offset, long-poll with wait_ms
+    PROCESS_STDIN = "/processes/{id}/stdin"  # POST: write (and close) stdin
+    PROCESS_SIGNAL = "/processes/{id}/signal"  # POST: send a signal to the process group
+    SHUTDOWN = "/shutdown"  # POST: sync, unmount, power off
+    PTY = "/pty"  # GET, WebSocket: an interactive terminal
+    PTYS = "/ptys"  # GET: open terminals
+    PTYS_RESIZE = "/ptys/resize"  # POST: resize every open terminal
+    FILES = "/files"  # GET: stream a file out; PUT: stream one in; DELETE: remove
+    FILES_LIST = "/files/list"  # GET
+    FILES_STAT = "/files/stat"  # GET
+    FILES_MKDIR = "/files/mkdir"  # POST
+    RELAY = "/relay"  # GET, WebSocket: a byte stream to 127.0.0.1:port in the guest
+    SELFTEST = "/selftest"  # GET: what a process sees inside the sandbox
+
+    @staticmethod
+    def process(template: str, process_id: str) -> str:
+        return template.replace("{id}", process_id)

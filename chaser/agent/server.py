@@ -19,7 +19,7 @@ from aiohttp import web
 
 from .errors import ApiError, bad_request, conflict, internal
 from .processes import ProcessManager, parse_signal
-from .protocol import (AGENT_PROTOCOL_VERSION, AGENT_READY_MARKER, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_WORKDIR,
+from .protocol import (Endpoint, AGENT_PROTOCOL_VERSION, AGENT_READY_MARKER, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_WORKDIR,
                        MAX_OUTPUT_WAIT_MS, PROCESS_OUTPUT_RING_BYTES, SANDBOX_ROOT)
 from .userenv import argv_of, build_env, check_cwd, check_env, make_preexec, resolve_user
 
@@ -317,27 +317,27 @@ class Agent:
         app = web.Application(middlewares=[self.error_middleware, self.auth_middleware],
                               client_max_size=64 * 1024 * 1024)  # JSON bodies; PUT /files streams
         r = app.router
-        r.add_get("/health", self.health)
-        r.add_post("/init", self.init)
-        r.add_post("/prepare", self.prepare)
-        r.add_post("/exec", self.exec)
-        r.add_get("/processes", self.list_processes)
-        r.add_get("/processes/{id}", self.get_process)
-        r.add_get("/processes/{id}/output", self.process_output)
-        r.add_post("/processes/{id}/stdin", self.process_stdin)
-        r.add_post("/processes/{id}/signal", self.process_signal)
-        r.add_post("/shutdown", self.shutdown)
-        r.add_get("/pty", self.lazy("pty_session", "handle_pty"))
-        r.add_get("/ptys", self.lazy("pty_session", "list_ptys"))
-        r.add_post("/ptys/resize", self.lazy("pty_session", "resize_ptys"))
-        r.add_get("/files", self.lazy("files", "get_file"))
-        r.add_put("/files", self.lazy("files", "put_file"))
-        r.add_delete("/files", self.lazy("files", "delete"))
-        r.add_get("/files/list", self.lazy("files", "list_dir"))
-        r.add_get("/files/stat", self.lazy("files", "stat"))
-        r.add_post("/files/mkdir", self.lazy("files", "mkdir"))
-        r.add_get("/relay", self.lazy("relay", "handle_relay"))
-        r.add_get("/selftest", self.lazy("selftest", "handle_selftest"))
+        r.add_get(Endpoint.HEALTH, self.health)
+        r.add_post(Endpoint.INIT, self.init)
+        r.add_post(Endpoint.PREPARE, self.prepare)
+        r.add_post(Endpoint.EXEC, self.exec)
+        r.add_get(Endpoint.PROCESSES, self.list_processes)
+        r.add_get(Endpoint.PROCESS, self.get_process)
+        r.add_get(Endpoint.PROCESS_OUTPUT, self.process_output)
+        r.add_post(Endpoint.PROCESS_STDIN, self.process_stdin)
+        r.add_post(Endpoint.PROCESS_SIGNAL, self.process_signal)
+        r.add_post(Endpoint.SHUTDOWN, self.shutdown)
+        r.add_get(Endpoint.PTY, self.lazy("pty_session", "handle_pty"))
+        r.add_get(Endpoint.PTYS, self.lazy("pty_session", "list_ptys"))
+        r.add_post(Endpoint.PTYS_RESIZE, self.lazy("pty_session", "resize_ptys"))
+        r.add_get(Endpoint.FILES, self.lazy("files", "get_file"))
+        r.add_put(Endpoint.FILES, self.lazy("files", "put_file"))
+        r.add_delete(Endpoint.FILES, self.lazy("files", "delete"))
+        r.add_get(Endpoint.FILES_LIST, self.lazy("files", "list_dir"))
+        r.add_get(Endpoint.FILES_STAT, self.lazy("files", "stat"))
+        r.add_post(Endpoint.FILES_MKDIR, self.lazy("files", "mkdir"))
+        r.add_get(Endpoint.RELAY, self.lazy("relay", "handle_relay"))
+        r.add_get(Endpoint.SELFTEST, self.lazy("selftest", "handle_selftest"))
         return app
 
 

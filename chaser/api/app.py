@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,7 +13,9 @@ from fastapi import FastAPI
 from chaser.api.body import DrainBodyMiddleware
 from chaser.api.deps import Services
 from chaser.api.errors import RequestIdMiddleware, install_error_handlers
-from chaser.config import Settings, get_settings
+from chaser import __version__
+from chaser.config import Settings
+from chaser.runtime import Runtime
 from chaser.service.commands import CommandService
 from chaser.service.files import FileService
 from chaser.service.keys import KeyManager
@@ -25,7 +28,7 @@ REAPER_INTERVAL_S = 5.0
 DRAIN_LIMIT_FACTOR = 4  # an oversized body is read (and discarded) up to 4x the transfer limit, then the connection closes
 
 
-def build_services(settings: Settings, runtime=None) -> Services:
+def build_services(settings: Settings, runtime: Runtime | None = None) -> Services:
     """Open the database (migrated to head) and wire the services; the runtime may come later."""
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
@@ -38,17 +41,21 @@ def build_services(settings: Settings, runtime=None) -> Services:
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings))
 
 
-def create_app(settings: Settings | None = None, runtime=None, *, reaper_interval: float = REAPER_INTERVAL_S) -> FastAPI:
-    settings = settings or get_settings()
+def create_api(settings: Settings, *, runtime: Runtime | None = None,
+               runtime_factory: Callable[[], Runtime] | None = None,
+               reaper_interval: float = REAPER_INTERVAL_S) -> FastAPI:
+    """The REST API over `runtime`, or over the one `runtime_factory` makes at start-up
+    (a QEMU runtime reaps what a dead server left: it is made when the server starts)."""
+    if (runtime is None) == (runtime_factory is None):
+        raise ValueError("pass one of runtime or runtime_factory")
     services = build_services(settings, runtime)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        if services.sessions.runtime is None:
-            from chaser.vm.runtime import Runtime
-
-            services.sessions.runtime = Runtime(settings)  # also kills QEMUs a dead server left behind
-            await services.sessions.runtime.prepare_host()  # and removes its namespaces
+        if not services.sessions.has_runtime:
+            assert runtime_factory is not None
+            services.sessions.attach_runtime(runtime_factory())
+        await services.sessions.runtime.prepare_host()  # e.g. removes a dead server's namespaces
         services.sessions.recover_on_start()
         warm = asyncio.create_task(services.sessions.start_warm_pool(), name="warm-pool")
         reaper = asyncio.create_task(services.sessions.reaper(reaper_interval), name="session-reaper")
@@ -64,7 +71,7 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
 
     app = FastAPI(
         title="Chaser API",
-        version="0.1.0",
+        version=__version__,
         description="Sandbox sessions in microVMs. Errors are `{\"code\", \"message\"}`; "
                     "every response carries `x-request-id`.",
         lifespan=lifespan,
@@ -91,12 +98,6 @@ def create_app(settings: Settings | None = None, runtime=None, *, reaper_interva
     app.include_router(forward.api_router)
     app.include_router(forward.router)
     app.add_middleware(HostRoutingMiddleware, settings=settings)
-
-    # MCP (JSON-RPC 2.0, stateless streamable HTTP); its tools call this API back with the caller's key.
-    from chaser.mcp.asgi import MCPEndpoint
-
-    app.router.add_route("/v1/mcp", MCPEndpoint(authenticate=services.keys.authenticate),
-                         methods=["POST"], include_in_schema=False)
 
     @app.get("/health", tags=["meta"], summary="Liveness probe (no auth)")
     async def health() -> dict[str, str]:

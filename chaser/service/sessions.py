@@ -36,7 +36,7 @@ from chaser.service.network import effective_policy, network_enforced, stored_po
 from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager, copy_disk
 from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import WorkspaceSnapshot, utcnow
-from chaser.runtime.egress import EgressPolicy
+from chaser.runtime import EgressPolicy, Runtime, SandboxVM, VMSpec
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,30 @@ def check_proxy(proxy: str | None) -> str | None:
 
 
 class SessionManager:
-    def __init__(self, db: Database, settings: Settings, runtime, workspaces: WorkspaceManager,
+    def __init__(self, db: Database, settings: Settings, runtime: Runtime | None, workspaces: WorkspaceManager,
                  images: ImageService | None = None) -> None:
         self.db = db
         self.settings = settings
-        self.runtime = runtime
+        self._runtime = runtime
         self.workspaces = workspaces
         self.images = images or ImageService(settings)
         self.live: dict[str, LiveSession] = {}
         self._workspace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closing = False
+
+    @property
+    def has_runtime(self) -> bool:
+        return self._runtime is not None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise errors.SandboxRuntimeError("the runtime has not started yet")
+        return self._runtime
+
+    def attach_runtime(self, runtime: Runtime) -> None:
+        """The runtime made at server start-up (chaser/assembly.py)."""
+        self._runtime = runtime
 
     # --- queries -------------------------------------------------------------
     def get(self, principal: Principal, session_id: str) -> SessionRow:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from chaser import errors
+from chaser.agent.protocol import Endpoint
 
 _ERRORS_BY_STATUS: dict[int, type[errors.ChaserError]] = {
     400: errors.InvalidRequest,
@@ -73,17 +74,17 @@ class AgentClient:
         try:
             async with httpx.AsyncClient(timeout=timeout, trust_env=False) as probe:
                 response = await probe.get(
-                    f"{self.base_url}/health", headers={**self._headers(), "Connection": "close"}
+                    f"{self.base_url}{Endpoint.HEALTH}", headers={**self._headers(), "Connection": "close"}
                 )
             return response.status_code == 200
         except httpx.HTTPError:
             return False
 
     async def health(self) -> dict[str, Any]:
-        return await self.request("GET", "/health")
+        return await self.request("GET", Endpoint.HEALTH)
 
     async def init(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", "/init", json=payload, timeout=60.0)
+        return await self.request("POST", Endpoint.INIT, json=payload, timeout=60.0)
 
     async def exec(self, payload: dict[str, Any]) -> dict[str, Any]:
         if payload.get("background"):
@@ -92,41 +93,41 @@ class AgentClient:
             timeout = payload["timeout_ms"] / 1000 + 30
         else:
             timeout = None  # waits as long as the command runs; a VM crash still ends the wait
-        return await self.request("POST", "/exec", json=payload, timeout=timeout)
+        return await self.request("POST", Endpoint.EXEC, json=payload, timeout=timeout)
 
     async def processes(self) -> list[dict[str, Any]]:
-        return (await self.request("GET", "/processes"))["processes"]
+        return (await self.request("GET", Endpoint.PROCESSES))["processes"]
 
     async def process(self, process_id: str) -> dict[str, Any]:
-        return await self.request("GET", f"/processes/{process_id}")
+        return await self.request("GET", Endpoint.process(Endpoint.PROCESS, process_id))
 
     async def output(self, process_id: str, *, offset: int = 0, limit: int | None = None, wait_ms: int = 0) -> dict[str, Any]:
         params: dict[str, Any] = {"offset": offset, "wait_ms": wait_ms}
         if limit is not None:
             params["limit"] = limit
-        result = await self.request("GET", f"/processes/{process_id}/output", params=params, timeout=wait_ms / 1000 + 30)
+        result = await self.request("GET", Endpoint.process(Endpoint.PROCESS_OUTPUT, process_id), params=params, timeout=wait_ms / 1000 + 30)
         result["data"] = base64.b64decode(result["data"])
         return result
 
     async def write_stdin(self, process_id: str, data: bytes, *, close: bool = False) -> dict[str, Any]:
         body = {"data": base64.b64encode(data).decode(), "encoding": "base64", "close": close}
-        return await self.request("POST", f"/processes/{process_id}/stdin", json=body)
+        return await self.request("POST", Endpoint.process(Endpoint.PROCESS_STDIN, process_id), json=body)
 
     async def signal(self, process_id: str, signal: str | int) -> dict[str, Any]:
-        return await self.request("POST", f"/processes/{process_id}/signal", json={"signal": signal})
+        return await self.request("POST", Endpoint.process(Endpoint.PROCESS_SIGNAL, process_id), json={"signal": signal})
 
     async def selftest(self) -> dict[str, Any]:
-        return await self.request("GET", "/selftest", timeout=120.0)
+        return await self.request("GET", Endpoint.SELFTEST, timeout=120.0)
 
     async def shutdown(self) -> None:
-        await self.request("POST", "/shutdown", timeout=5.0)
+        await self.request("POST", Endpoint.SHUTDOWN, timeout=5.0)
 
     # --- files ---
     async def write_file(self, path: str, content: bytes | AsyncIterator[bytes], *, mode: str | None = None) -> dict[str, Any]:
         params = {"path": path}
         if mode:
             params["mode"] = mode
-        return await self.request("PUT", "/files", params=params, content=content, timeout=300.0)
+        return await self.request("PUT", Endpoint.FILES, params=params, content=content, timeout=300.0)
 
     async def read_file(self, path: str) -> bytes:
         chunks = [chunk async for chunk in self.stream_file(path)]
@@ -134,7 +135,7 @@ class AgentClient:
 
     async def stream_file(self, path: str) -> AsyncIterator[bytes]:
         try:
-            async with self._http.stream("GET", "/files", params={"path": path}, timeout=300.0) as response:
+            async with self._http.stream("GET", Endpoint.FILES, params={"path": path}, timeout=300.0) as response:
                 if response.status_code >= 400:
                     raise error_from_agent(response.status_code, await response.aread())
                 async for chunk in response.aiter_bytes():
@@ -143,19 +144,25 @@ class AgentClient:
             raise errors.AgentUnavailable(f"agent unreachable: {exc!r}") from exc
 
     async def stat(self, path: str) -> dict[str, Any]:
-        return await self.request("GET", "/files/stat", params={"path": path})
+        return await self.request("GET", Endpoint.FILES_STAT, params={"path": path})
 
     async def list_dir(self, path: str) -> dict[str, Any]:
-        return await self.request("GET", "/files/list", params={"path": path})
+        return await self.request("GET", Endpoint.FILES_LIST, params={"path": path})
 
     async def mkdir(self, path: str) -> dict[str, Any]:
-        return await self.request("POST", "/files/mkdir", json={"path": path})
+        return await self.request("POST", Endpoint.FILES_MKDIR, json={"path": path})
 
     async def remove(self, path: str, *, recursive: bool = False) -> dict[str, Any]:
-        return await self.request("DELETE", "/files", params={"path": path, "recursive": str(recursive).lower()})
+        return await self.request("DELETE", Endpoint.FILES, params={"path": path, "recursive": str(recursive).lower()})
+
+    async def prepare(self, disks: dict[str, str]) -> dict[str, Any]:
+        return await self.request("POST", Endpoint.PREPARE, json={"disks": disks}, timeout=60.0)
 
     async def resize_ptys(self, rows: int, cols: int) -> dict[str, Any]:
-        return await self.request("POST", "/ptys/resize", json={"rows": rows, "cols": cols})
+        return await self.request("POST", Endpoint.PTYS_RESIZE, json={"rows": rows, "cols": cols})
+
+    async def ptys(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", Endpoint.PTYS))["ptys"]
 
     # --- WebSockets ---
     def websocket_url(self, path: str, params: dict[str, Any] | None = None) -> str:

@@ -7,18 +7,21 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from qemu.qmp import QMPClient
 
 from chaser import errors
+from chaser.agent.protocol import Endpoint
 from chaser.vm.agent_client import AgentClient
 from chaser.vm.cgroup import VMCgroup
 from chaser.vm.console import ConsoleLog
 from chaser.vm.network.manager import SandboxNetwork
 from chaser.runtime.egress import EgressPolicy
+from chaser.runtime.interface import AgentSocket
 from chaser.vm.process import kill_process_group
 
 log = logging.getLogger(__name__)
@@ -171,9 +174,77 @@ class VirtualMachine:
                 payload[key] = value
         return await self.guard(self.agent.exec(payload))
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Guarded call of an AgentClient coroutine method, e.g. `call("stat", "/x")`."""
-        return await self.guard(getattr(self.agent, method)(*args, **kwargs))
+    async def processes(self) -> list[dict[str, Any]]:
+        return await self.guard(self.agent.processes())
+
+    async def process(self, process_id: str) -> dict[str, Any]:
+        return await self.guard(self.agent.process(process_id))
+
+    async def output(self, process_id: str, *, offset: int = 0, limit: int | None = None,
+                     wait_ms: int = 0) -> dict[str, Any]:
+        return await self.guard(self.agent.output(process_id, offset=offset, limit=limit, wait_ms=wait_ms))
+
+    async def write_stdin(self, process_id: str, data: bytes, *, close: bool = False) -> dict[str, Any]:
+        return await self.guard(self.agent.write_stdin(process_id, data, close=close))
+
+    async def signal(self, process_id: str, signal: str | int) -> dict[str, Any]:
+        return await self.guard(self.agent.signal(process_id, signal))
+
+    async def selftest(self) -> dict[str, Any]:
+        return await self.guard(self.agent.selftest())
+
+    async def prepare(self, disks: dict[str, str]) -> dict[str, Any]:
+        return await self.guard(self.agent.prepare(disks))
+
+    async def init(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.guard(self.agent.init(payload))
+
+    # --- files ---
+    async def write_file(self, path: str, content: bytes | AsyncIterator[bytes], *,
+                         mode: str | None = None) -> dict[str, Any]:
+        return await self.guard(self.agent.write_file(path, content, mode=mode))
+
+    async def stream_file(self, path: str) -> AsyncIterator[bytes]:
+        """The file's bytes as they arrive (a crash mid-stream ends it with VMCrashed)."""
+        chunks = self.agent.stream_file(path)
+        while True:
+            try:
+                chunk = await self.guard(chunks.__anext__())
+            except StopAsyncIteration:
+                return
+            yield chunk
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        return await self.guard(self.agent.stat(path))
+
+    async def list_dir(self, path: str) -> dict[str, Any]:
+        return await self.guard(self.agent.list_dir(path))
+
+    async def mkdir(self, path: str) -> dict[str, Any]:
+        return await self.guard(self.agent.mkdir(path))
+
+    async def remove(self, path: str, *, recursive: bool = False) -> dict[str, Any]:
+        return await self.guard(self.agent.remove(path, recursive=recursive))
+
+    # --- interactive ---
+    def pty(self, params: dict[str, Any]) -> AbstractAsyncContextManager[AgentSocket]:
+        return self.agent.websocket(Endpoint.PTY, params)
+
+    async def ptys(self) -> list[dict[str, Any]]:
+        return await self.guard(self.agent.ptys())
+
+    async def resize_ptys(self, rows: int, cols: int) -> dict[str, Any]:
+        return await self.guard(self.agent.resize_ptys(rows, cols))
+
+    def relay(self, port: int) -> AbstractAsyncContextManager[AgentSocket]:
+        return self.agent.websocket(Endpoint.RELAY, {"port": port})
+
+    # --- disk consistency ---
+    async def freeze(self) -> None:
+        await self.guard(self.qmp.execute("stop"))
+
+    async def thaw(self) -> None:
+        await self.guard(self.qmp.execute("cont"))
 
     async def stop(self, *, graceful: bool = True, timeout: float = 15.0) -> None:
         """Agent shutdown (flushes disks), then QMP quit, then SIGKILL; then

@@ -6,27 +6,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Generic, Protocol, TypeVar
 
 from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
-
-if TYPE_CHECKING:
-    from chaser.vm.machine import VirtualMachine
-    from chaser.vm.runtime import Runtime
-    from chaser.runtime.spec import VMSpec
+from chaser.runtime.spec import VMSpec
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_FAILURE_S = 30.0
+DISKS = {"image": IMAGE_DISK_SERIAL, "writable": WRITABLE_DISK_SERIAL}
 
 
-class WarmPool:
-    def __init__(self, runtime: Runtime, size: int) -> None:
-        self.runtime = runtime
+class PoolableVM(Protocol):
+    """What the pool needs of a VM (chaser/vm/machine.py's VirtualMachine)."""
+
+    pooled: bool
+
+    @property
+    def alive(self) -> bool: ...
+    async def prepare(self, disks: dict[str, str]) -> dict[str, Any]: ...
+    async def stop(self, *, graceful: bool = True) -> None: ...
+
+
+VM = TypeVar("VM", bound=PoolableVM)
+
+
+class WarmPool(Generic[VM]):
+    """`boot` makes a running VM (the runtime's restore path); the pool owns the
+    VMs it holds until `take` hands one out."""
+
+    def __init__(self, boot: Callable[[VMSpec], Awaitable[VM]], *, size: int, writable_size_bytes: int,
+                 retry_after_s: float = RETRY_AFTER_FAILURE_S) -> None:
+        self._boot = boot
         self.size = size
+        self.writable_size_bytes = writable_size_bytes
+        self.retry_after_s = retry_after_s
         self.image: Path | None = None
-        self.ready: list[VirtualMachine] = []
-        self._filler: asyncio.Task | None = None
+        self.ready: list[VM] = []
+        self._filler: asyncio.Task[None] | None = None
         self._closed = False
 
     def start(self, image: Path) -> None:
@@ -42,7 +60,7 @@ class WarmPool:
             self.size > 0
             and spec.boot == "auto"
             and spec.writable_disk is None
-            and spec.writable_size_bytes in (None, self.runtime.settings.writable_size_bytes)
+            and spec.writable_size_bytes in (None, self.writable_size_bytes)
             and spec.user is None
             and spec.workdir is None
         )
@@ -50,7 +68,7 @@ class WarmPool:
     def eligible(self, spec: VMSpec) -> bool:
         return self.eligible_shape(spec) and self.image is not None and spec.image_disk == self.image
 
-    def take(self, spec: VMSpec) -> VirtualMachine | None:
+    def take(self, spec: VMSpec) -> VM | None:
         if not self.eligible(spec):
             return None
         vm = None
@@ -70,25 +88,24 @@ class WarmPool:
             self._filler = asyncio.ensure_future(self._fill())
 
     async def _fill(self) -> None:
-        from chaser.runtime.spec import VMSpec
-
         while len(self.ready) < self.size and not self._closed:
             image = self.image
+            if image is None:
+                return
             try:
-                vm = await self.runtime.boot(VMSpec(image_disk=image))
+                vm = await self._boot(VMSpec(image_disk=image))
             except Exception as exc:  # noqa: BLE001 - the pool is an optimisation: log and retry later
-                log.warning("warm pool: boot failed (%s); retrying in %.0fs", exc, RETRY_AFTER_FAILURE_S)
-                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                log.warning("warm pool: boot failed (%s); retrying in %.0fs", exc, self.retry_after_s)
+                await asyncio.sleep(self.retry_after_s)
                 continue
             try:
-                disks = {"image": IMAGE_DISK_SERIAL, "writable": WRITABLE_DISK_SERIAL}
-                await vm.guard(vm.agent.request("POST", "/prepare", json={"disks": disks}, timeout=60.0))
+                await vm.prepare(DISKS)
             except BaseException as exc:
                 await vm.stop(graceful=False)
                 if not isinstance(exc, Exception):
                     raise
                 log.warning("warm pool: prepare failed (%s)", exc)
-                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                await asyncio.sleep(self.retry_after_s)
                 continue
             if image != self.image or self._closed:
                 await vm.stop(graceful=False)

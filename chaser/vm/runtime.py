@@ -36,7 +36,8 @@ from chaser.vm.network.manager import NetworkManager
 from chaser.runtime.egress import EgressPolicy
 from chaser.vm.pool import WarmPool
 from chaser.vm.process import reap_orphans
-from chaser.runtime.spec import BootMethod, VMSpec  # noqa: F401 - VMSpec is part of this module's API
+from chaser.runtime.interface import NetworkMode
+from chaser.runtime.spec import VMSpec
 from chaser.vm.template import (
     qemu_version,
     Template,
@@ -51,13 +52,16 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
+    """The QEMU implementation of `chaser.runtime.Runtime` on this machine."""
+
     def __init__(self, settings: Settings, assets=None) -> None:
         self.settings = settings
         self._assets = assets
         self._accel: str | None = None
         self.vms: dict[str, VirtualMachine] = {}
         self._template_lock = asyncio.Lock()
-        self.pool = WarmPool(self, settings.warm_pool_size)
+        self.pool: WarmPool[VirtualMachine] = WarmPool(
+            self.boot, size=settings.warm_pool_size, writable_size_bytes=settings.writable_size_bytes)
         settings.vms_dir.mkdir(parents=True, exist_ok=True)
         reaped = reap_orphans(settings.vms_dir)
         if reaped:
@@ -114,6 +118,14 @@ class Runtime:
         )
         return self.templates_dir / key
 
+    @property
+    def network_mode(self) -> NetworkMode:
+        return self.network.mode
+
+    @property
+    def base_image_disk(self) -> Path:
+        return Path(self.assets.base_rootfs)
+
     # --- public API ---
     async def prepare_host(self) -> None:
         """Host set-up before the first VM: the host nftables table, and the
@@ -142,6 +154,8 @@ class Runtime:
 
     async def _start(self, spec: VMSpec) -> VirtualMachine:
         started = time.monotonic()
+        if self._accel is None:  # a KVM probe may boot a guest: never on the event loop
+            await asyncio.to_thread(lambda: self.accel)
         if self.pool.image is None and self.pool.eligible_shape(spec):
             self.pool.start(spec.image_disk)  # the first plain request names the default image
         vm = self.pool.take(spec)
@@ -150,7 +164,7 @@ class Runtime:
         try:
             init = self._init_payload(spec)
             policy = spec.network or EgressPolicy(internet=self.settings.network_internet_default)
-            await asyncio.gather(vm.guard(vm.agent.init(init)), vm.apply_network(policy))
+            await asyncio.gather(vm.init(init), vm.apply_network(policy))
             vm.agent.set_token(init["token"])  # the boot token is dead from here on
         except BaseException:
             await vm.stop(graceful=False)

@@ -63,7 +63,7 @@ def serve(host: str | None = None, port: int | None = None, data_dir: Path | Non
 
     import uvicorn
 
-    from chaser.api.app import create_app
+    from chaser.assembly import create_app
     from chaser.config import Settings
 
     overrides: dict = {}

@@ -1,0 +1,39 @@
+"""The composition root: the server assembled from its parts.
+
+    settings → store (SQLite or PostgreSQL) → services → REST API (chaser/api)
+             → runtime: QEMU on this machine (chaser/vm), made at start-up
+             → MCP endpoint at /v1/mcp (chaser/mcp; it calls the API back with the caller's key)
+
+Nothing else imports `chaser.vm` for the server, and only `chaser server` (and
+tests) import this module, so the layers below stay independent of each other.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from chaser.api.app import REAPER_INTERVAL_S, create_api
+from chaser.config import Settings, get_settings
+from chaser.mcp.asgi import MCPEndpoint
+from chaser.runtime import Runtime
+
+
+def qemu_runtime(settings: Settings) -> Runtime:
+    from chaser.vm.runtime import Runtime as QemuRuntime
+
+    return QemuRuntime(settings)  # kills QEMUs a dead server left behind
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *,
+               reaper_interval: float = REAPER_INTERVAL_S) -> FastAPI:
+    """The whole server: the API over `runtime` (default: QEMU on this machine) and MCP."""
+    settings = settings or get_settings()
+    if runtime is not None:
+        app = create_api(settings, runtime=runtime, reaper_interval=reaper_interval)
+    else:
+        app = create_api(settings, runtime_factory=lambda: qemu_runtime(settings), reaper_interval=reaper_interval)
+    services = app.state.services
+    # MCP (JSON-RPC 2.0, stateless streamable HTTP); its tools call the API back with the caller's key.
+    app.router.add_route("/v1/mcp", MCPEndpoint(authenticate=services.keys.authenticate),
+                         methods=["POST"], include_in_schema=False)
+    return app
