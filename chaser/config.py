@@ -1,4 +1,8 @@
-"""The one settings object. Every knob is an env var `CHASER_<NAME>`."""
+"""The one settings object. Every knob is an env var `CHASER_<NAME>`.
+
+Each field's `description=` is its documentation: `python -m chaser.settings_doc
+--write docs/operations.md` renders the table there (tests/unit/test_settings_doc.py
+fails when the table and these fields differ)."""
 
 from __future__ import annotations
 
@@ -19,90 +23,196 @@ def _default_home() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHASER_", extra="ignore")
 
-    home: Path = _default_home()
+    home: Path = Field(
+        _default_home(),
+        description="Data directory: guest assets, templates, images, workspaces, per-VM directories, "
+        'the default SQLite database (docs/operations.md, "Data directory").',
+    )
 
     # --- VM runtime ---
-    accel: Literal["auto", "kvm", "tcg"] = "auto"
-    memory_mib: int = 512
-    vcpus: int = 1
-    tcg_tb_size_mib: int = 64
-    # Every disk slot keeps one apparent size so a restored clone sees the size
-    # the template saw at boot (docs/architecture.md, "Facts").
-    image_slot_bytes: int = 16 * GIB
-    writable_slot_bytes: int = 64 * GIB
-    writable_size_bytes: int = 4 * GIB
-    cold_boot_timeout_s: float = 180.0
-    restore_timeout_s: float = 60.0
-    exec_max_output_bytes: int = 1024 * 1024
-    use_template: bool = True
-    # Restored, mounted and warmed VMs kept ready for ephemeral sessions of the
-    # default image; 0 turns the pool off.
-    warm_pool_size: int = 1
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto",
+        description="`auto`: KVM when `/dev/kvm` is usable and a probe guest boots under it "
+        "(verdict cached in `guest/accel.json`), else TCG.",
+    )
+    memory_mib: int = Field(512, description="Guest RAM of every VM (a new template is built when it changes).")
+    vcpus: int = Field(
+        1,
+        description="vCPUs of every VM and, with the jail, its cgroup CPU quota (a new template is built "
+        "when it changes).",
+    )
+    tcg_tb_size_mib: int = Field(
+        64, description="QEMU's TCG translation cache per VM (`-accel tcg,tb-size=`); unused under KVM."
+    )
+    image_slot_bytes: int = Field(
+        16 * GIB,
+        description="Apparent size of every image disk (sparse): one size for all, so a restored clone "
+        'sees the size the template saw at boot (docs/architecture.md, "Facts").',
+    )
+    writable_slot_bytes: int = Field(
+        64 * GIB,
+        description="Apparent size of every writable disk (sparse); the largest writable disk size accepted.",
+    )
+    writable_size_bytes: int = Field(
+        4 * GIB,
+        description="Default writable disk quota (its ext4 size) of a session or workspace; admission "
+        "charges it to every new VM.",
+    )
+    cold_boot_timeout_s: float = Field(
+        180.0, description="How long a cold boot (also the template build's) may take until the agent answers."
+    )
+    restore_timeout_s: float = Field(
+        60.0,
+        description="How long a template restore may take to load the snapshot, and then until the agent "
+        "answers; a failed restore discards the template (the VM then boots cold).",
+    )
+    exec_max_output_bytes: int = Field(
+        1024 * 1024,
+        description="Output a foreground exec returns: the last this many bytes of stdout and stderr "
+        "(more sets `output_truncated`).",
+    )
+    use_template: bool = Field(True, description="Restore VMs from the template snapshot; `false`: always cold boot.")
+    warm_pool_size: int = Field(
+        1,
+        description="Restored, mounted and warmed VMs of the default image kept ready for ephemeral "
+        "sessions; 0 turns the pool off.",
+    )
 
     # --- isolation (docs/networking.md, docs/security.md) ---
-    # isolated: a network namespace, tap and nftables policy per VM (needs CAP_NET_ADMIN);
-    # none: no network but the agent channel (slirp restrict=on);
-    # slirp: plain slirp, the guest reaches the host's loopback: UNSAFE, development only.
-    network: Literal["auto", "isolated", "none", "slirp"] = "auto"
-    # Each namespace's veth pair takes a /30 of this pool.
-    network_pool: str = "10.200.0.0/16"
-    # Namespaces kept ready so network set-up is off the restore path.
-    network_ready_pool_size: int = 2
-    network_internet_default: bool = True
-    # CIDRs in the private/shared/link-local ranges that sandboxes may reach anyway.
-    network_allow_private: list[str] = []
-    # Upstream resolvers for the sandboxes' dnsmasq; default: the host's /etc/resolv.conf.
-    network_dns_servers: list[str] = []
-    # Extra name → address answers of the sandboxes' resolver ({"db.internal": "10.1.2.3"}).
-    network_hosts: dict[str, str] = {}
-    # The jail: QEMU runs as this user with a seccomp filter and in its own cgroup.
-    jail: bool = True
-    # QEMU of VM slot N runs as uid/gid jail_uid_base + N (no passwd entry needed).
-    jail_uid_base: int = 1_900_000_000
-    # Host memory a VM may use beyond its guest RAM (QEMU itself, the TCG code cache).
-    vm_memory_overhead_mib: int = 256
-    vm_pids_max: int = 256
-    # The serial console log keeps at most this much (the newest output).
-    serial_log_max_bytes: int = 256 * 1024
+    network: Literal["auto", "isolated", "none", "slirp"] = Field(
+        "auto",
+        description="`isolated`: a network namespace, tap and nftables policy per VM (needs CAP_NET_ADMIN); "
+        "`none`: no network but the agent channel (slirp `restrict=on`); `slirp`: plain slirp, the guest "
+        "reaches the host's loopback (UNSAFE, development only); `auto`: `isolated` when the host allows "
+        "it, else `none` (docs/networking.md).",
+    )
+    network_pool: str = Field(
+        "10.200.0.0/16", description="Address pool of the VM namespaces: each veth pair takes a /30 of it."
+    )
+    network_ready_pool_size: int = Field(
+        2, description="Network namespaces kept ready, so their set-up is off the VM start path."
+    )
+    network_internet_default: bool = Field(True, description="`internet` of a network policy that does not say.")
+    network_allow_private: list[str] = Field(
+        [],
+        description="CIDRs in the private, shared and link-local ranges that sandboxes may reach anyway.",
+    )
+    network_dns_servers: list[str] = Field(
+        [],
+        description="Upstream resolvers of the sandboxes' dnsmasq; empty: the host's "
+        "`/etc/resolv.conf` nameservers (IPv4, not loopback).",
+    )
+    network_hosts: dict[str, str] = Field(
+        {},
+        description='Extra name → address answers of the sandboxes\' resolver (`{"db.internal": "10.1.2.3"}`).',
+    )
+    jail: bool = Field(
+        True,
+        description="Confine QEMU: a seccomp filter and a cgroup per VM, and (when the server runs as root) "
+        "an unprivileged uid (docs/security.md).",
+    )
+    jail_uid_base: int = Field(
+        1_900_000_000, description="QEMU of VM slot N runs as uid/gid this + N (no passwd entry needed)."
+    )
+    vm_memory_overhead_mib: int = Field(
+        256,
+        description="Host memory a VM may use beyond its guest RAM (QEMU itself, the TCG code cache): "
+        "in its cgroup memory limit and in admission's charge per VM.",
+    )
+    vm_pids_max: int = Field(256, description="Cgroup `pids.max` of every VM's QEMU.")
+    serial_log_max_bytes: int = Field(
+        256 * 1024, description="Serial console output kept in memory per VM (the newest); boot errors quote its tail."
+    )
 
     # --- admission control (chaser/vm/admission.py); None: derived from the host ---
-    max_sessions: int | None = None
-    host_memory_reserve_mib: int | None = None
-    host_disk_reserve_mib: int | None = None
-    max_sessions_per_account: int = 50
+    max_sessions: int | None = Field(
+        None,
+        description="VMs at once on this host, counting those being started (503 `capacity_exhausted`); "
+        "unset: how many of guest RAM + overhead fit in MemTotal minus the memory reserve, at least 1.",
+    )
+    host_memory_reserve_mib: int | None = Field(
+        None, description="Memory never handed to VMs; unset: max(1024 MiB, 10 % of MemTotal)."
+    )
+    host_disk_reserve_mib: int | None = Field(
+        None,
+        description="Space kept free on the file system of `CHASER_HOME`; unset: max(2048 MiB, 5 % of its size).",
+    )
+    max_sessions_per_account: int = Field(
+        50, description="Sessions an account may have starting or running (429 `quota_exceeded`)."
+    )
 
     # --- server ---
-    host: str = "127.0.0.1"
-    port: int = 8080
-    database_url: str | None = None
-    session_idle_timeout_s: int = 1800
-    session_max_lifetime_s: int = 6 * 3600
-    max_transfer_bytes: int = 16 * 1024 * 1024
-    public_url: str | None = None
-    base_domain: str | None = None
-    # Local CLI config written by `chaser server` on first start (api_url + api_key).
+    host: str = Field("127.0.0.1", description="Listen address of `chaser server`.")
+    port: int = Field(8080, description="Listen port of `chaser server`.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the control-plane database; unset: `sqlite:///$CHASER_HOME/chaser.db`."
+    )
+    session_idle_timeout_s: int = Field(
+        1800,
+        description="The reaper terminates a session that had no request in progress for this long "
+        "(`idle_timeout`); an open PTY, tunnel or forwarded connection is a request in progress.",
+    )
+    session_max_lifetime_s: int = Field(
+        6 * 3600,
+        description="Lifetime of a session without `ttl_seconds`, and the largest `ttl_seconds` accepted "
+        "(the reaper ends it: `max_lifetime`).",
+    )
+    max_transfer_bytes: int = Field(
+        16 * 1024 * 1024, description="Largest file upload or download through the API, per operation."
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base URL the server announces (session and forward URLs, the CLI config's `api_url`); "
+        "unset: the request's own base URL (`http://HOST:PORT` in the CLI config).",
+    )
+    base_domain: str | None = Field(
+        None,
+        description="Enables host-style forwarding: `{id}.{domain}/forward/{port}/` is served as "
+        "`/s/{id}/forward/{port}/` (docs/pty-and-forwarding.md).",
+    )
     config_file: Path = Field(
         default=Path.home() / ".config" / "chaser" / "config.json",
         validation_alias=AliasChoices("CHASER_CONFIG", "CHASER_CONFIG_FILE", "config_file"),
+        description="Local CLI config (API URL, key, current session); `chaser server` writes its `api_url` "
+        "there, and a new admin key (mode 0600) when the database has none or the saved one no longer works.",
     )
-    # Workspace used by sessions and /v1/exec that name neither a workspace nor ephemeral.
-    default_workspace: str | None = None
+    default_workspace: str | None = Field(
+        None,
+        description="Workspace (created on first use) of sessions and `/v1/exec` requests that name neither "
+        "a workspace nor `ephemeral`; unset: such requests are refused (`workspace_required`).",
+    )
 
     # --- images (chaser/images) ---
-    # Largest image accepted: sum of its compressed layer sizes, checked before pulling (413).
-    image_max_bytes: int = 8 * GIB
-    # `prune` removes unused images, least recently used first, until the cache fits.
-    image_cache_budget_bytes: int = 50 * GIB
-    image_pull_timeout_s: int = 1800
-    # Registries (host[:port]) reached over plain HTTP / without TLS verification; loopback ones
-    # (localhost, 127.0.0.0/8, ::1) are anyway, others follow registries.conf (docs/images.md).
-    registries_insecure: list[str] = []
-    # auth.json (containers-auth.json format); default: skopeo's lookup (REGISTRY_AUTH_FILE, …).
-    registry_auth_file: Path | None = None
-    # Per-registry credentials: {"host[:port]": "user:password"}; win over the auth file.
-    registry_credentials: dict[str, str] = {}
-    # Allow `oci:`, `oci-archive:`, `docker-archive:` references (host paths) through the API.
-    images_allow_local_sources: bool = False
+    image_max_bytes: int = Field(
+        8 * GIB,
+        description="Largest image accepted: the sum of its compressed layer sizes, checked before pulling (413).",
+    )
+    image_cache_budget_bytes: int = Field(
+        50 * GIB,
+        description="Prune budget: pruning removes unused images, least recently used first, until the cache fits.",
+    )
+    image_pull_timeout_s: int = Field(
+        1800, description="Time limit of each skopeo command of a pull (`--command-timeout`)."
+    )
+    registries_insecure: list[str] = Field(
+        [],
+        description="Registries (`host[:port]`) reached over plain HTTP / without TLS "
+        "verification; loopback ones (localhost, 127.0.0.0/8, ::1) are anyway, others follow "
+        "registries.conf (docs/images.md).",
+    )
+    registry_auth_file: Path | None = Field(
+        None,
+        description="containers `auth.json` for pulls; unset: skopeo's own lookup (`REGISTRY_AUTH_FILE`, "
+        "`$XDG_RUNTIME_DIR/containers/auth.json`, `~/.docker/config.json`).",
+    )
+    registry_credentials: dict[str, str] = Field(
+        {},
+        description='Per-registry credentials `{"host[:port]": "user:password"}`; they win over the auth file.',
+    )
+    images_allow_local_sources: bool = Field(
+        False,
+        description="Allow `oci:`, `oci-archive:`, `docker-archive:` references (host paths) through the API.",
+    )
 
     @property
     def guest_dir(self) -> Path:
