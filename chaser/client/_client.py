@@ -7,12 +7,14 @@ the official `chaser-sdk`), so `--json` output and SDK users see the same thing.
 from __future__ import annotations
 
 import base64
+import builtins
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import quote, urlsplit, urlunsplit, urlencode
+from typing import IO, Any, cast
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 
@@ -20,11 +22,12 @@ from chaser.client._config import resolve_settings
 from chaser.client._errors import ChaserAPIError, ChaserConnectionError, api_error_from_response
 from chaser.client._sse import decode_output, iter_sse
 
-__all__ = ["ChaserClient", "DEFAULT_TIMEOUT"]
+__all__ = ["DEFAULT_TIMEOUT", "ChaserClient"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 # Creating a session may pull an image and boot a VM (slow under TCG).
-SESSION_CREATE_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+SESSION_CREATE_TIMEOUT_S = 600.0
+SESSION_CREATE_TIMEOUT = httpx.Timeout(SESSION_CREATE_TIMEOUT_S, connect=10.0)
 # Added to a command's own timeout so the server answers before we give up.
 EXEC_TIMEOUT_MARGIN_S = 60.0
 STREAM_CHUNK_BYTES = 64 * 1024
@@ -50,9 +53,30 @@ def _network_body(network: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return body
 
 
+# Resource methods name one of their own `list`: `builtins.list` is the type inside their classes.
+JSONObject = dict[str, Any]
+JSONObjects = builtins.list[JSONObject]
+
+
+def _as_object(payload: Any) -> JSONObject:
+    return cast(JSONObject, payload)
+
+
+def _as_objects(payload: Any) -> JSONObjects:
+    return cast(JSONObjects, payload)
+
+
 class _Resource:
     def __init__(self, client: ChaserClient) -> None:
         self._client = client
+
+    def _object(self, method: str, path: str, **kwargs: Any) -> JSONObject:
+        """`request_json` where the server's answer is a JSON object (the SDK's wire format)."""
+        return _as_object(self._client.request_json(method, path, **kwargs))
+
+    def _objects(self, method: str, path: str, **kwargs: Any) -> JSONObjects:
+        """`request_json` where the server's answer is a JSON array of objects."""
+        return _as_objects(self._client.request_json(method, path, **kwargs))
 
 
 class SessionsResource(_Resource):
@@ -77,7 +101,7 @@ class SessionsResource(_Resource):
             network=_network_body(network),
             **extra,
         )
-        return self._client.request_json("POST", "/v1/sessions", json=body, timeout=SESSION_CREATE_TIMEOUT)
+        return self._object("POST", "/v1/sessions", json=body, timeout=SESSION_CREATE_TIMEOUT)
 
     def list_page(self, *, status: str | None = None) -> dict[str, Any]:
         """`{"sessions": [...], "total": n}` as the server sends it; `status`: active (the
@@ -85,23 +109,23 @@ class SessionsResource(_Resource):
         payload = self._client.request_json("GET", "/v1/sessions", params=_drop_none(status=status) or None)
         if isinstance(payload, list):
             return {"sessions": payload, "total": len(payload)}
-        return payload
+        return _as_object(payload)
 
     def list(self) -> list[dict[str, Any]]:
-        return self.list_page()["sessions"]
+        return _as_objects(self.list_page()["sessions"])
 
     def get(self, session_id: str) -> dict[str, Any]:
-        return self._client.request_json("GET", f"/v1/sessions/{_segment(session_id)}")
+        return self._object("GET", f"/v1/sessions/{_segment(session_id)}")
 
     def terminate(self, session_id: str, *, force: bool = False) -> dict[str, Any]:
         params = {"force": "true"} if force else None
-        return self._client.request_json("DELETE", f"/v1/sessions/{_segment(session_id)}", params=params)
+        return self._object("DELETE", f"/v1/sessions/{_segment(session_id)}", params=params)
 
     def bulk_terminate(
         self,
         *,
-        ids: list[str] | None = None,
-        workspaces: list[str] | None = None,
+        ids: builtins.list[str] | None = None,
+        workspaces: builtins.list[str] | None = None,
         all: bool = False,
         force: bool = False,
     ) -> dict[str, Any]:
@@ -110,14 +134,14 @@ class SessionsResource(_Resource):
             body["all"] = True
         if force:
             body["force"] = True
-        return self._client.request_json("POST", "/v1/sessions/bulk-terminate", json=body)
+        return self._object("POST", "/v1/sessions/bulk-terminate", json=body)
 
     def self_test(self, session_id: str) -> dict[str, Any]:
-        return self._client.request_json("POST", f"/v1/sessions/{_segment(session_id)}/self-test")
+        return self._object("POST", f"/v1/sessions/{_segment(session_id)}/self-test")
 
     def get_network(self, session_id: str) -> dict[str, Any]:
         """`{"internet", "allow_out", "deny_out", "enforced"}`: the session's egress policy."""
-        return self._client.request_json("GET", f"/v1/sessions/{_segment(session_id)}/network")
+        return self._object("GET", f"/v1/sessions/{_segment(session_id)}/network")
 
     def set_network(
         self,
@@ -129,10 +153,10 @@ class SessionsResource(_Resource):
     ) -> dict[str, Any]:
         """Replace a running session's egress policy; what is omitted takes the server default."""
         body = _network_body({"internet": internet, "allow_out": allow_out, "deny_out": deny_out})
-        return self._client.request_json("PUT", f"/v1/sessions/{_segment(session_id)}/network", json=body)
+        return self._object("PUT", f"/v1/sessions/{_segment(session_id)}/network", json=body)
 
     def resize(self, session_id: str, *, rows: int, cols: int) -> dict[str, Any]:
-        return self._client.request_json(
+        return self._object(
             "POST", f"/v1/sessions/{_segment(session_id)}/resize", json={"rows": rows, "cols": cols}
         )
 
@@ -176,8 +200,8 @@ class ExecResource(_Resource):
         )
         timeout = _exec_timeout(timeout_ms)
         if timeout.read is not None:
-            timeout = httpx.Timeout(timeout.read + SESSION_CREATE_TIMEOUT.read, connect=10.0)
-        return self._client.request_json("POST", "/v1/exec", json=body, timeout=timeout)
+            timeout = httpx.Timeout(timeout.read + SESSION_CREATE_TIMEOUT_S, connect=10.0)
+        return self._object("POST", "/v1/exec", json=body, timeout=timeout)
 
     def in_session(
         self,
@@ -192,7 +216,7 @@ class ExecResource(_Resource):
         body = _drop_none(command=command, cwd=cwd, env=dict(env) if env else None, timeout_ms=timeout_ms)
         if background:
             body["background"] = True
-        return self._client.request_json(
+        return self._object(
             "POST", f"/v1/sessions/{_segment(session_id)}/exec", json=body, timeout=_exec_timeout(timeout_ms)
         )
 
@@ -205,16 +229,16 @@ class CommandsResource(_Resource):
         return path + tail
 
     def list(self, session_id: str) -> list[dict[str, Any]]:
-        return self.list_page(session_id)["commands"]
+        return _as_objects(self.list_page(session_id)["commands"])
 
     def list_page(self, session_id: str) -> dict[str, Any]:
         payload = self._client.request_json("GET", self._path(session_id))
         if isinstance(payload, list):
             return {"commands": payload}
-        return payload
+        return _as_object(payload)
 
     def get(self, session_id: str, command_id: str) -> dict[str, Any]:
-        return self._client.request_json("GET", self._path(session_id, command_id))
+        return self._object("GET", self._path(session_id, command_id))
 
     def send_stdin(
         self,
@@ -233,11 +257,11 @@ class CommandsResource(_Resource):
         body: dict[str, Any] = {"input": text, "encoding": encoding}
         if close:
             body["close"] = True
-        return self._client.request_json("POST", self._path(session_id, command_id, "/stdin"), json=body)
+        return self._object("POST", self._path(session_id, command_id, "/stdin"), json=body)
 
     def kill(self, session_id: str, command_id: str, *, signal: str | int | None = None) -> dict[str, Any]:
         body = _drop_none(signal=signal)
-        return self._client.request_json("POST", self._path(session_id, command_id, "/kill"), json=body)
+        return self._object("POST", self._path(session_id, command_id, "/kill"), json=body)
 
     def stream(
         self,
@@ -258,8 +282,9 @@ class CommandsResource(_Resource):
         attempts_left = reconnect
         while True:
             params = _drop_none(**{"from": offset, "interval_ms": interval_ms, "max_bytes": max_bytes})
+            path = self._path(session_id, command_id, "/stream")
             try:
-                for event in self._client.stream_events("GET", self._path(session_id, command_id, "/stream"), params=params):
+                for event in self._client.stream_events("GET", path, params=params):
                     attempts_left = reconnect  # progress resets the budget
                     if event["event"] == "output" and isinstance(event["data"], dict):
                         start = event["data"].get("offset")
@@ -300,11 +325,11 @@ class FilesResource(_Resource):
         url = f"/v1/sessions/{_segment(session_id)}/upload"
         if data is not None:
             content = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-            return self._client.request_json("POST", url, data={"path": path}, files={"file": (name, content)})
+            return self._object("POST", url, data={"path": path}, files={"file": (name, content)})
         if isinstance(file, (str, os.PathLike)):
             with open(file, "rb") as handle:
-                return self._client.request_json("POST", url, data={"path": path}, files={"file": (name, handle)})
-        return self._client.request_json("POST", url, data={"path": path}, files={"file": (name, file)})
+                return self._object("POST", url, data={"path": path}, files={"file": (name, handle)})
+        return self._object("POST", url, data={"path": path}, files={"file": (name, file)})
 
     def download(self, session_id: str, path: str) -> bytes:
         response = self._client.request(
@@ -313,7 +338,8 @@ class FilesResource(_Resource):
         return response.content
 
     def iter_download(self, session_id: str, path: str) -> Iterator[bytes]:
-        with self._client.stream("GET", f"/v1/sessions/{_segment(session_id)}/download", params={"path": path}) as response:
+        url = f"/v1/sessions/{_segment(session_id)}/download"
+        with self._client.stream("GET", url, params={"path": path}) as response:
             try:
                 yield from response.iter_bytes(STREAM_CHUNK_BYTES)
             except httpx.HTTPError as exc:
@@ -345,16 +371,16 @@ class FilesResource(_Resource):
 
 class KeysResource(_Resource):
     def list(self) -> list[dict[str, Any]]:
-        return self.list_page()["keys"]
+        return _as_objects(self.list_page()["keys"])
 
     def list_page(self) -> dict[str, Any]:
-        return self._client.request_json("GET", "/v1/keys")
+        return self._object("GET", "/v1/keys")
 
-    def create(self, *, name: str | None = None, scopes: list[str] | None = None) -> dict[str, Any]:
-        return self._client.request_json("POST", "/v1/keys", json=_drop_none(name=name, scopes=scopes))
+    def create(self, *, name: str | None = None, scopes: builtins.list[str] | None = None) -> dict[str, Any]:
+        return self._object("POST", "/v1/keys", json=_drop_none(name=name, scopes=scopes))
 
     def revoke(self, key_id: str) -> dict[str, Any]:
-        return self._client.request_json("DELETE", f"/v1/keys/{_segment(key_id)}")
+        return self._object("DELETE", f"/v1/keys/{_segment(key_id)}")
 
 
 class WorkspaceSnapshotsResource(_Resource):
@@ -364,19 +390,19 @@ class WorkspaceSnapshotsResource(_Resource):
             path += f"/{_segment(snapshot)}"
         return path + tail
 
-    def list(self, workspace: str) -> list[dict[str, Any]]:
-        return self._client.request_json("GET", self._path(workspace))
+    def list(self, workspace: str) -> JSONObjects:
+        return self._objects("GET", self._path(workspace))
 
     def create(self, workspace: str, *, name: str | None = None) -> dict[str, Any]:
-        return self._client.request_json("POST", self._path(workspace), json=_drop_none(name=name),
+        return self._object("POST", self._path(workspace), json=_drop_none(name=name),
                                          timeout=SESSION_CREATE_TIMEOUT)
 
     def restore(self, workspace: str, snapshot: str, *, force: bool = False) -> dict[str, Any]:
-        return self._client.request_json("POST", self._path(workspace, snapshot, "/restore"),
+        return self._object("POST", self._path(workspace, snapshot, "/restore"),
                                          json={"force": True} if force else {}, timeout=SESSION_CREATE_TIMEOUT)
 
     def delete(self, workspace: str, snapshot: str) -> dict[str, Any]:
-        return self._client.request_json("DELETE", self._path(workspace, snapshot))
+        return self._object("DELETE", self._path(workspace, snapshot))
 
 
 class WorkspacesResource(_Resource):
@@ -397,34 +423,34 @@ class WorkspacesResource(_Resource):
         """`network`: the egress policy its sessions inherit (see `SessionsResource.create`)."""
         body = _drop_none(name=name, session_type=session_type, image=image, clone_from=clone_from,
                           template=template, network=_network_body(network))
-        return self._client.request_json("POST", "/v1/workspaces", json=body, timeout=SESSION_CREATE_TIMEOUT)
+        return self._object("POST", "/v1/workspaces", json=body, timeout=SESSION_CREATE_TIMEOUT)
 
     def list(self) -> list[dict[str, Any]]:
         payload = self._client.request_json("GET", "/v1/workspaces")
         if isinstance(payload, dict) and "workspaces" in payload:
-            return payload["workspaces"]
-        return payload
+            return _as_objects(payload["workspaces"])
+        return _as_objects(payload)
 
     def get(self, workspace: str) -> dict[str, Any]:
-        return self._client.request_json("GET", f"/v1/workspaces/{_segment(workspace)}")
+        return self._object("GET", f"/v1/workspaces/{_segment(workspace)}")
 
     def delete(self, workspace: str, *, force: bool = False) -> dict[str, Any]:
         params = {"force": "true"} if force else None
-        return self._client.request_json("DELETE", f"/v1/workspaces/{_segment(workspace)}", params=params)
+        return self._object("DELETE", f"/v1/workspaces/{_segment(workspace)}", params=params)
 
     def rename(self, workspace: str, name: str | None) -> dict[str, Any]:
-        return self._client.request_json("PUT", f"/v1/workspaces/{_segment(workspace)}/name", json={"name": name})
+        return self._object("PUT", f"/v1/workspaces/{_segment(workspace)}/name", json={"name": name})
 
     def set_template(self, workspace: str, template: bool) -> dict[str, Any]:
-        return self._client.request_json("PUT", f"/v1/workspaces/{_segment(workspace)}/template",
+        return self._object("PUT", f"/v1/workspaces/{_segment(workspace)}/template",
                                          json={"template": template})
 
-    def bulk_delete(self, *, ids: list[str] | None = None, all: bool = False,  # noqa: A002 - the wire name
+    def bulk_delete(self, *, ids: builtins.list[str] | None = None, all: bool = False,  # the wire name
                     force: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"all": all, "force": force}
         if ids:
             body["ids"] = list(ids)
-        return self._client.request_json("POST", "/v1/workspaces/bulk-delete", json=body,
+        return self._object("POST", "/v1/workspaces/bulk-delete", json=body,
                                          timeout=SESSION_CREATE_TIMEOUT)
 
 
@@ -449,7 +475,8 @@ class ChaserClient:
         self.api_key = settings.api_key
         self._http = httpx.Client(
             base_url=self.base_url,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json", **self.auth_headers(), **dict(headers or {})},
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json", **self.auth_headers(),
+                     **dict(headers or {})},
             timeout=timeout,
             transport=transport,
         )
@@ -527,12 +554,12 @@ class ChaserClient:
 class _StreamContext:
     def __init__(self, client: ChaserClient, method: str, path: str, kwargs: dict[str, Any]) -> None:
         self._client, self._method, self._path, self._kwargs = client, method, path, kwargs
-        self._cm: Any = None
+        self._cm: AbstractContextManager[httpx.Response] | None = None
 
     def __enter__(self) -> httpx.Response:
-        self._cm = self._client._http.stream(self._method, self._path, **self._kwargs)
+        self._cm = cm = self._client._http.stream(self._method, self._path, **self._kwargs)
         try:
-            response = self._cm.__enter__()
+            response = cm.__enter__()
         except httpx.HTTPError as exc:
             raise ChaserConnectionError(
                 f"cannot reach {self._client.base_url}: {exc or type(exc).__name__}"
@@ -542,9 +569,10 @@ class _StreamContext:
                 body = response.read()
             except httpx.HTTPError:
                 body = b""
-            self._cm.__exit__(None, None, None)
+            cm.__exit__(None, None, None)
             raise api_error_from_response(response.status_code, response.headers, body)
         return response
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._cm.__exit__(*exc_info)
+        if self._cm is not None:
+            self._cm.__exit__(*exc_info)

@@ -164,7 +164,7 @@ def merged_toml(existing: str | None, name: str, entry: dict[str, Any]) -> str:
 
 def write_atomically(path: Path, text: str, *, private: bool) -> None:
     """Replace `path` (its mode kept; new files 0644, or 0600 when they hold a key)."""
-    from chaser.client._config import write_file_atomically  # lazily: `chaser --help` stays light
+    from chaser.client import write_file_atomically  # lazily: `chaser --help` stays light
 
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
     if private:

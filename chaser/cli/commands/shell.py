@@ -100,7 +100,7 @@ def write_all(fd: int, data: bytes) -> None:
 async def run_shell(client, session_id: str, *, command: str | None, mode: str) -> int:
     from websockets.exceptions import ConnectionClosed
 
-    from chaser.client._websocket import connect_pty, exec_message, resize_message, signal_message
+    from chaser.client import connect_pty, pty_exec_message, pty_resize_message, pty_signal_message
 
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     raw = command is None and os.isatty(stdin_fd)
@@ -112,7 +112,7 @@ async def run_shell(client, session_id: str, *, command: str | None, mode: str) 
 
     async with connect_pty(client, session_id, mode=ws_mode, rows=rows, cols=cols) as ws:
         if command is not None:
-            await ws.send(exec_message(command))
+            await ws.send(pty_exec_message(command))
 
         async def send_stdin() -> None:
             last = b"\n"
@@ -139,13 +139,20 @@ async def run_shell(client, session_id: str, *, command: str | None, mode: str) 
             except ConnectionClosed:
                 pass
 
+        controls: set[asyncio.Task[None]] = set()  # sends from signal handlers, held until done
+
+        def send_control(text: str) -> None:
+            task = loop.create_task(ws.send(text))
+            controls.add(task)
+            task.add_done_callback(controls.discard)
+
         def on_winch() -> None:
             new = terminal_size()
             if new:
-                loop.create_task(ws.send(resize_message(*new)))
+                send_control(pty_resize_message(*new))
 
         def on_interrupt() -> None:
-            loop.create_task(ws.send(signal_message("INT")))
+            send_control(pty_signal_message("INT"))
 
         saved = None
         handlers = []
