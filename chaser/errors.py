@@ -4,8 +4,10 @@ the API maps them to `{"code", "message"}` bodies in one place.
     ChaserError
     ├── InvalidRequest (400) ── UnsupportedSessionType, WorkspaceRequired, InvalidImage
     ├── Unauthorized (401), Forbidden (403)
-    ├── NotFound (404) ── FileNotFound, ImageNotFound
-    ├── Conflict (409)
+    ├── NotFound (404) ── FileNotFound, ImageNotFound, SessionNotFound, WorkspaceNotFound,
+    │                     SnapshotNotFound, ProcessNotFound, CommandNotFound
+    ├── Conflict (409) ── SessionNotRunning, WorkspaceBusy, WorkspaceExists, SnapshotExists,
+    │                     CommandFinished
     ├── PayloadTooLarge (413)
     ├── QuotaExceeded (429)
     ├── FeatureNotImplemented (501)
@@ -82,11 +84,55 @@ class ImageNotFound(NotFound):
     code = "image_not_found"
 
 
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+
+class WorkspaceNotFound(NotFound):
+    code = "workspace_not_found"
+
+
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
+class ProcessNotFound(NotFound):
+    code = "process_not_found"
+
+
+class CommandNotFound(NotFound):
+    code = "command_not_found"
+
+
 class Conflict(ChaserError):
     """The resource is not in a state that allows this."""
 
     code = "conflict"
     status = 409
+
+
+class SessionNotRunning(Conflict):
+    """The session is not running (starting, stopping or ended)."""
+
+    code = "session_not_running"
+
+
+class WorkspaceBusy(Conflict):
+    """The workspace's running session holds its disk."""
+
+    code = "workspace_busy"
+
+
+class WorkspaceExists(Conflict):
+    code = "workspace_exists"
+
+
+class SnapshotExists(Conflict):
+    code = "snapshot_exists"
+
+
+class CommandFinished(Conflict):
+    code = "command_finished"
 
 
 class PayloadTooLarge(ChaserError):

@@ -11,34 +11,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from chaser.api.body import DrainBodyMiddleware
-from chaser.api.deps import Services
 from chaser.api.errors import RequestIdMiddleware, install_error_handlers
 from chaser import __version__
 from chaser.config import Settings
 from chaser.runtime import Runtime
-from chaser.service.commands import CommandService
-from chaser.service.files import FileService
-from chaser.service.keys import KeyManager
-from chaser.service.sessions import SessionManager
-from chaser.service.workspaces import WorkspaceManager
-from chaser.store import Database
+from chaser.service.container import build_services
 
 log = logging.getLogger("chaser.api")
 REAPER_INTERVAL_S = 5.0
 DRAIN_LIMIT_FACTOR = 4  # an oversized body is read (and discarded) up to 4x the transfer limit, then the connection closes
-
-
-def build_services(settings: Settings, runtime: Runtime | None = None) -> Services:
-    """Open the database (migrated to head) and wire the services; the runtime may come later."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.effective_database_url)
-    db.upgrade()
-    keys = KeyManager(db)
-    keys.ensure_account()
-    workspaces = WorkspaceManager(db, settings)
-    sessions = SessionManager(db, settings, runtime, workspaces)
-    return Services(settings=settings, db=db, keys=keys, workspaces=workspaces, sessions=sessions,
-                    commands=CommandService(sessions, settings), files=FileService(sessions, settings))
 
 
 def create_api(settings: Settings, *, runtime: Runtime | None = None,
@@ -56,9 +37,9 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
             assert runtime_factory is not None
             services.sessions.attach_runtime(runtime_factory())
         await services.sessions.runtime.prepare_host()  # e.g. removes a dead server's namespaces
-        services.sessions.recover_on_start()
+        services.reaper.recover_on_start()
         warm = asyncio.create_task(services.sessions.start_warm_pool(), name="warm-pool")
-        reaper = asyncio.create_task(services.sessions.reaper(reaper_interval), name="session-reaper")
+        reaper = asyncio.create_task(services.reaper.run(reaper_interval), name="session-reaper")
         try:
             yield
         finally:

@@ -50,7 +50,7 @@ def absolute_path(path: str) -> str:
 
 
 def not_found_command(command_id: str) -> errors.NotFound:
-    return errors.NotFound(f"no command {command_id!r} in this session", code="command_not_found")
+    return errors.CommandNotFound(f"no command {command_id!r} in this session")
 
 
 class CommandService:
@@ -116,13 +116,13 @@ class CommandService:
 
     async def _process(self, vm, command_id: str) -> dict:
         try:
-            return await vm.call("process", command_id)
+            return await vm.process(command_id)
         except errors.NotFound:
             raise not_found_command(command_id) from None
 
     async def list(self, live: LiveSession) -> list[CommandPublic]:
         async with self.sessions.using(live) as vm:
-            processes = await vm.call("processes")
+            processes = await vm.processes()
         return [self._public(live, info) for info in processes]
 
     async def get(self, live: LiveSession, command_id: str) -> CommandPublic:
@@ -130,7 +130,7 @@ class CommandService:
             info = await self._process(vm, command_id)
             total = int(info.get("output_bytes") or 0)
             start = max(0, total - COMMAND_OUTPUT_TAIL_BYTES)
-            chunk = await vm.call("output", command_id, offset=start, limit=COMMAND_OUTPUT_TAIL_BYTES)
+            chunk = await vm.output(command_id, offset=start, limit=COMMAND_OUTPUT_TAIL_BYTES)
         return self._public(live, info, output=chunk["data"])
 
     async def stdin(self, live: LiveSession, command_id: str, request: StdinCreate) -> StdinPublic:
@@ -144,8 +144,8 @@ class CommandService:
         async with self.sessions.using(live) as vm:
             info = await self._process(vm, command_id)
             if info.get("status") != "running":
-                raise errors.Conflict(f"command {command_id} has finished", code="command_finished")
-            result = await vm.call("write_stdin", command_id, data, close=request.close)
+                raise errors.CommandFinished(f"command {command_id} has finished")
+            result = await vm.write_stdin(command_id, data, close=request.close)
         return StdinPublic(command_id=command_id, session_id=live.id, written=int(result.get("written", len(data))),
                            closed=request.close)
 
@@ -154,9 +154,9 @@ class CommandService:
         async with self.sessions.using(live) as vm:
             info = await self._process(vm, command_id)
             if info.get("status") != "running":
-                raise errors.Conflict(f"command {command_id} has finished", code="command_finished")
+                raise errors.CommandFinished(f"command {command_id} has finished")
             try:
-                await vm.call("signal", command_id, name)
+                await vm.signal(command_id, name)
             except errors.NotFound:
                 raise not_found_command(command_id) from None
         return KillPublic(command_id=command_id, session_id=live.id, signal=name)
@@ -174,7 +174,7 @@ class CommandService:
             limit = STREAM_CHUNK_BYTES if max_bytes is None else min(STREAM_CHUNK_BYTES, max_bytes - sent)
             try:
                 async with self.sessions.using(live) as vm:
-                    chunk = await vm.call("output", command_id, offset=offset, limit=limit, wait_ms=wait_ms)
+                    chunk = await vm.output(command_id, offset=offset, limit=limit, wait_ms=wait_ms)
             except errors.ChaserError as exc:
                 yield sse("error", {"code": exc.code, "message": exc.message})
                 return
@@ -207,7 +207,7 @@ class CommandService:
     # --- self-test -----------------------------------------------------------
     async def self_test(self, live: LiveSession) -> SelfTestPublic:
         async with self.sessions.using(live) as vm:
-            facts = await vm.call("selftest")
+            facts = await vm.selftest()
         proxy = {}
         if live.proxy:
             proxy = {"all_proxy": live.proxy, "http_proxy": live.proxy, "https_proxy": live.proxy,

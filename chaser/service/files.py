@@ -166,7 +166,7 @@ class FileService:
                 raise errors.InvalidRequest("the multipart body ended inside the file")
 
         async with self.sessions.using(live) as vm:
-            result = await vm.call("write_file", path, file_stream())
+            result = await vm.write_file(path, file_stream())
         async for _ in body_iter:  # drain the closing boundary
             pass
         return UploadPublic(path=result.get("path", path), size=int(result.get("size", parts.file_size)))
@@ -175,7 +175,7 @@ class FileService:
         """Check the file first (errors are proper JSON), then stream it."""
         path = absolute_path(raw_path)
         async with self.sessions.using(live) as vm:
-            info = await vm.call("stat", path)
+            info = await vm.stat(path)
         kind = info.get("type")
         if kind == "dir":
             raise errors.InvalidRequest(f"{path} is a directory", code="is_a_directory")
@@ -202,7 +202,7 @@ class FileService:
     async def _stream(self, live: LiveSession, path: str, limit: int) -> AsyncIterator[bytes]:
         sent = 0
         async with self.sessions.using(live) as vm:
-            async for chunk in vm.agent.stream_file(path):
+            async for chunk in vm.stream_file(path):
                 sent += len(chunk)
                 if sent > limit:  # grew meanwhile, or a symlink to something big: abort the transfer
                     raise too_large(limit)

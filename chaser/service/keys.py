@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
 from chaser import errors
 from chaser.models.keys import FULL_ACCESS, SCOPES
+from chaser.service.records import KeyRecord
 from chaser.store import Account, ApiKey, Database
 from chaser.store.tables import PERSONAL_ACCOUNT_ID, utcnow
 
@@ -39,8 +41,16 @@ class Principal:
 
 @dataclass
 class CreatedKey:
-    row: ApiKey
-    key: str
+    row: KeyRecord
+    key: str  # shown once; only its hash is stored
+
+
+LAST_USED_RESOLUTION_S = 60.0
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; ours are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class KeyManager:
@@ -74,7 +84,7 @@ class KeyManager:
         )
         with self.db.session() as s:
             s.add(row)
-        return CreatedKey(row=row, key=key)
+        return CreatedKey(row=KeyRecord.of(row), key=key)
 
     def create_for(self, principal: Principal, *, name: str | None, scopes: list[str] | None) -> CreatedKey:
         """A key created by `principal`: it can never grant more than it holds.
@@ -102,7 +112,12 @@ class KeyManager:
             row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
             if row is None or row.revoked_at is not None:
                 raise errors.Unauthorized("invalid or revoked API key")
-            row.last_used_at = utcnow()
+            now = utcnow()
+            last = row.last_used_at
+            # At most one write a minute per key: a write per request would serialise every
+            # request on the database (SQLite: one writer) for a value read at minute precision.
+            if last is None or (now - _aware(last)).total_seconds() >= LAST_USED_RESOLUTION_S:
+                row.last_used_at = now
             return Principal(key_id=row.id, account_id=row.account_id,
                              scopes=frozenset(row.scopes or []), full_access=row.full_access)
 
@@ -113,11 +128,12 @@ class KeyManager:
         except errors.Unauthorized:
             return False
 
-    def list(self, account_id: str) -> list[ApiKey]:
+    def list(self, account_id: str) -> list[KeyRecord]:
         with self.db.session() as s:
-            return list(s.scalars(select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.created_at)))
+            rows = s.scalars(select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.created_at))
+            return [KeyRecord.of(row) for row in rows]
 
-    def revoke(self, principal: Principal, key_id: str) -> ApiKey:
+    def revoke(self, principal: Principal, key_id: str) -> KeyRecord:
         with self.db.session() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == principal.account_id))
             if row is None:
@@ -126,4 +142,4 @@ class KeyManager:
                 raise errors.Forbidden("only a full-access key can revoke a full-access key")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-            return row
+            return KeyRecord.of(row)

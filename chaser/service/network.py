@@ -9,10 +9,7 @@ from typing import Any
 from chaser import errors
 from chaser.config import Settings
 from chaser.models.network import NetworkPolicyCreate, NetworkPolicyPublic
-from chaser.runtime.egress import EgressPolicy
-
-# Runtime network modes in which the policy is recorded but nothing enforces it.
-UNENFORCED_MODES = ("none", "slirp")
+from chaser.runtime import UNENFORCED_MODES, EgressPolicy, Runtime
 
 
 def effective_policy(request: NetworkPolicyCreate | None, *, base: dict[str, Any] | None, default_internet: bool,
@@ -35,12 +32,10 @@ def stored_policy(data: dict[str, Any] | None, *, default_internet: bool) -> Egr
     return EgressPolicy.from_dict(data, default_internet=default_internet)
 
 
-def network_enforced(settings: Settings, runtime: Any = None) -> bool:
+def network_enforced(settings: Settings, runtime: Runtime | None = None) -> bool:
     """Whether this server applies egress policies: the mode the runtime resolved
-    `CHASER_NETWORK` to (`runtime.network.mode`), else the configured one."""
-    mode = getattr(getattr(runtime, "network", None), "mode", None)
-    if not isinstance(mode, str):
-        mode = settings.network
+    `CHASER_NETWORK` to, else (before it started) the configured one."""
+    mode = runtime.network_mode if runtime is not None else settings.network
     return mode not in UNENFORCED_MODES
 
 

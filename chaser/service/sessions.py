@@ -19,81 +19,27 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from datetime import timedelta
 
 from sqlalchemy import delete, select
 
 from chaser import errors
 from chaser.config import Settings
+from chaser.images import ResolvedImage
 from chaser.models.network import NetworkPolicyCreate
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
-from chaser.models.workspaces import BulkDeleteWorkspacesCreate, WorkspaceCreate
+from chaser.models.status import ACTIVE_STATUSES, ENDED_STATUSES, EndReason, SessionStatus
+from chaser.runtime import EgressPolicy, Runtime, SandboxVM, VMSpec
 from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
+from chaser.service.live import LiveSession, check_proxy, proxy_env, session_not_running
+from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.service.network import effective_policy, network_enforced, stored_policy
-from chaser.service.workspaces import ACTIVE_STATUSES, WorkspaceManager, copy_disk
+from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database, SessionRow, Workspace
-from chaser.store.tables import WorkspaceSnapshot, utcnow
-from chaser.runtime import EgressPolicy, Runtime, SandboxVM, VMSpec
+from chaser.store.tables import utcnow
 
 log = logging.getLogger(__name__)
-
-ENDED_STATUSES = ("terminated", "failed")
-PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4")
-
-
-def session_not_running(session_id: str, status: str) -> errors.Conflict:
-    return errors.Conflict(f"session {session_id} is {status}, not running", code="session_not_running")
-
-
-@dataclass
-class LiveSession:
-    """A session whose VM belongs to this process."""
-
-    id: str
-    account_id: str
-    workspace_id: str | None
-    workspace_name: str | None
-    ephemeral: bool
-    image: str | None
-    proxy: str | None
-    expires_at: datetime
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    vm: object | None = None
-    terminating: bool = False
-    last_activity: float = field(default_factory=time.time)
-    active_requests: int = 0
-    image_digest: str = ""
-    network: EgressPolicy | None = None  # the effective egress policy (what the VM was given / last set)
-    network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # serialises policy changes
-
-    def touch(self) -> None:
-        self.last_activity = time.time()
-
-
-def proxy_env(proxy: str | None) -> dict[str, str]:
-    if not proxy:
-        return {}
-    no_proxy = "localhost,127.0.0.1,::1"
-    return {
-        "http_proxy": proxy, "https_proxy": proxy, "all_proxy": proxy, "no_proxy": no_proxy,
-        "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "ALL_PROXY": proxy, "NO_PROXY": no_proxy,
-    }
-
-
-def check_proxy(proxy: str | None) -> str | None:
-    if proxy is None or proxy == "":
-        return None
-    try:
-        parts = urlsplit(proxy)
-        hostname = parts.hostname
-    except ValueError:  # e.g. "http://[": an unclosed IPv6 literal
-        hostname = None
-    if not hostname or parts.scheme not in PROXY_SCHEMES:
-        raise errors.InvalidRequest(f"proxy must be a URL like http://host:port (schemes: {', '.join(PROXY_SCHEMES)})")
-    return proxy
 
 
 class SessionManager:
@@ -107,6 +53,13 @@ class SessionManager:
         self.live: dict[str, LiveSession] = {}
         self._workspace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closing = False
+
+    def workspace_lock(self, workspace_id: str) -> asyncio.Lock:
+        """Held while a session starts on the workspace's disk or the disk is copied, replaced or deleted."""
+        return self._workspace_locks[workspace_id]
+
+    def forget_workspace_lock(self, workspace_id: str) -> None:
+        self._workspace_locks.pop(workspace_id, None)
 
     @property
     def has_runtime(self) -> bool:
@@ -123,26 +76,26 @@ class SessionManager:
         self._runtime = runtime
 
     # --- queries -------------------------------------------------------------
-    def get(self, principal: Principal, session_id: str) -> SessionRow:
+    def get(self, principal: Principal, session_id: str) -> SessionRecord:
         return self.get_in_account(principal.account_id, session_id)
 
-    def get_in_account(self, account_id: str, session_id: str) -> SessionRow:
+    def get_in_account(self, account_id: str, session_id: str) -> SessionRecord:
         with self.db.session() as s:
             row = s.scalar(select(SessionRow).where(SessionRow.id == session_id, SessionRow.account_id == account_id))
         if row is None:
-            raise errors.NotFound(f"no session {session_id!r}", code="session_not_found")
-        return row
+            raise errors.SessionNotFound(f"no session {session_id!r}")
+        return SessionRecord.of(row)
 
-    def list(self, principal: Principal, *, status: str = "active") -> list[SessionRow]:
+    def list(self, principal: Principal, *, status: str = "active") -> list[SessionRecord]:
         query = select(SessionRow).where(SessionRow.account_id == principal.account_id)
         if status == "active":
             query = query.where(SessionRow.status.in_(ACTIVE_STATUSES))
         elif status != "all":
             query = query.where(SessionRow.status == status)
         with self.db.session() as s:
-            return list(s.scalars(query.order_by(SessionRow.created_at)))
+            return [SessionRecord.of(row) for row in s.scalars(query.order_by(SessionRow.created_at))]
 
-    def workspace_name(self, row: SessionRow) -> str | None:
+    def workspace_name(self, row: SessionRecord) -> str | None:
         if row.workspace_id is None:
             return None
         live = self.live.get(row.id)
@@ -154,7 +107,7 @@ class SessionManager:
 
     # --- create --------------------------------------------------------------
     def resolve_workspace_ref(self, principal: Principal, *, ephemeral: bool, workspace: str | None,
-                              image: str | None) -> Workspace | None:
+                              image: str | None) -> WorkspaceRecord | None:
         """The workspace a request targets, per the rules shared by sessions and /v1/exec."""
         if image is not None and workspace is not None:
             raise errors.InvalidRequest("pass either workspace or image, not both: a workspace carries its own image")
@@ -177,7 +130,7 @@ class SessionManager:
             return found
         return self.workspaces.get(principal, workspace)
 
-    async def create(self, principal: Principal, request: SessionCreate) -> tuple[SessionRow, bool]:
+    async def create(self, principal: Principal, request: SessionCreate) -> tuple[SessionRecord, bool]:
         """The session and whether it was started now. A workspace runs at most one session:
         when it has one (running or starting), that session is the answer (`False`), as for
         /v1/exec and MCP; its `network` is applied to it, a different `env` or `proxy` is 409."""
@@ -196,7 +149,7 @@ class SessionManager:
                                           proxy=proxy, ttl_seconds=request.ttl_seconds, network=request.network)
         return self.get(principal, live.id), started
 
-    async def ensure_for_workspace(self, principal: Principal, workspace: Workspace, *,
+    async def ensure_for_workspace(self, principal: Principal, workspace: WorkspaceRecord, *,
                                    network: NetworkPolicyCreate | None = None) -> LiveSession:
         """The workspace's running session, started if there is none (for /v1/exec). A `network`
         for a running session is applied to it (fields it omits keep the session's current values)."""
@@ -212,7 +165,7 @@ class SessionManager:
 
     async def start_warm_pool(self) -> None:
         """Keep VMs of the default image ready, so ephemeral sessions start at once."""
-        if self.settings.warm_pool_size <= 0 or not hasattr(self.runtime, "warm_pool"):
+        if self.settings.warm_pool_size <= 0:
             return
         try:
             image = await self.images.resolve(None, runtime=self.runtime)
@@ -220,7 +173,7 @@ class SessionManager:
         except Exception as exc:  # noqa: BLE001 - sessions still start without the pool
             log.warning("warm pool not started: %s", exc)
 
-    async def _start(self, principal: Principal, *, workspace: Workspace | None, image: str | None,
+    async def _start(self, principal: Principal, *, workspace: WorkspaceRecord | None, image: str | None,
                      env: dict[str, str], proxy: str | None, ttl_seconds: int | None,
                      network: NetworkPolicyCreate | None = None) -> tuple[LiveSession, bool]:
         """Start a session, or (a workspace that has one) answer its running session: (live, started).
@@ -245,16 +198,16 @@ class SessionManager:
         )
         row = SessionRow(
             id=session_id, account_id=principal.account_id, workspace_id=live.workspace_id,
-            session_type="sandbox", status="starting", ephemeral=live.ephemeral, image=live.image,
+            session_type="sandbox", status=SessionStatus.STARTING, ephemeral=live.ephemeral, image=live.image,
             env=env, proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
             network=policy.to_dict(),
         )
         await live.lock.acquire()
         try:
             if workspace is not None:
-                async with self._workspace_locks[workspace.id]:
+                async with self.workspace_lock(workspace.id):
                     if self.workspaces.find_in_account(principal.account_id, workspace.id) is None:
-                        raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
+                        raise errors.WorkspaceNotFound(f"no workspace {workspace.id!r}")
                     existing = self._active_for_workspace(workspace)
                     if existing is not None:
                         self._check_reusable(existing, env=env, proxy=proxy)
@@ -284,10 +237,10 @@ class SessionManager:
         if proxy is not None and proxy != existing.proxy:
             different.append("proxy")
         if different:
-            raise errors.Conflict(
+            raise errors.WorkspaceBusy(
                 f"workspace {existing.workspace_name} already has a running session {existing.id} with a different "
                 f"{' and '.join(different)} (fixed when a session starts); terminate it first, or omit "
-                f"{' and '.join(different)} to use it", code="workspace_busy")
+                f"{' and '.join(different)} to use it")
 
     def _admit(self, account_id: str) -> None:
         """A start of a new VM: the account's quota (429), then the host's capacity (503)."""
@@ -297,9 +250,7 @@ class SessionManager:
             raise errors.QuotaExceeded(
                 f"account {account_id} has {count} live sessions, the limit is {limit} "
                 "(CHASER_MAX_SESSIONS_PER_ACCOUNT); terminate one first")
-        check_capacity = getattr(self.runtime, "check_capacity", None)
-        if check_capacity is not None:
-            check_capacity()
+        self.runtime.check_capacity()
 
     def _insert(self, row: SessionRow, live: LiveSession) -> None:
         """Admit, then record the session: no await in between, so concurrent creates cannot both pass."""
@@ -308,7 +259,7 @@ class SessionManager:
             s.add(row)
         self.live[live.id] = live
 
-    def _active_for_workspace(self, workspace: Workspace) -> LiveSession | None:
+    def _active_for_workspace(self, workspace: WorkspaceRecord) -> LiveSession | None:
         for live in self.live.values():
             if live.workspace_id == workspace.id and not live.terminating:
                 return live
@@ -322,8 +273,6 @@ class SessionManager:
         return live
 
     async def _boot(self, live: LiveSession, *, image, env: dict[str, str]) -> None:
-        from chaser.runtime.spec import VMSpec
-
         writable = None
         if live.workspace_id is not None:
             writable = self.workspaces.disk_path(live.workspace_id)
@@ -352,7 +301,7 @@ class SessionManager:
                 raise
             failure = exc if isinstance(exc, errors.ChaserError) else errors.SandboxRuntimeError(
                 f"the VM could not start: {type(exc).__name__}: {exc}")
-            self._finish_row(live.id, status="failed", reason=failure.code, message=failure.message)
+            self._finish_row(live.id, status=SessionStatus.FAILED, reason=failure.code, message=failure.message)
             log.warning("session %s failed to start: %s", live.id, failure.message)
             if isinstance(exc, (errors.ChaserError, asyncio.CancelledError)) or not isinstance(exc, Exception):
                 raise
@@ -361,10 +310,10 @@ class SessionManager:
         live.touch()
         with self.db.session() as s:
             row = s.get(SessionRow, live.id)
-            row.status = "running"
-            row.vm_id = getattr(vm, "id", None)
-        log.info("session %s running (vm %s, %s boot, %.2fs)", live.id, getattr(vm, "id", "?"),
-                 getattr(vm, "boot_method", "?"), time.monotonic() - started)
+            row.status = SessionStatus.RUNNING
+            row.vm_id = vm.id
+        log.info("session %s running (vm %s, %s boot, %.2fs)", live.id, vm.id, vm.boot_method,
+                 time.monotonic() - started)
 
     def _finish_row(self, session_id: str, *, status: str, reason: str, message: str | None = None) -> None:
         with self.db.session() as s:
@@ -380,34 +329,37 @@ class SessionManager:
         """Record a crash noticed on a read (the reaper would catch it a few seconds later)."""
         live = self.live.get(session_id)
         if live is not None and live.vm is not None and not live.terminating and live.vm.crashed:
-            await self._mark_crashed(live)
+            await self.end_crashed(live)
 
     # --- use -----------------------------------------------------------------
     async def live_session(self, principal: Principal, session_id: str) -> LiveSession:
         """The running session, or 404 / 409 session_not_running / 503 vm_crashed."""
         row = self.get(principal, session_id)
         live = self.live.get(session_id)
-        if live is not None and row.status == "starting":
+        if live is not None and row.status == SessionStatus.STARTING:
             await self._wait_running(live)
             row = self.get(principal, session_id)
-        if live is None or live.terminating or live.vm is None or row.status != "running":
-            raise session_not_running(session_id, row.status if row.status != "running" else "stopping")
+        if live is None or live.terminating or live.vm is None or row.status != SessionStatus.RUNNING:
+            raise session_not_running(session_id, row.status if row.status != SessionStatus.RUNNING else "stopping")
         if live.vm.crashed:
-            await self._mark_crashed(live)
+            await self.end_crashed(live)
             raise errors.VMCrashed(live.vm.exit_reason or "the VM stopped unexpectedly")
         live.touch()
         return live
 
     @asynccontextmanager
-    async def using(self, live: LiveSession) -> AsyncIterator[object]:
+    async def using(self, live: LiveSession) -> AsyncIterator[SandboxVM]:
         """Run a request against the VM; a VM stopped meanwhile becomes a clean error."""
+        vm = live.vm
+        if vm is None:
+            raise session_not_running(live.id, "starting")
         live.active_requests += 1
         try:
-            yield live.vm
+            yield vm
         except errors.VMCrashed:
             if live.terminating or self.live.get(live.id) is not live:
                 raise session_not_running(live.id, "terminated") from None
-            await self._mark_crashed(live)
+            await self.end_crashed(live)
             raise
         finally:
             live.active_requests -= 1
@@ -415,7 +367,7 @@ class SessionManager:
 
     # --- egress policy -------------------------------------------------------
     def network_enforced(self) -> bool:
-        return network_enforced(self.settings, self.runtime)
+        return network_enforced(self.settings, self._runtime)
 
     def get_network(self, principal: Principal, session_id: str) -> EgressPolicy:
         """The session's policy: the VM's while it runs (where this server enforces policies),
@@ -423,9 +375,8 @@ class SessionManager:
         row = self.get(principal, session_id)
         live = self.live.get(session_id)
         if live is not None and live.vm is not None and not live.terminating:
-            current = getattr(live.vm, "network_policy", None) if self.network_enforced() else None
-            if isinstance(current, EgressPolicy):
-                return current
+            if self.network_enforced():
+                return live.vm.network_policy
             if live.network is not None:
                 return live.network
         return stored_policy(row.network, default_internet=self.settings.network_internet_default)
@@ -457,24 +408,25 @@ class SessionManager:
         log.info("session %s: egress policy set to %s", live.id, policy.to_dict())
         return policy
 
-    async def _mark_crashed(self, live: LiveSession) -> None:
-        reason = getattr(live.vm, "exit_reason", None) or "the VM stopped unexpectedly"
+    async def end_crashed(self, live: LiveSession) -> None:
+        vm = live.vm
+        reason = (vm.exit_reason if vm is not None else None) or "the VM stopped unexpectedly"
         log.warning("session %s: VM crashed: %s", live.id, reason)
-        end_reason = getattr(live.vm, "end_reason", "vm_crashed")  # vm_oom: killed by its memory limit
-        await self._stop(live, force=True, status="failed", reason=end_reason, message=reason)
+        end_reason = vm.end_reason if vm is not None else EndReason.VM_CRASHED  # vm_oom: its memory limit
+        await self.end(live, force=True, status=SessionStatus.FAILED, reason=end_reason, message=reason)
 
     # --- stop ----------------------------------------------------------------
-    async def terminate(self, principal: Principal, session_id: str, *, force: bool = False) -> SessionRow:
+    async def terminate(self, principal: Principal, session_id: str, *, force: bool = False) -> SessionRecord:
         """Idempotent: terminating an ended session answers its current state."""
         row = self.get(principal, session_id)
         live = self.live.get(session_id)
         if live is not None:
-            await self._stop(live, force=force, status="terminated", reason="terminated")
+            await self.end(live, force=force, status=SessionStatus.TERMINATED, reason=EndReason.TERMINATED)
         elif row.status in ACTIVE_STATUSES:  # no VM in this process: the row is stale
-            self._finish_row(session_id, status="terminated", reason="terminated")
+            self._finish_row(session_id, status=SessionStatus.TERMINATED, reason=EndReason.TERMINATED)
         return self.get(principal, session_id)
 
-    async def _stop(self, live: LiveSession, *, force: bool, status: str, reason: str,
+    async def end(self, live: LiveSession, *, force: bool, status: str, reason: str,
                     message: str | None = None) -> None:
         live.terminating = True
         async with live.lock:
@@ -529,223 +481,17 @@ class SessionManager:
                 failed.append((session_id, exc.code, exc.message))
         return terminated, failed
 
-    async def _end_workspace_sessions(self, workspace: Workspace, *, force: bool, graceful: bool, reason: str) -> None:
-        """The workspace's running session holds its disk: 409 workspace_busy,
-        or with `force` it is stopped first (call under the workspace lock)."""
-        active = [live for live in self.live.values() if live.workspace_id == workspace.id]
-        if active and not force:
-            raise errors.Conflict(
-                f"workspace {workspace.name or workspace.id} has a running session {active[0].id}; "
-                "terminate it first or pass force=true", code="workspace_busy")
-        for live in active:
-            await self._stop(live, force=not graceful, status="terminated", reason=reason)
-
-    async def delete_workspace(self, principal: Principal, workspace: Workspace, *, force: bool) -> None:
-        """Delete a workspace and its disk; its running session blocks this (409) unless `force`."""
-        async with self._workspace_locks[workspace.id]:
-            await self._end_workspace_sessions(workspace, force=force, graceful=False, reason="workspace_deleted")
-            with self.db.session() as s:  # stale rows of an earlier process
-                for row in s.scalars(select(SessionRow).where(SessionRow.workspace_id == workspace.id,
-                                                              SessionRow.status.in_(ACTIVE_STATUSES))):
-                    row.status, row.end_reason, row.ended_at = "terminated", "workspace_deleted", utcnow()
-            self.workspaces.delete_row(workspace)
-        self._workspace_locks.pop(workspace.id, None)
-
-    async def bulk_delete_workspaces(self, principal: Principal, request: BulkDeleteWorkspacesCreate
-                                     ) -> list[tuple[str, str | None]]:
-        """(id or the ref given, error message or None) for each workspace targeted."""
-        targets: dict[str, None] = {ref: None for ref in request.ids or []}
-        if request.all:
-            for row in self.workspaces.list(principal):
-                targets[row.id] = None
-        results: list[tuple[str, str | None]] = []
-        resolved: dict[str, Workspace] = {}
-        for ref in targets:  # resolved first: the same workspace by name and by id counts once
-            try:
-                workspace = self.workspaces.get(principal, ref)
-            except errors.ChaserError as exc:
-                results.append((ref, exc.message))
-                continue
-            resolved.setdefault(workspace.id, workspace)
-        for workspace in resolved.values():
-            try:
-                await self.delete_workspace(principal, workspace, force=request.force)
-                results.append((workspace.id, None))
-            except errors.ChaserError as exc:
-                results.append((workspace.id, exc.message))
-        return results
-
-    # --- workspace disks: clones and snapshots -------------------------------
-    def _still_there(self, workspace: Workspace) -> None:
-        """Under the workspace lock: a delete that ran while we waited for it wins."""
-        if self.workspaces.find_in_account(workspace.account_id, workspace.id) is None:
-            raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
-
-    def rename_live(self, workspace: Workspace) -> None:
+    def rename_live(self, workspace: WorkspaceRecord) -> None:
         for live in self.live.values():
             if live.workspace_id == workspace.id:
                 live.workspace_name = workspace.name or workspace.id
 
-    async def create_workspace(self, principal: Principal, request: WorkspaceCreate) -> Workspace:
-        """A new workspace; with `clone_from`, its disk starts as a copy of that workspace's."""
-        if request.clone_from is None:
-            return self.workspaces.create(principal, request)
-        source = self.workspaces.get(principal, request.clone_from)
-        async with self._workspace_locks[source.id]:
-            self._still_there(source)
-            row = self.workspaces.create_row(account_id=principal.account_id, name=request.name,
-                                             session_type=request.session_type, image=request.image,
-                                             template=bool(request.template), source=source,
-                                             network=self.workspaces.network_of(request, source))
-            try:
-                source_disk = self.workspaces.disk_path(source.id)
-                if source_disk.exists():
-                    await self._consistent_copy(source, source_disk, self.workspaces.disk_path(row.id))
-            except BaseException:
-                self.workspaces.delete_row(row)
-                raise
-        return row
-
-    async def create_snapshot(self, principal: Principal, workspace: Workspace, *,
-                              name: str | None) -> WorkspaceSnapshot:
-        """Copy the workspace's disk; a running session is frozen (guest `sync`, QMP stop/cont) around it."""
-        async with self._workspace_locks[workspace.id]:
-            self._still_there(workspace)
-            self.workspaces.check_snapshot_name(workspace, name)
-            snapshot_id = self.workspaces.new_snapshot_id()
-            disk = self.workspaces.disk_path(workspace.id)
-            path = self.workspaces.snapshot_path(workspace.id, snapshot_id)
-            has_disk = disk.exists()
-            try:
-                if has_disk:
-                    await self._consistent_copy(workspace, disk, path)
-                return self.workspaces.add_snapshot_row(workspace, snapshot_id, name=name, has_disk=has_disk)
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
-
-    async def restore_snapshot(self, principal: Principal, workspace: Workspace, snapshot_ref: str, *,
-                               force: bool) -> WorkspaceSnapshot:
-        """Replace the workspace's disk by the snapshot's (atomically). A running session
-        holds the disk: 409 workspace_busy, or with `force` it is terminated first."""
-        async with self._workspace_locks[workspace.id]:
-            self._still_there(workspace)
-            snapshot = self.workspaces.get_snapshot(workspace, snapshot_ref)
-            await self._end_workspace_sessions(workspace, force=force, graceful=True, reason="snapshot_restored")
-            disk = self.workspaces.disk_path(workspace.id)
-            if snapshot.has_disk:
-                source = self.workspaces.snapshot_path(workspace.id, snapshot.id)
-                if not source.exists():
-                    raise errors.NotFound(f"the disk file of snapshot {snapshot.id} is missing",
-                                          code="snapshot_not_found")
-                await asyncio.to_thread(copy_disk, source, disk)
-            else:  # taken before the workspace had a disk: the next session starts empty
-                disk.unlink(missing_ok=True)
-            return self.workspaces.mark_restored(snapshot)
-
-    async def delete_snapshot(self, principal: Principal, workspace: Workspace, snapshot_ref: str
-                              ) -> WorkspaceSnapshot:
-        async with self._workspace_locks[workspace.id]:
-            snapshot = self.workspaces.get_snapshot(workspace, snapshot_ref)
-            self.workspaces.delete_snapshot_row(snapshot)
-            return snapshot
-
-    async def _consistent_copy(self, workspace: Workspace, src, dst) -> None:
-        """Copy a workspace disk (the caller holds the workspace lock, so no session starts).
-
-        With a session running, the copy is made with the VM frozen: `sync` in the
-        guest writes its dirty pages to the disk, QMP `stop` pauses the vCPUs and
-        drains QEMU's I/O, the copy runs, then `cont`. The copy is what a power cut
-        at that instant would leave — with everything synced, a clean ext4 (its
-        journal replays on mount). The session's lock is held meanwhile, so a
-        terminate waits for `cont`."""
-        live = next((item for item in self.live.values() if item.workspace_id == workspace.id), None)
-        if live is None:
-            await asyncio.to_thread(copy_disk, src, dst)
-            return
-        crashed: errors.VMCrashed | None = None
-        async with live.lock:  # a session still starting is waited for; a stop in progress finishes
-            if self.live.get(live.id) is not live or live.vm is None:
-                await asyncio.to_thread(copy_disk, src, dst)
-                return
-            vm = live.vm
-            live.active_requests += 1  # not `using()`: its crash handling takes live.lock
-            try:
-                await self._frozen_copy(live, vm, src, dst)
-            except errors.VMCrashed as exc:
-                crashed = exc
-            finally:
-                live.active_requests -= 1
-                live.touch()
-        if crashed is not None:
-            await self._mark_crashed(live)
-            raise crashed
-
-    async def _frozen_copy(self, live: LiveSession, vm, src, dst) -> None:
-        result = await vm.exec("sync", timeout_ms=120_000)
-        if result.get("exit_code") not in (0, None):
-            raise errors.SandboxRuntimeError(f"sync in the guest failed (exit code {result.get('exit_code')})")
-        qmp = getattr(vm, "qmp", None)
-        paused = False
-        try:
-            if qmp is not None:
-                await qmp.execute("stop")
-                paused = True
-            await asyncio.to_thread(copy_disk, src, dst)
-        finally:
-            if paused:
-                try:
-                    await qmp.execute("cont")
-                except Exception:  # noqa: BLE001 - a VM that cannot resume is reaped as crashed
-                    log.exception("session %s: resuming the VM after a disk copy failed", live.id)
-
-    # --- lifetime ------------------------------------------------------------
-    def recover_on_start(self) -> int:
-        """Sessions left running by an earlier process cannot be reattached: end them."""
-        count = 0
-        with self.db.session() as s:
-            for row in s.scalars(select(SessionRow).where(SessionRow.status.in_(ACTIVE_STATUSES))):
-                if row.id in self.live:
-                    continue
-                row.status, row.end_reason, row.ended_at = "terminated", "server_restart", utcnow()
-                count += 1
-        if count:
-            log.warning("marked %d sessions of an earlier server process terminated (server_restart)", count)
-        return count
-
-    async def reap_once(self) -> list[tuple[str, str]]:
-        """One pass of the reaper: crashed VMs, idle sessions, sessions past their lifetime."""
-        now = time.time()
-        ended: list[tuple[str, str]] = []
-        for live in list(self.live.values()):
-            if live.vm is None or live.terminating:
-                continue
-            if live.vm.crashed:
-                await self._mark_crashed(live)
-                ended.append((live.id, "vm_crashed"))
-            elif now >= live.expires_at.timestamp():
-                await self._stop(live, force=False, status="terminated", reason="max_lifetime")
-                ended.append((live.id, "max_lifetime"))
-            elif live.active_requests == 0 and now - live.last_activity >= self.settings.session_idle_timeout_s:
-                await self._stop(live, force=False, status="terminated", reason="idle_timeout")
-                ended.append((live.id, "idle_timeout"))
-        return ended
-
-    async def reaper(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reap_once()
-            except Exception:  # noqa: BLE001 - the reaper must keep running
-                log.exception("session reaper pass failed")
-
     async def shutdown(self) -> None:
         self._closing = True
         await asyncio.gather(
-            *(self._stop(live, force=False, status="terminated", reason="server_shutdown")
+            *(self.end(live, force=False, status=SessionStatus.TERMINATED, reason=EndReason.SERVER_SHUTDOWN)
               for live in list(self.live.values())),
             return_exceptions=True,
         )
-        stop_all = getattr(self.runtime, "stop_all", None)
-        if stop_all is not None:
-            await stop_all()
+        if self._runtime is not None:
+            await self._runtime.stop_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -15,16 +16,17 @@ from sqlalchemy.exc import IntegrityError
 
 from chaser import errors
 from chaser.config import Settings
+from chaser.models.status import ACTIVE_STATUSES
 from chaser.models.workspaces import WorkspaceCreate
 from chaser.service.images import check_image_ref
 from chaser.service.keys import Principal
 from chaser.service.network import effective_policy
+from chaser.service.records import SnapshotRecord, WorkspaceRecord
 from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import WorkspaceSnapshot, utcnow
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATUSES = ("starting", "running")
 _ID_PATTERN = re.compile(r"^ws_[0-9a-f]+$")
 _SNAPSHOT_ID_PATTERN = re.compile(r"^snap_[0-9a-f]+$")
 _COPY_CHUNK = 1 << 20
@@ -81,13 +83,13 @@ class WorkspaceManager:
     def snapshot_path(self, workspace_id: str, snapshot_id: str) -> Path:
         return self.settings.workspaces_dir / workspace_id / "snapshots" / f"{snapshot_id}.img"
 
-    def create(self, principal: Principal, request: WorkspaceCreate) -> Workspace:
+    def create(self, principal: Principal, request: WorkspaceCreate) -> WorkspaceRecord:
         """A new, empty workspace (`clone_from` is SessionManager.create_workspace's business)."""
         return self.create_row(account_id=principal.account_id, name=request.name,
                                session_type=request.session_type, image=request.image,
                                template=bool(request.template), network=self.network_of(request))
 
-    def network_of(self, request: WorkspaceCreate, source: Workspace | None = None) -> dict | None:
+    def network_of(self, request: WorkspaceCreate, source: WorkspaceRecord | None = None) -> dict | None:
         """The policy a new workspace stores: the request's (fields it omits from the clone
         source's policy, then the default), else the source's; None: the server default."""
         base = source.network if source is not None else None
@@ -97,8 +99,8 @@ class WorkspaceManager:
                                 default_internet=self.settings.network_internet_default).to_dict()
 
     def create_row(self, *, account_id: str, name: str | None, session_type: str | None = None,
-                   image: str | None = None, template: bool = False, source: Workspace | None = None,
-                   network: dict | None = None) -> Workspace:
+                   image: str | None = None, template: bool = False, source: WorkspaceRecord | None = None,
+                   network: dict | None = None) -> WorkspaceRecord:
         """The row only; `source` (a clone's origin) gives the image, its disk is copied by the caller."""
         if session_type not in (None, "sandbox"):
             raise errors.UnsupportedSessionType(f"session_type {session_type!r} is not supported; only 'sandbox'")
@@ -116,54 +118,55 @@ class WorkspaceManager:
             with self.db.session() as s:
                 s.add(row)
         except IntegrityError:
-            raise errors.Conflict(f"a workspace named {name!r} already exists", code="workspace_exists") from None
-        return row
+            raise errors.WorkspaceExists(f"a workspace named {name!r} already exists") from None
+        return WorkspaceRecord.of(row)
 
-    def get(self, principal: Principal, ref: str) -> Workspace:
+    def get(self, principal: Principal, ref: str) -> WorkspaceRecord:
         return self.get_in_account(principal.account_id, ref)
 
-    def get_in_account(self, account_id: str, ref: str) -> Workspace:
+    def get_in_account(self, account_id: str, ref: str) -> WorkspaceRecord:
         with self.db.session() as s:
             column = Workspace.id if _ID_PATTERN.match(ref) else Workspace.name
             row = s.scalar(select(Workspace).where(Workspace.account_id == account_id, column == ref))
         if row is None:
-            raise errors.NotFound(f"no workspace {ref!r}", code="workspace_not_found")
-        return row
+            raise errors.WorkspaceNotFound(f"no workspace {ref!r}")
+        return WorkspaceRecord.of(row)
 
     @staticmethod
     def _check_name(name: str | None) -> None:
         if name is not None and _ID_PATTERN.match(name):
             raise errors.InvalidRequest("a workspace name must not look like a workspace id (ws_…)")
 
-    def rename(self, workspace: Workspace, name: str | None) -> Workspace:
+    def rename(self, workspace: WorkspaceRecord, name: str | None) -> WorkspaceRecord:
         self._check_name(name)
         try:
             with self.db.session() as s:
                 row = s.get(Workspace, workspace.id)
                 if row is None:
-                    raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
+                    raise errors.WorkspaceNotFound(f"no workspace {workspace.id!r}")
                 row.name = name
         except IntegrityError:
-            raise errors.Conflict(f"a workspace named {name!r} already exists", code="workspace_exists") from None
-        return row
+            raise errors.WorkspaceExists(f"a workspace named {name!r} already exists") from None
+        return WorkspaceRecord.of(row)
 
-    def set_template(self, workspace: Workspace, template: bool) -> Workspace:
+    def set_template(self, workspace: WorkspaceRecord, template: bool) -> WorkspaceRecord:
         with self.db.session() as s:
             row = s.get(Workspace, workspace.id)
             if row is None:
-                raise errors.NotFound(f"no workspace {workspace.id!r}", code="workspace_not_found")
+                raise errors.WorkspaceNotFound(f"no workspace {workspace.id!r}")
             row.template = template
-        return row
+        return WorkspaceRecord.of(row)
 
     # --- snapshots -----------------------------------------------------------
-    def list_snapshots(self, workspace: Workspace) -> list[WorkspaceSnapshot]:
+    def list_snapshots(self, workspace: WorkspaceRecord) -> list[SnapshotRecord]:
         with self.db.session() as s:
-            return list(s.scalars(select(WorkspaceSnapshot)
-                                  .where(WorkspaceSnapshot.account_id == workspace.account_id,
-                                         WorkspaceSnapshot.workspace_id == workspace.id)
-                                  .order_by(WorkspaceSnapshot.created_at)))
+            rows = s.scalars(select(WorkspaceSnapshot)
+                             .where(WorkspaceSnapshot.account_id == workspace.account_id,
+                                    WorkspaceSnapshot.workspace_id == workspace.id)
+                             .order_by(WorkspaceSnapshot.created_at))
+            return [SnapshotRecord.of(row) for row in rows]
 
-    def get_snapshot(self, workspace: Workspace, ref: str) -> WorkspaceSnapshot:
+    def get_snapshot(self, workspace: WorkspaceRecord, ref: str) -> SnapshotRecord:
         """A snapshot of this workspace by id or name, or 404 snapshot_not_found."""
         column = WorkspaceSnapshot.id if _SNAPSHOT_ID_PATTERN.match(ref) else WorkspaceSnapshot.name
         with self.db.session() as s:
@@ -171,11 +174,10 @@ class WorkspaceManager:
                                                            WorkspaceSnapshot.workspace_id == workspace.id,
                                                            column == ref))
         if row is None:
-            raise errors.NotFound(f"workspace {workspace.name or workspace.id} has no snapshot {ref!r}",
-                                  code="snapshot_not_found")
-        return row
+            raise errors.SnapshotNotFound(f"workspace {workspace.name or workspace.id} has no snapshot {ref!r}")
+        return SnapshotRecord.of(row)
 
-    def check_snapshot_name(self, workspace: Workspace, name: str | None) -> None:
+    def check_snapshot_name(self, workspace: WorkspaceRecord, name: str | None) -> None:
         if name is None:
             return
         if _SNAPSHOT_ID_PATTERN.match(name):
@@ -184,47 +186,47 @@ class WorkspaceManager:
             self.get_snapshot(workspace, name)
         except errors.NotFound:
             return
-        raise errors.Conflict(f"workspace {workspace.name or workspace.id} already has a snapshot named {name!r}",
-                              code="snapshot_exists")
+        raise errors.SnapshotExists(f"workspace {workspace.name or workspace.id} already has a snapshot named {name!r}")
 
     def new_snapshot_id(self) -> str:
         return "snap_" + secrets.token_hex(8)
 
-    def add_snapshot_row(self, workspace: Workspace, snapshot_id: str, *, name: str | None,
-                         has_disk: bool) -> WorkspaceSnapshot:
+    def add_snapshot_row(self, workspace: WorkspaceRecord, snapshot_id: str, *, name: str | None,
+                         has_disk: bool) -> SnapshotRecord:
         path = self.snapshot_path(workspace.id, snapshot_id)
         row = WorkspaceSnapshot(id=snapshot_id, account_id=workspace.account_id, workspace_id=workspace.id,
                                 name=name, used_bytes=allocated_bytes(path) if has_disk else 0,
                                 has_disk=has_disk, created_at=utcnow())
         with self.db.session() as s:
             s.add(row)
-        return row
+        return SnapshotRecord.of(row)
 
-    def mark_restored(self, snapshot: WorkspaceSnapshot) -> WorkspaceSnapshot:
+    def mark_restored(self, snapshot: SnapshotRecord) -> SnapshotRecord:
         with self.db.session() as s:
             row = s.get(WorkspaceSnapshot, snapshot.id)
             row.restored_at = utcnow()
-        return row
+        return SnapshotRecord.of(row)
 
-    def delete_snapshot_row(self, snapshot: WorkspaceSnapshot) -> None:
+    def delete_snapshot_row(self, snapshot: SnapshotRecord) -> None:
         with self.db.session() as s:
             row = s.get(WorkspaceSnapshot, snapshot.id)
             if row is not None:
                 s.delete(row)
         self.snapshot_path(snapshot.workspace_id, snapshot.id).unlink(missing_ok=True)
 
-    def find_in_account(self, account_id: str, ref: str) -> Workspace | None:
+    def find_in_account(self, account_id: str, ref: str) -> WorkspaceRecord | None:
         try:
             return self.get_in_account(account_id, ref)
         except errors.NotFound:
             return None
 
-    def list(self, principal: Principal) -> list[Workspace]:
+    def list(self, principal: Principal) -> list[WorkspaceRecord]:
         with self.db.session() as s:
-            return list(s.scalars(select(Workspace).where(Workspace.account_id == principal.account_id)
-                                  .order_by(Workspace.created_at)))
+            rows = s.scalars(select(Workspace).where(Workspace.account_id == principal.account_id)
+                             .order_by(Workspace.created_at))
+            return [WorkspaceRecord.of(row) for row in rows]
 
-    def session_ids(self, workspace: Workspace) -> tuple[str | None, str | None]:
+    def session_ids(self, workspace: WorkspaceRecord) -> tuple[str | None, str | None]:
         """(active session id, last session id)."""
         with self.db.session() as s:
             rows = list(s.execute(
@@ -235,11 +237,12 @@ class WorkspaceManager:
         active = next((sid for sid, status in rows if status in ACTIVE_STATUSES), None)
         return active, rows[0][0] if rows else None
 
-    def delete_row(self, workspace: Workspace) -> None:
+    async def delete(self, workspace: WorkspaceRecord) -> None:
+        """The row, its snapshots' rows, then its directory (disk and snapshots) off the event loop."""
         with self.db.session() as s:
             row = s.get(Workspace, workspace.id)
             if row is not None:
                 s.delete(row)
             for snapshot in s.scalars(select(WorkspaceSnapshot).where(WorkspaceSnapshot.workspace_id == workspace.id)):
                 s.delete(snapshot)
-        shutil.rmtree(self.disk_path(workspace.id).parent, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.disk_path(workspace.id).parent, ignore_errors=True)

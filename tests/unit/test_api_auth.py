@@ -96,7 +96,7 @@ def test_server_start_creates_and_reuses_admin_key(tmp_path):
     import json
     import stat
 
-    from chaser.api.app import build_services
+    from chaser.service.container import build_services
     from chaser.cli.commands.server import ensure_admin_key
     from tests.unit.test_api_fakes import make_settings
 

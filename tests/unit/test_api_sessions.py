@@ -292,7 +292,7 @@ def test_reaper_idle_and_lifetime(tmp_path):
         h.services.sessions.live[busy].last_activity -= 120
         h.services.sessions.live[busy].active_requests = 1
         time.sleep(1.1)
-        ended = h.client.portal.call(h.services.sessions.reap_once)
+        ended = h.client.portal.call(h.services.reaper.reap_once)
         assert sorted(ended) == sorted([(idle, "idle_timeout"), (short, "max_lifetime")])
         assert h.client.get(f"/v1/sessions/{idle}").json()["end_reason"] == "idle_timeout"
         assert h.client.get(f"/v1/sessions/{busy}").json()["status"] == "running"

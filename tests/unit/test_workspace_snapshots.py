@@ -395,7 +395,7 @@ def test_disk_operations_on_a_workspace_deleted_meanwhile(harness):
     snap = client.post("/v1/workspaces/dev/snapshots").json()
     stale = harness.services.workspaces.get_in_account("personal", ws["id"])
     client.delete("/v1/workspaces/dev")
-    sessions = harness.services.sessions
+    sessions = harness.services.disks
     from chaser import errors
 
     for call in (lambda: sessions.create_snapshot(None, stale, name=None),

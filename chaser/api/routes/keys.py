@@ -7,12 +7,12 @@ from fastapi import APIRouter, Body
 from chaser.api.deps import KeysRead, KeysWrite, ServicesDep
 from chaser.api.routes import AUTH_ERROR_RESPONSES, error_responses
 from chaser.models import KeyCreate, KeyCreatedPublic, KeyPublic, KeyRevokedPublic, KeysPublic
-from chaser.store import ApiKey
+from chaser.service.records import KeyRecord
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=AUTH_ERROR_RESPONSES)
 
 
-def key_public(row: ApiKey) -> KeyPublic:
+def key_public(row: KeyRecord) -> KeyPublic:
     return KeyPublic(id=row.id, key_prefix=row.key_prefix, name=row.name, scopes=list(row.scopes or []),
                      full_access=row.full_access, created_at=row.created_at, last_used_at=row.last_used_at,
                      revoked=row.revoked_at, revoked_at=row.revoked_at)

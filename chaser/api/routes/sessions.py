@@ -15,12 +15,12 @@ from chaser.models import (
     NetworkPolicyPublic, SelfTestPublic, SessionCreate, SessionPublic, SessionsPublic,
 )
 from chaser.service.network import policy_public
-from chaser.store import SessionRow
+from chaser.service.records import SessionRecord
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=AUTH_ERROR_RESPONSES)
 
 
-def session_public(row: SessionRow, url: str) -> SessionPublic:
+def session_public(row: SessionRecord, url: str) -> SessionPublic:
     return SessionPublic(
         id=row.id, created_at=row.created_at, status=row.status,
         endpoints=Endpoints(control=f"{url}/v1/sessions/{row.id}"), workspace_id=row.workspace_id,

@@ -15,8 +15,7 @@ from chaser.models.workspaces import (
 from chaser.service.images import DEFAULT_IMAGE
 from chaser.service.network import policy_public, stored_policy
 from chaser.service.workspaces import WorkspaceManager
-from chaser.store import Workspace
-from chaser.store.tables import WorkspaceSnapshot
+from chaser.service.records import SnapshotRecord, WorkspaceRecord
 
 router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"], responses=AUTH_ERROR_RESPONSES)
 # Copying the disk of a workspace whose session runs (clone, snapshot) freezes its VM: 503 if that VM is gone.
@@ -24,7 +23,7 @@ COPY_ERROR = (503, "The running session's VM could not be frozen for the copy (`
                    "nothing was recorded")
 
 
-def workspace_public(row: Workspace, workspaces: WorkspaceManager, *, enforced: bool) -> WorkspacePublic:
+def workspace_public(row: WorkspaceRecord, workspaces: WorkspaceManager, *, enforced: bool) -> WorkspacePublic:
     active, last = workspaces.session_ids(row)
     network = None
     if row.network is not None:
@@ -36,7 +35,7 @@ def workspace_public(row: Workspace, workspaces: WorkspaceManager, *, enforced: 
                            network=network)
 
 
-def snapshot_public(row: WorkspaceSnapshot) -> WorkspaceSnapshotPublic:
+def snapshot_public(row: SnapshotRecord) -> WorkspaceSnapshotPublic:
     return WorkspaceSnapshotPublic(id=row.id, workspace_id=row.workspace_id, name=row.name,
                                    used_bytes=row.used_bytes, created_at=row.created_at,
                                    restored_at=row.restored_at)
@@ -46,7 +45,7 @@ def snapshot_public(row: WorkspaceSnapshot) -> WorkspaceSnapshotPublic:
              summary="Create a workspace (clone_from: start with a copy of another workspace's disk)")
 async def create_workspace(services: ServicesDep, principal: WorkspacesWrite,
                            body: WorkspaceCreate | None = Body(default=None)) -> WorkspacePublic:
-    row = await services.sessions.create_workspace(principal, body or WorkspaceCreate())
+    row = await services.disks.create_workspace(principal, body or WorkspaceCreate())
     return workspace_public(row, services.workspaces, enforced=services.sessions.network_enforced())
 
 
@@ -62,7 +61,7 @@ async def list_workspaces(services: ServicesDep, principal: WorkspacesRead) -> l
 async def bulk_delete_workspaces(services: ServicesDep, principal: WorkspacesWrite,
                                  body: BulkDeleteWorkspacesCreate | None = Body(default=None)
                                  ) -> BulkDeleteWorkspacesPublic:
-    results = await services.sessions.bulk_delete_workspaces(principal, body or BulkDeleteWorkspacesCreate())
+    results = await services.disks.bulk_delete_workspaces(principal, body or BulkDeleteWorkspacesCreate())
     items = [BulkDeleteWorkspaceItem(id=ref, deleted=error is None, error=error) for ref, error in results]
     deleted = sum(item.deleted for item in items)
     return BulkDeleteWorkspacesPublic(requested=len(items), deleted=deleted, failed=len(items) - deleted,
@@ -81,7 +80,7 @@ async def get_workspace(workspace: str, services: ServicesDep, principal: Worksp
 async def delete_workspace(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                            force: bool = Query(False)) -> WorkspaceDeletedPublic:
     row = services.workspaces.get(principal, workspace)
-    await services.sessions.delete_workspace(principal, row, force=force)
+    await services.disks.delete_workspace(principal, row, force=force)
     return WorkspaceDeletedPublic(id=row.id, deleted=True)
 
 
@@ -116,7 +115,7 @@ async def list_snapshots(workspace: str, services: ServicesDep,
 async def create_snapshot(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                           body: SnapshotCreate | None = Body(default=None)) -> WorkspaceSnapshotPublic:
     row = services.workspaces.get(principal, workspace)
-    snapshot = await services.sessions.create_snapshot(principal, row, name=(body or SnapshotCreate()).name)
+    snapshot = await services.disks.create_snapshot(principal, row, name=(body or SnapshotCreate()).name)
     return snapshot_public(snapshot)
 
 
@@ -126,7 +125,7 @@ async def create_snapshot(workspace: str, services: ServicesDep, principal: Work
 async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep, principal: WorkspacesWrite,
                            body: SnapshotRestore | None = Body(default=None)) -> WorkspaceSnapshotPublic:
     row = services.workspaces.get(principal, workspace)
-    restored = await services.sessions.restore_snapshot(principal, row, snapshot,
+    restored = await services.disks.restore_snapshot(principal, row, snapshot,
                                                         force=(body or SnapshotRestore()).force)
     return snapshot_public(restored)
 
@@ -137,5 +136,5 @@ async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep,
 async def delete_snapshot(workspace: str, snapshot: str, services: ServicesDep,
                           principal: WorkspacesWrite) -> SnapshotDeletedPublic:
     row = services.workspaces.get(principal, workspace)
-    deleted = await services.sessions.delete_snapshot(principal, row, snapshot)
+    deleted = await services.disks.delete_snapshot(principal, row, snapshot)
     return SnapshotDeletedPublic(id=deleted.id, workspace_id=deleted.workspace_id)

@@ -1,0 +1,31 @@
+"""Session statuses and end reasons: the words of the state machine in
+chaser/service/sessions.py, as the API, the store and the CLI spell them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SessionStatus(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+
+ACTIVE_STATUSES: tuple[SessionStatus, ...] = (SessionStatus.STARTING, SessionStatus.RUNNING)
+ENDED_STATUSES: tuple[SessionStatus, ...] = (SessionStatus.TERMINATED, SessionStatus.FAILED)
+
+
+class EndReason(StrEnum):
+    """Why a session ended. A session that failed to start ends with its error's code instead."""
+
+    TERMINATED = "terminated"  # a user asked
+    IDLE_TIMEOUT = "idle_timeout"
+    MAX_LIFETIME = "max_lifetime"
+    SERVER_SHUTDOWN = "server_shutdown"
+    SERVER_RESTART = "server_restart"  # left running by an earlier server process
+    VM_CRASHED = "vm_crashed"
+    VM_OOM = "vm_oom"  # killed by its memory limit
+    WORKSPACE_DELETED = "workspace_deleted"
+    SNAPSHOT_RESTORED = "snapshot_restored"

@@ -1,0 +1,45 @@
+"""The services of one server process, wired together (the API holds one of these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chaser.config import Settings
+from chaser.runtime import Runtime
+from chaser.service.commands import CommandService
+from chaser.service.disks import WorkspaceDisks
+from chaser.service.files import FileService
+from chaser.service.images import ImageService
+from chaser.service.keys import KeyManager
+from chaser.service.reaper import Reaper
+from chaser.service.sessions import SessionManager
+from chaser.service.workspaces import WorkspaceManager
+from chaser.store import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    keys: KeyManager
+    workspaces: WorkspaceManager
+    sessions: SessionManager
+    disks: WorkspaceDisks
+    reaper: Reaper
+    images: ImageService
+    commands: CommandService
+    files: FileService
+
+
+def build_services(settings: Settings, runtime: Runtime | None = None) -> Services:
+    """Open the database (migrated to head) and wire the services; the runtime may come later."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url)
+    db.upgrade()
+    keys = KeyManager(db)
+    keys.ensure_account()
+    workspaces = WorkspaceManager(db, settings)
+    sessions = SessionManager(db, settings, runtime, workspaces)
+    return Services(settings=settings, db=db, keys=keys, workspaces=workspaces, sessions=sessions,
+                    disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=sessions.images,
+                    commands=CommandService(sessions, settings), files=FileService(sessions, settings))
