@@ -136,21 +136,21 @@ class Process:
     async def wait_change(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def wait_exit(self, timeout=None) -> bool:
         try:
             await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def wait_output_closed(self, timeout: float) -> None:
         # A background grandchild may keep the pipe open: don't wait forever.
         try:
             await asyncio.wait_for(asyncio.shield(self._reader), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def write_stdin(self, data: bytes, close: bool) -> int:
@@ -173,7 +173,7 @@ class Process:
 
 class ProcessManager:
     def __init__(self):
-        self.processes: "OrderedDict[str, Process]" = OrderedDict()
+        self.processes: OrderedDict[str, Process] = OrderedDict()
 
     async def spawn(self, argv, command, cwd, user_name, env, preexec, ring_bytes=PROCESS_OUTPUT_RING_BYTES,
                     keep_stdin=False) -> Process:

@@ -166,7 +166,7 @@ async def handle_pty(agent, request):
             # Drain what is left; a background grandchild may hold the tty open.
             try:
                 await asyncio.wait_for(asyncio.shield(out_task), 1.0)
-            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            except (TimeoutError, ConnectionError, RuntimeError):
                 pass
             if not ws.closed:
                 try:
@@ -179,7 +179,7 @@ async def handle_pty(agent, request):
             session.kill(signal.SIGHUP)
             try:
                 await asyncio.wait_for(asyncio.shield(exit_task), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 session.kill(signal.SIGKILL)
     finally:
         for task in (out_task, in_task):

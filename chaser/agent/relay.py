@@ -17,7 +17,7 @@ async def handle_relay(agent, request):
     # Connect before upgrading, so a closed port is a plain HTTP error.
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-    except (OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError) as e:
         raise ApiError(502, "port_not_listening", f"nothing accepts connections on port {port}: {e}")
 
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)

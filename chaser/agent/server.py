@@ -19,8 +19,16 @@ from aiohttp import web
 
 from .errors import ApiError, bad_request, conflict, internal
 from .processes import ProcessManager, parse_signal
-from .protocol import (Endpoint, AGENT_PROTOCOL_VERSION, AGENT_READY_MARKER, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_WORKDIR,
-                       MAX_OUTPUT_WAIT_MS, PROCESS_OUTPUT_RING_BYTES, SANDBOX_ROOT)
+from .protocol import (
+    AGENT_PROTOCOL_VERSION,
+    AGENT_READY_MARKER,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_WORKDIR,
+    MAX_OUTPUT_WAIT_MS,
+    PROCESS_OUTPUT_RING_BYTES,
+    SANDBOX_ROOT,
+    Endpoint,
+)
 from .userenv import argv_of, build_env, check_cwd, check_env, make_preexec, resolve_user
 
 log = logging.getLogger("chaser.agent")

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
-from chaser.cli.commands import _common, commands, execute, files, guest, images, keys, sandbox, server, sessions, workspaces
+from chaser.cli.commands import (
+    _common,
+    commands,
+    execute,
+    files,
+    guest,
+    images,
+    keys,
+    mcp_cmd,
+    sandbox,
+    server,
+    sessions,
+    workspaces,
+)
 from chaser.cli.commands import forward as forward_cmd
-from chaser.cli.commands import mcp_cmd
 from chaser.cli.commands import shell as shell_cmd
 
 app = typer.Typer(help="Chaser: sandbox sessions in microVMs.", no_args_is_help=True, add_completion=False)
@@ -16,10 +26,10 @@ app = typer.Typer(help="Chaser: sandbox sessions in microVMs.", no_args_is_help=
 
 @app.callback()
 def main(
-    api_url: Optional[str] = typer.Option(
+    api_url: str | None = typer.Option(
         None, "--api-url", envvar="CHASER_API_URL", show_envvar=True, help="Server URL (default: config file, then http://127.0.0.1:8080)."
     ),
-    api_key: Optional[str] = typer.Option(
+    api_key: str | None = typer.Option(
         None, "--api-key", envvar="CHASER_API_KEY", show_envvar=True, help="API key (default: config file)."
     ),
 ) -> None:

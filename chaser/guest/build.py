@@ -7,10 +7,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from chaser.config import Settings
 from chaser.errors import GuestAssetsMissing

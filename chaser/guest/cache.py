@@ -10,8 +10,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 KINDS = ("kernel", "initramfs", "os-tar", "os", "base-tar", "base")
 _ENTRY_RE = re.compile(r"^(%s)-[0-9a-f]{20}$" % "|".join(re.escape(k) for k in KINDS))

@@ -2,15 +2,28 @@
 
 from chaser.models.common import ErrorPublic, RequestModel
 from chaser.models.exec import (
-    CommandPublic, CommandsPublic, ExecCreate, ExecPublic, KillCreate, KillPublic, SessionExecCreate,
-    StdinCreate, StdinPublic,
+    CommandPublic,
+    CommandsPublic,
+    ExecCreate,
+    ExecPublic,
+    KillCreate,
+    KillPublic,
+    SessionExecCreate,
+    StdinCreate,
+    StdinPublic,
 )
 from chaser.models.files import UploadPublic
 from chaser.models.keys import KeyCreate, KeyCreatedPublic, KeyPublic, KeyRevokedPublic, KeysPublic
 from chaser.models.network import NetworkPolicyCreate, NetworkPolicyPublic
 from chaser.models.sessions import (
-    BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic, Endpoints, SelfTestPublic, SessionCreate,
-    SessionPublic, SessionsPublic,
+    BulkTerminateCreate,
+    BulkTerminateFailure,
+    BulkTerminatePublic,
+    Endpoints,
+    SelfTestPublic,
+    SessionCreate,
+    SessionPublic,
+    SessionsPublic,
 )
 from chaser.models.workspaces import WorkspaceCreate, WorkspaceDeletedPublic, WorkspacePublic
 

@@ -7,8 +7,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chaser.models.common import (
-    COMMAND_SCHEMA, ENV_SCHEMA, IMAGE_REF_PATTERN, MAX_TIMEOUT_MS, PATH_SCHEMA, OmitNoneModel, RequestModel,
-    check_command, check_env, check_path,
+    COMMAND_SCHEMA,
+    ENV_SCHEMA,
+    IMAGE_REF_PATTERN,
+    MAX_TIMEOUT_MS,
+    PATH_SCHEMA,
+    OmitNoneModel,
+    RequestModel,
+    check_command,
+    check_env,
+    check_path,
 )
 from chaser.models.network import NetworkPolicyCreate
 from chaser.models.sessions import TARGET_RULES

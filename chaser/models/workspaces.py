@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 from chaser.models.common import OmitNoneModel, RequestModel
 from chaser.models.network import NetworkPolicyCreate, NetworkPolicyPublic
 
-
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
@@ -150,7 +150,7 @@ def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str
         # Rich shrinks the columns that may wrap first; the cells never wrap, they are cut.
         table.add_column(Text(header, no_wrap=True, overflow="ellipsis"), no_wrap=key not in flex,
                          overflow="ellipsis")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # Ids shown by the same prefix: those are shown in full.
     by_prefix: dict[str, set[str]] = {}
     for row in rows:
@@ -184,7 +184,7 @@ def _table_value(value: Any, *, id_column: bool = False, wide: bool = True, now:
         if match:
             if not wide:
                 when = datetime.strptime(f"{match.group(1)} {match.group(2)}", "%Y-%m-%d %H:%M:%S")
-                return age(when.replace(tzinfo=timezone.utc), now)
+                return age(when.replace(tzinfo=UTC), now)
             return f"{match.group(1)} {match.group(2)}"
         if id_column and not wide:
             return short_id(value)
@@ -193,7 +193,7 @@ def _table_value(value: Any, *, id_column: bool = False, wide: bool = True, now:
 
 def age(when: datetime, now: datetime | None = None) -> str:
     """`45s ago`, `12m ago`, `5h ago`, `3d ago` (`in 5h` for the future), as `docker ps` and kubectl."""
-    seconds = int(((now or datetime.now(timezone.utc)) - when).total_seconds())
+    seconds = int(((now or datetime.now(UTC)) - when).total_seconds())
     future, seconds = seconds < 0, abs(seconds)
     if seconds < 60:
         text = f"{seconds}s"

@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 import sys
-from typing import Optional
 
 import typer
 
@@ -32,7 +31,7 @@ JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 
 @app.command("list")
 @api_command
-def list_commands(session: Optional[str] = SessionOption, as_json: bool = JsonOption,
+def list_commands(session: str | None = SessionOption, as_json: bool = JsonOption,
                   wide: bool = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)) -> None:
     """List the session's commands."""
     session_id = resolve_session(session)
@@ -52,7 +51,7 @@ def list_commands(session: Optional[str] = SessionOption, as_json: bool = JsonOp
 @api_command
 def get_command(
     command_id: str = typer.Argument(..., metavar="CID"),
-    session: Optional[str] = SessionOption,
+    session: str | None = SessionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Show one command (status, exit code, output)."""
@@ -71,13 +70,12 @@ def command_logs(
     command_id: str = typer.Argument(..., metavar="CID"),
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream output until the command exits."),
     from_offset: int = typer.Option(0, "--from", help="Start at this byte offset (with -f)."),
-    session: Optional[str] = SessionOption,
+    session: str | None = SessionOption,
     as_json: bool = typer.Option(False, "--json", help="Print the command as JSON (with -f: one JSON event per line)."),
 ) -> None:
     """Print a command's output; with -f follow it live and exit with the command's exit code."""
-    from chaser.client import decode_output
-
     from chaser.cli.commands.execute import exit_code_of
+    from chaser.client import decode_output
 
     session_id = resolve_session(session)
     with make_client() as client:
@@ -113,7 +111,7 @@ def command_stdin(
     text: str = typer.Argument("", metavar="TEXT", help="Input to send (`-` = read this process's stdin)."),
     close: bool = typer.Option(False, "--close", help="Close the command's stdin afterwards (EOF)."),
     is_base64: bool = typer.Option(False, "--base64", help="TEXT is base64-encoded bytes."),
-    session: Optional[str] = SessionOption,
+    session: str | None = SessionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Write to a running command's stdin."""
@@ -143,8 +141,8 @@ def command_stdin(
 @api_command
 def kill_command(
     command_id: str = typer.Argument(..., metavar="CID"),
-    signal: Optional[str] = typer.Option(None, "--signal", help="Signal name or number (default: the server's, TERM)."),
-    session: Optional[str] = SessionOption,
+    signal: str | None = typer.Option(None, "--signal", help="Signal name or number (default: the server's, TERM)."),
+    session: str | None = SessionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Send a signal to a running command."""

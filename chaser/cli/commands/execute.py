@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import shlex
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -51,14 +51,14 @@ def output_bytes(result: dict[str, Any]) -> bytes:
 @api_command
 def exec_command(
     command: list[str] = typer.Argument(..., metavar="CMD", help="The command, after `--`: one word is a shell line, several are quoted and joined."),
-    session: Optional[str] = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
-    workspace: Optional[str] = typer.Option(
+    session: str | None = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
+    workspace: str | None = typer.Option(
         None, "--workspace", help="Run via POST /v1/exec in this workspace's session instead."
     ),
     background: bool = typer.Option(False, "--background", "-b", help="Start it and return its command id."),
-    timeout: Optional[int] = typer.Option(None, "--timeout", help="Timeout in milliseconds."),
-    cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
-    env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE (repeatable)."),
+    timeout: int | None = typer.Option(None, "--timeout", help="Timeout in milliseconds."),
+    cwd: str | None = typer.Option(None, "--cwd", help="Working directory (default /workspace)."),
+    env: list[str] | None = typer.Option(None, "--env", "-e", help="KEY=VALUE (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Run a command in a session; print its output and exit with its exit code (124 on timeout)."""

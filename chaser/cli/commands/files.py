@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from chaser.cli.commands._common import JSON_OPTION_HELP, api_command, console, fail, make_client, print_json, resolve_session
+from chaser.cli.commands._common import (
+    JSON_OPTION_HELP,
+    api_command,
+    console,
+    fail,
+    make_client,
+    print_json,
+    resolve_session,
+)
 
 
 @api_command
 def upload_command(
     source: str = typer.Argument(..., metavar="SRC", help="Local file (`-` = stdin)."),
     destination: str = typer.Argument(..., metavar="DST", help="Path inside the sandbox."),
-    session: Optional[str] = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
+    session: str | None = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Upload a local file into the session (16 MB max)."""
@@ -37,7 +44,7 @@ def upload_command(
 def download_command(
     source: str = typer.Argument(..., metavar="SRC", help="Path inside the sandbox."),
     destination: str = typer.Argument(..., metavar="DST", help="Local file (`-` = stdout)."),
-    session: Optional[str] = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
+    session: str | None = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Download a file from the session (16 MB max)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -45,8 +44,8 @@ def list_keys(as_json: bool = JsonOption,
 @app.command("create")
 @api_command
 def create_key(
-    name: Optional[str] = typer.Option(None, "--name", help="A label for the key."),
-    scopes: Optional[list[str]] = typer.Option(None, "--scope", help="Scope (repeatable); none = full access."),
+    name: str | None = typer.Option(None, "--name", help="A label for the key."),
+    scopes: list[str] | None = typer.Option(None, "--scope", help="Scope (repeatable); none = full access."),
     as_json: bool = JsonOption,
 ) -> None:
     """Create an API key and print it (it is not shown again)."""

@@ -15,7 +15,7 @@ import shutil
 import stat
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -177,15 +177,15 @@ def install(
     agent: str = typer.Option(..., "--agent", metavar="claude|cursor|codex",
                               help="claude: Claude Code's project .mcp.json; cursor: ~/.cursor/mcp.json; "
                                    "codex: ~/.codex/config.toml."),
-    path: Optional[Path] = typer.Option(None, "--path", help="Config file to write instead of the agent's default "
-                                                             "(e.g. Claude Desktop's claude_desktop_config.json)."),
+    path: Path | None = typer.Option(None, "--path", help="Config file to write instead of the agent's default "
+                                                          "(e.g. Claude Desktop's claude_desktop_config.json)."),
     name: str = typer.Option("chaser", "--name", help="Server name in the agent's configuration."),
     print_only: bool = typer.Option(False, "--print", help="Print the configuration instead of writing it."),
     embed_key: bool = typer.Option(False, "--embed-key",
                                    help="Write the API key into the agent's configuration (default: `chaser mcp "
                                         "serve` reads it from the Chaser config file named there)."),
-    command: Optional[str] = typer.Option(None, "--command", help="The chaser executable the agent runs "
-                                                                  "(default: this installation's)."),
+    command: str | None = typer.Option(None, "--command", help="The chaser executable the agent runs "
+                                                            "(default: this installation's)."),
 ) -> None:
     """Configure an agent to start `chaser mcp serve` (existing servers in the file are kept)."""
     from chaser.client import config_path, load_config, resolve_settings

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from chaser.cli.commands._common import (
-    ALLOW_OUT_HELP, DENY_OUT_HELP, INTERNET_OPTION_HELP, JSON_OPTION_HELP, api_command, console, make_client,
-    network_policy, parse_env, print_json,
+    ALLOW_OUT_HELP,
+    DENY_OUT_HELP,
+    INTERNET_OPTION_HELP,
+    JSON_OPTION_HELP,
+    api_command,
+    console,
+    make_client,
+    network_policy,
+    parse_env,
+    print_json,
 )
 
 
 @api_command
 def sandbox_command(
     ephemeral: bool = typer.Option(False, "--ephemeral", help="Throw the session's disk away when it ends."),
-    image: Optional[str] = typer.Option(None, "--image", help="OCI image reference for the sandbox root."),
-    workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace (name or id) to attach."),
-    env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE for the session (repeatable)."),
-    internet: Optional[bool] = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
-    allow_out: Optional[list[str]] = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
-    deny_out: Optional[list[str]] = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
+    image: str | None = typer.Option(None, "--image", help="OCI image reference for the sandbox root."),
+    workspace: str | None = typer.Option(None, "--workspace", help="Workspace (name or id) to attach."),
+    env: list[str] | None = typer.Option(None, "--env", "-e", help="KEY=VALUE for the session (repeatable)."),
+    internet: bool | None = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
+    allow_out: list[str] | None = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
+    deny_out: list[str] | None = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Create a sandbox session (remembered as the current session)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from chaser.cli.commands._common import (
@@ -13,8 +11,8 @@ from chaser.cli.commands._common import (
     JSON_OPTION_HELP,
     WIDE_OPTION_HELP,
     api_command,
-    expand_session_id,
     console,
+    expand_session_id,
     fail,
     format_value,
     make_client,
@@ -58,7 +56,7 @@ def list_sessions(as_json: bool = JsonOption, wide: bool = WideOption) -> None:
 
 @app.command("get")
 @api_command
-def get_session(session_id: Optional[str] = IdArgument, as_json: bool = JsonOption) -> None:
+def get_session(session_id: str | None = IdArgument, as_json: bool = JsonOption) -> None:
     """Show one session."""
     session_id = resolve_session(session_id)
     with make_client() as client:
@@ -72,7 +70,7 @@ def get_session(session_id: Optional[str] = IdArgument, as_json: bool = JsonOpti
 @app.command("terminate")
 @api_command
 def terminate_session(
-    session_id: Optional[str] = IdArgument,
+    session_id: str | None = IdArgument,
     force: bool = typer.Option(False, "--force", help="Terminate even if commands or connections are active."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -92,7 +90,7 @@ def terminate_session(
 
 @app.command("self-test")
 @api_command
-def self_test(session_id: Optional[str] = IdArgument, as_json: bool = JsonOption) -> None:
+def self_test(session_id: str | None = IdArgument, as_json: bool = JsonOption) -> None:
     """Describe the session's runtime: cwd, PATH, shell, tools, Chaser markers."""
     session_id = resolve_session(session_id)
     with make_client() as client:
@@ -123,10 +121,10 @@ def self_test(session_id: Optional[str] = IdArgument, as_json: bool = JsonOption
 @app.command("network")
 @api_command
 def network(
-    session_id: Optional[str] = IdArgument,
-    internet: Optional[bool] = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
-    allow_out: Optional[list[str]] = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
-    deny_out: Optional[list[str]] = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
+    session_id: str | None = IdArgument,
+    internet: bool | None = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
+    allow_out: list[str] | None = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
+    deny_out: list[str] | None = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
     """Show the session's egress policy; with flags, replace it (what is not given takes the default).
@@ -152,8 +150,8 @@ def network(
 @api_command
 def bulk_terminate(
     all_sessions: bool = typer.Option(False, "--all", help="Every session of this key's owner."),
-    ids: Optional[list[str]] = typer.Option(None, "--ids", "--id", help="Session ids (repeatable or comma-separated)."),
-    workspaces: Optional[list[str]] = typer.Option(None, "--workspace", "-w", help="Sessions of this workspace (repeatable)."),
+    ids: list[str] | None = typer.Option(None, "--ids", "--id", help="Session ids (repeatable or comma-separated)."),
+    workspaces: list[str] | None = typer.Option(None, "--workspace", "-w", help="Sessions of this workspace (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Terminate even if busy."),
     as_json: bool = JsonOption,
 ) -> None:

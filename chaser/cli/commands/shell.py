@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import sys
-from typing import Optional
 
 import typer
 
@@ -191,8 +190,8 @@ async def run_shell(client, session_id: str, *, command: str | None, mode: str) 
 
 @api_command
 def shell_command(
-    session: Optional[str] = typer.Argument(None, metavar="[SESSION]", help="Session id (default: the current session)."),
-    command: Optional[str] = typer.Option(None, "-c", "--command", help="Run this command (exec mode) and exit with its code."),
+    session: str | None = typer.Argument(None, metavar="[SESSION]", help="Session id (default: the current session)."),
+    command: str | None = typer.Option(None, "-c", "--command", help="Run this command (exec mode) and exit with its code."),
     mode: str = typer.Option("human", "--mode", "-m", help="human (login shell, colours) or agent (TERM=dumb, plain prompt)."),
 ) -> None:
     """Open a terminal in a session, or run one command with -c."""

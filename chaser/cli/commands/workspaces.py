@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from chaser.cli.commands._common import (
@@ -35,13 +33,13 @@ WideOption = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)
 @api_command
 def create_workspace(
     session_type: str = typer.Option("sandbox", "--session-type", help="Session type (only `sandbox`)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Workspace name (unique)."),
-    image: Optional[str] = typer.Option(None, "--image", help="OCI image its sessions use."),
-    clone_from: Optional[str] = typer.Option(None, "--clone-from", help="Start with a copy of this workspace's disk."),
-    template: Optional[bool] = typer.Option(None, "--template/--no-template", help="Mark it as a template."),
-    internet: Optional[bool] = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
-    allow_out: Optional[list[str]] = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
-    deny_out: Optional[list[str]] = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
+    name: str | None = typer.Option(None, "--name", help="Workspace name (unique)."),
+    image: str | None = typer.Option(None, "--image", help="OCI image its sessions use."),
+    clone_from: str | None = typer.Option(None, "--clone-from", help="Start with a copy of this workspace's disk."),
+    template: bool | None = typer.Option(None, "--template/--no-template", help="Mark it as a template."),
+    internet: bool | None = typer.Option(None, "--internet/--no-internet", help=INTERNET_OPTION_HELP),
+    allow_out: list[str] | None = typer.Option(None, "--allow-out", metavar="HOST", help=ALLOW_OUT_HELP),
+    deny_out: list[str] | None = typer.Option(None, "--deny-out", metavar="HOST", help=DENY_OUT_HELP),
     as_json: bool = JsonOption,
 ) -> None:
     """Create a workspace (its sessions inherit the network flags' egress policy)."""
@@ -110,7 +108,7 @@ WorkspaceArgument = typer.Argument(..., metavar="W", help="Workspace name or id.
 @api_command
 def rename_workspace(
     workspace: str = WorkspaceArgument,
-    name: Optional[str] = typer.Argument(None, metavar="[NAME]", help="New name (omit, or --clear, to remove it)."),
+    name: str | None = typer.Argument(None, metavar="[NAME]", help="New name (omit, or --clear, to remove it)."),
     clear: bool = typer.Option(False, "--clear", help="Remove the name."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -146,8 +144,8 @@ def set_template(
 @app.command("bulk-delete")
 @api_command
 def bulk_delete(
-    ids: Optional[list[str]] = typer.Option(None, "--ids", "--id",
-                                            help="Names or ids (repeatable or comma-separated)."),
+    ids: list[str] | None = typer.Option(None, "--ids", "--id",
+                                         help="Names or ids (repeatable or comma-separated)."),
     all_workspaces: bool = typer.Option(False, "--all", help="Every workspace of the account."),
     force: bool = typer.Option(False, "--force", help="Also terminate their active sessions."),
     as_json: bool = JsonOption,
@@ -198,7 +196,7 @@ def list_snapshots(workspace: str = WorkspaceArgument, as_json: bool = JsonOptio
 @api_command
 def create_snapshot(
     workspace: str = WorkspaceArgument,
-    name: Optional[str] = typer.Option(None, "--name", help="Snapshot name (unique in the workspace)."),
+    name: str | None = typer.Option(None, "--name", help="Snapshot name (unique in the workspace)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Snapshot a workspace's disk (a running session is paused for the copy)."""
