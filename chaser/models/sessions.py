@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from chaser.models.common import ENV_SCHEMA, IMAGE_REF_PATTERN, RequestModel, check_env
 from chaser.models.network import NetworkPolicyCreate
 
-# Which session a request targets (chaser/service/sessions.py resolve_workspace_ref), for
+# Which session a request targets (chaser/service/workspaces.py resolve_ref), for
 # /openapi.json: a workspace, or `ephemeral: true` (with an image or not), never both; an image
 # only for an ephemeral session. (Neither: the default workspace, when the server has one.)
 TARGET_RULES = [

@@ -82,7 +82,7 @@ class CommandService:
         """`POST /v1/exec`: reuse the workspace's session or start one; an ephemeral one ends with the command."""
         if request.session_type != "sandbox":
             raise errors.UnsupportedSessionType(f"session_type {request.session_type!r} is not supported; only 'sandbox'")
-        workspace = self.sessions.resolve_workspace_ref(principal, ephemeral=request.ephemeral,
+        workspace = self.sessions.workspaces.resolve_ref(principal, ephemeral=request.ephemeral,
                                                         workspace=request.workspace, image=request.image)
         command = SessionExecCreate(command=request.command, cwd=request.cwd, env=request.env,
                                     timeout_ms=request.timeout_ms, background=request.background)

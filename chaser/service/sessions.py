@@ -4,6 +4,11 @@
         │           └──────► failed       (vm_crashed)
         └──────────────────► failed       (the VM did not start: end_reason = the error's code)
 
+Around it: live.py (a running session), disks.py (workspace disks under their
+sessions), session_network.py (egress policy), reaper.py (what ends sessions
+nobody ends). Kept as one module because its start, use and stop paths share
+one lock discipline that reads best in one place.
+
 Rows live in the store; the VMs of this process live in `SessionManager.live`.
 A per-session asyncio lock serialises start and stop; requests that use a VM do
 not take it (a long exec must not block a terminate) but run inside `using()`,
@@ -34,7 +39,8 @@ from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession, check_proxy, proxy_env, session_not_running
 from chaser.service.records import SessionRecord, WorkspaceRecord
-from chaser.service.network import effective_policy, network_enforced, stored_policy
+from chaser.service.network import effective_policy
+from chaser.service.session_network import SessionNetworks
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import utcnow
@@ -53,6 +59,7 @@ class SessionManager:
         self.live: dict[str, LiveSession] = {}
         self._workspace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closing = False
+        self.network = SessionNetworks(self)
 
     def workspace_lock(self, workspace_id: str) -> asyncio.Lock:
         """Held while a session starts on the workspace's disk or the disk is copied, replaced or deleted."""
@@ -106,30 +113,6 @@ class SessionManager:
         return (workspace.name or workspace.id) if workspace else None
 
     # --- create --------------------------------------------------------------
-    def resolve_workspace_ref(self, principal: Principal, *, ephemeral: bool, workspace: str | None,
-                              image: str | None) -> WorkspaceRecord | None:
-        """The workspace a request targets, per the rules shared by sessions and /v1/exec."""
-        if image is not None and workspace is not None:
-            raise errors.InvalidRequest("pass either workspace or image, not both: a workspace carries its own image")
-        if ephemeral:
-            if workspace is not None:
-                raise errors.InvalidRequest("an ephemeral session has no workspace; pass one of ephemeral or workspace")
-            return None
-        if image is not None:
-            raise errors.InvalidRequest("image is only accepted with ephemeral: true; set the image on the workspace")
-        if workspace is None:
-            default = self.settings.default_workspace
-            if not default:
-                raise errors.WorkspaceRequired("pass a workspace, or ephemeral: true")
-            found = self.workspaces.find_in_account(principal.account_id, default)
-            if found is None:  # the configured default is created on first use
-                try:
-                    found = self.workspaces.create_row(account_id=principal.account_id, name=default)
-                except errors.Conflict:
-                    found = self.workspaces.get_in_account(principal.account_id, default)
-            return found
-        return self.workspaces.get(principal, workspace)
-
     async def create(self, principal: Principal, request: SessionCreate) -> tuple[SessionRecord, bool]:
         """The session and whether it was started now. A workspace runs at most one session:
         when it has one (running or starting), that session is the answer (`False`), as for
@@ -143,7 +126,7 @@ class SessionManager:
         if request.ttl_seconds is not None and not 1 <= request.ttl_seconds <= max_lifetime:
             raise errors.InvalidRequest(f"ttl_seconds must be between 1 and {max_lifetime}")
         proxy = check_proxy(request.proxy)
-        workspace = self.resolve_workspace_ref(principal, ephemeral=request.ephemeral,
+        workspace = self.workspaces.resolve_ref(principal, ephemeral=request.ephemeral,
                                                workspace=request.workspace, image=request.image)
         live, started = await self._start(principal, workspace=workspace, image=request.image, env=request.env or {},
                                           proxy=proxy, ttl_seconds=request.ttl_seconds, network=request.network)
@@ -214,7 +197,7 @@ class SessionManager:
                         live.lock.release()
                         running = await self._wait_running(existing)
                         if network is not None:  # not silently ignored: applied to the running session
-                            await self._change_network(running, network)
+                            await self.network.change(running, network)
                         return running, False
                     self._insert(row, live)
             else:
@@ -364,49 +347,6 @@ class SessionManager:
         finally:
             live.active_requests -= 1
             live.touch()
-
-    # --- egress policy -------------------------------------------------------
-    def network_enforced(self) -> bool:
-        return network_enforced(self.settings, self._runtime)
-
-    def get_network(self, principal: Principal, session_id: str) -> EgressPolicy:
-        """The session's policy: the VM's while it runs (where this server enforces policies),
-        else the one recorded for it (an ended session: the last one)."""
-        row = self.get(principal, session_id)
-        live = self.live.get(session_id)
-        if live is not None and live.vm is not None and not live.terminating:
-            if self.network_enforced():
-                return live.vm.network_policy
-            if live.network is not None:
-                return live.network
-        return stored_policy(row.network, default_internet=self.settings.network_internet_default)
-
-    async def set_network(self, principal: Principal, session_id: str, request: NetworkPolicyCreate) -> EgressPolicy:
-        """Replace a running session's policy (omitted fields: the default); new connections follow it at once."""
-        policy = effective_policy(request, base=None, default_internet=self.settings.network_internet_default,
-                                  field="")
-        live = await self.live_session(principal, session_id)
-        return await self._apply_network(live, policy)
-
-    async def _change_network(self, live: LiveSession, request: NetworkPolicyCreate) -> EgressPolicy:
-        """Apply `request` over the running session's current policy (a reused session, /v1/exec)."""
-        base = live.network.to_dict() if live.network is not None else None
-        policy = effective_policy(request, base=base, default_internet=self.settings.network_internet_default)
-        if policy == live.network:
-            return policy
-        return await self._apply_network(live, policy)
-
-    async def _apply_network(self, live: LiveSession, policy: EgressPolicy) -> EgressPolicy:
-        async with live.network_lock:  # the VM's policy and the stored one change in the same order
-            async with self.using(live) as vm:
-                await vm.set_network_policy(policy)
-            live.network = policy
-            with self.db.session() as s:
-                row = s.get(SessionRow, live.id)
-                if row is not None:
-                    row.network = policy.to_dict()
-        log.info("session %s: egress policy set to %s", live.id, policy.to_dict())
-        return policy
 
     async def end_crashed(self, live: LiveSession) -> None:
         vm = live.vm

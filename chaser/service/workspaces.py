@@ -121,6 +121,30 @@ class WorkspaceManager:
             raise errors.WorkspaceExists(f"a workspace named {name!r} already exists") from None
         return WorkspaceRecord.of(row)
 
+    def resolve_ref(self, principal: Principal, *, ephemeral: bool, workspace: str | None,
+                              image: str | None) -> WorkspaceRecord | None:
+        """The workspace a request targets, per the rules shared by sessions and /v1/exec."""
+        if image is not None and workspace is not None:
+            raise errors.InvalidRequest("pass either workspace or image, not both: a workspace carries its own image")
+        if ephemeral:
+            if workspace is not None:
+                raise errors.InvalidRequest("an ephemeral session has no workspace; pass one of ephemeral or workspace")
+            return None
+        if image is not None:
+            raise errors.InvalidRequest("image is only accepted with ephemeral: true; set the image on the workspace")
+        if workspace is None:
+            default = self.settings.default_workspace
+            if not default:
+                raise errors.WorkspaceRequired("pass a workspace, or ephemeral: true")
+            found = self.find_in_account(principal.account_id, default)
+            if found is None:  # the configured default is created on first use
+                try:
+                    found = self.create_row(account_id=principal.account_id, name=default)
+                except errors.Conflict:
+                    found = self.get_in_account(principal.account_id, default)
+            return found
+        return self.get(principal, workspace)
+
     def get(self, principal: Principal, ref: str) -> WorkspaceRecord:
         return self.get_in_account(principal.account_id, ref)
 

@@ -87,13 +87,13 @@ async def self_test(session_id: str, services: ServicesDep, principal: SessionsR
 @router.get("/{session_id}/network", response_model=NetworkPolicyPublic, responses=error_responses(404),
             summary="The session's egress policy (an ended session: its last one)")
 async def get_network(session_id: str, services: ServicesDep, principal: SessionsRead) -> NetworkPolicyPublic:
-    policy = services.sessions.get_network(principal, session_id)
-    return policy_public(policy, enforced=services.sessions.network_enforced())
+    policy = services.sessions.network.get(principal, session_id)
+    return policy_public(policy, enforced=services.sessions.network.enforced())
 
 
 @router.put("/{session_id}/network", response_model=NetworkPolicyPublic, responses=SESSION_ERROR_RESPONSES,
             summary="Replace a running session's egress policy (applies to new connections at once)")
 async def set_network(session_id: str, body: NetworkPolicyCreate, services: ServicesDep,
                       principal: SessionsWrite) -> NetworkPolicyPublic:
-    policy = await services.sessions.set_network(principal, session_id, body)
-    return policy_public(policy, enforced=services.sessions.network_enforced())
+    policy = await services.sessions.network.set(principal, session_id, body)
+    return policy_public(policy, enforced=services.sessions.network.enforced())

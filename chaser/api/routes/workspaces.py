@@ -46,12 +46,12 @@ def snapshot_public(row: SnapshotRecord) -> WorkspaceSnapshotPublic:
 async def create_workspace(services: ServicesDep, principal: WorkspacesWrite,
                            body: WorkspaceCreate | None = Body(default=None)) -> WorkspacePublic:
     row = await services.disks.create_workspace(principal, body or WorkspaceCreate())
-    return workspace_public(row, services.workspaces, enforced=services.sessions.network_enforced())
+    return workspace_public(row, services.workspaces, enforced=services.sessions.network.enforced())
 
 
 @router.get("", response_model=list[WorkspacePublic], summary="List workspaces (a JSON list)")
 async def list_workspaces(services: ServicesDep, principal: WorkspacesRead) -> list[WorkspacePublic]:
-    enforced = services.sessions.network_enforced()
+    enforced = services.sessions.network.enforced()
     return [workspace_public(row, services.workspaces, enforced=enforced)
             for row in services.workspaces.list(principal)]
 
@@ -72,7 +72,7 @@ async def bulk_delete_workspaces(services: ServicesDep, principal: WorkspacesWri
             summary="Get a workspace by id or name")
 async def get_workspace(workspace: str, services: ServicesDep, principal: WorkspacesRead) -> WorkspacePublic:
     return workspace_public(services.workspaces.get(principal, workspace), services.workspaces,
-                            enforced=services.sessions.network_enforced())
+                            enforced=services.sessions.network.enforced())
 
 
 @router.delete("/{workspace}", response_model=WorkspaceDeletedPublic, responses=error_responses(404, 409),
