@@ -4,5 +4,13 @@ from chaser.runtime.egress import EgressPolicy
 from chaser.runtime.interface import UNENFORCED_MODES, AgentSocket, NetworkMode, Runtime, SandboxVM
 from chaser.runtime.spec import BootMethod, VMSpec
 
-__all__ = ["AgentSocket", "BootMethod", "EgressPolicy", "NetworkMode", "Runtime", "SandboxVM",
-           "UNENFORCED_MODES", "VMSpec"]
+__all__ = [
+           "UNENFORCED_MODES",
+           "AgentSocket",
+           "BootMethod",
+           "EgressPolicy",
+           "NetworkMode",
+           "Runtime",
+           "SandboxVM",
+           "VMSpec",
+]

@@ -84,7 +84,7 @@ class SandboxVM(Protocol):
 
     # --- interactive ---
     def pty(self, params: dict[str, Any]) -> AbstractAsyncContextManager[AgentSocket]:
-        """A PTY WebSocket (docs/pty.md); `params` is its query (mode, rows, cols, ...)."""
+        """A PTY WebSocket (docs/pty-and-forwarding.md); `params` is its query (mode, rows, cols, ...)."""
         ...
     async def ptys(self) -> list[dict[str, Any]]: ...
     async def resize_ptys(self, rows: int, cols: int) -> dict[str, Any]: ...
@@ -129,5 +129,13 @@ class Runtime(Protocol):
     async def stop_all(self, *, graceful: bool = False) -> None: ...
 
 
-__all__ = ["AgentSocket", "BootPath", "NetworkMode", "Runtime", "SandboxVM", "UNENFORCED_MODES", "VMSpec",
-           "EgressPolicy"]
+__all__ = [
+    "UNENFORCED_MODES",
+    "AgentSocket",
+    "BootPath",
+    "EgressPolicy",
+    "NetworkMode",
+    "Runtime",
+    "SandboxVM",
+    "VMSpec",
+]

@@ -29,7 +29,7 @@ def resolve_accel(requested: str, *, kernel: Path, initramfs: Path, cache_dir: P
     try:
         cached = json.loads(cache_file.read_text())
         if cached.get("key") == key:
-            return cached["accel"]
+            return str(cached["accel"])
     except (OSError, ValueError):
         pass
     accel = "kvm" if kvm_boots(kernel, initramfs) else "tcg"

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection
 
 from chaser import errors
 from chaser.agent.protocol import Endpoint
@@ -16,6 +17,7 @@ from chaser.agent.protocol import Endpoint
 _ERRORS_BY_STATUS: dict[int, type[errors.ChaserError]] = {
     400: errors.InvalidRequest,
     401: errors.AgentUnavailable,  # a token mismatch means we lost track of the agent
+    403: errors.Forbidden,  # permission_denied: a path the sandbox user may not touch
     404: errors.NotFound,
     409: errors.Conflict,
     413: errors.PayloadTooLarge,
@@ -60,6 +62,7 @@ class AgentClient:
         await self._http.aclose()
 
     async def request(self, method: str, path: str, *, timeout: float | None = 30.0, **kwargs: Any) -> Any:
+        """The agent's JSON answer: an object (docs/agent-protocol.md)."""
         try:
             response = await self._http.request(method, path, timeout=timeout, **kwargs)
         except httpx.TransportError as exc:
@@ -67,6 +70,13 @@ class AgentClient:
         if response.status_code >= 400:
             raise error_from_agent(response.status_code, response.content)
         return response.json()
+
+    async def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        result = await self.request(method, path, **kwargs)
+        if not isinstance(result, dict):
+            raise errors.AgentError(f"agent answered {path} with {type(result).__name__}, not an object",
+                                    code="agent_error", status=500)
+        return result
 
     async def ping(self, timeout: float = 1.0) -> bool:
         """One quick /health probe on a fresh connection (no keep-alive: a
@@ -81,10 +91,10 @@ class AgentClient:
             return False
 
     async def health(self) -> dict[str, Any]:
-        return await self.request("GET", Endpoint.HEALTH)
+        return await self._object("GET", Endpoint.HEALTH)
 
     async def init(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", Endpoint.INIT, json=payload, timeout=60.0)
+        return await self._object("POST", Endpoint.INIT, json=payload, timeout=60.0)
 
     async def exec(self, payload: dict[str, Any]) -> dict[str, Any]:
         if payload.get("background"):
@@ -93,41 +103,45 @@ class AgentClient:
             timeout = payload["timeout_ms"] / 1000 + 30
         else:
             timeout = None  # waits as long as the command runs; a VM crash still ends the wait
-        return await self.request("POST", Endpoint.EXEC, json=payload, timeout=timeout)
+        return await self._object("POST", Endpoint.EXEC, json=payload, timeout=timeout)
 
     async def processes(self) -> list[dict[str, Any]]:
-        return (await self.request("GET", Endpoint.PROCESSES))["processes"]
+        return list((await self._object("GET", Endpoint.PROCESSES))["processes"])
 
     async def process(self, process_id: str) -> dict[str, Any]:
-        return await self.request("GET", Endpoint.process(Endpoint.PROCESS, process_id))
+        return await self._object("GET", Endpoint.process(Endpoint.PROCESS, process_id))
 
-    async def output(self, process_id: str, *, offset: int = 0, limit: int | None = None, wait_ms: int = 0) -> dict[str, Any]:
+    async def output(self, process_id: str, *, offset: int = 0, limit: int | None = None,
+                     wait_ms: int = 0) -> dict[str, Any]:
         params: dict[str, Any] = {"offset": offset, "wait_ms": wait_ms}
         if limit is not None:
             params["limit"] = limit
-        result = await self.request("GET", Endpoint.process(Endpoint.PROCESS_OUTPUT, process_id), params=params, timeout=wait_ms / 1000 + 30)
+        result = await self._object("GET", Endpoint.process(Endpoint.PROCESS_OUTPUT, process_id), params=params,
+                                    timeout=wait_ms / 1000 + 30)
         result["data"] = base64.b64decode(result["data"])
         return result
 
     async def write_stdin(self, process_id: str, data: bytes, *, close: bool = False) -> dict[str, Any]:
         body = {"data": base64.b64encode(data).decode(), "encoding": "base64", "close": close}
-        return await self.request("POST", Endpoint.process(Endpoint.PROCESS_STDIN, process_id), json=body)
+        return await self._object("POST", Endpoint.process(Endpoint.PROCESS_STDIN, process_id), json=body)
 
     async def signal(self, process_id: str, signal: str | int) -> dict[str, Any]:
-        return await self.request("POST", Endpoint.process(Endpoint.PROCESS_SIGNAL, process_id), json={"signal": signal})
+        path = Endpoint.process(Endpoint.PROCESS_SIGNAL, process_id)
+        return await self._object("POST", path, json={"signal": signal})
 
     async def selftest(self) -> dict[str, Any]:
-        return await self.request("GET", Endpoint.SELFTEST, timeout=120.0)
+        return await self._object("GET", Endpoint.SELFTEST, timeout=120.0)
 
     async def shutdown(self) -> None:
         await self.request("POST", Endpoint.SHUTDOWN, timeout=5.0)
 
     # --- files ---
-    async def write_file(self, path: str, content: bytes | AsyncIterator[bytes], *, mode: str | None = None) -> dict[str, Any]:
+    async def write_file(self, path: str, content: bytes | AsyncIterator[bytes], *,
+                         mode: str | None = None) -> dict[str, Any]:
         params = {"path": path}
         if mode:
             params["mode"] = mode
-        return await self.request("PUT", Endpoint.FILES, params=params, content=content, timeout=300.0)
+        return await self._object("PUT", Endpoint.FILES, params=params, content=content, timeout=300.0)
 
     async def read_file(self, path: str) -> bytes:
         chunks = [chunk async for chunk in self.stream_file(path)]
@@ -144,25 +158,25 @@ class AgentClient:
             raise errors.AgentUnavailable(f"agent unreachable: {exc!r}") from exc
 
     async def stat(self, path: str) -> dict[str, Any]:
-        return await self.request("GET", Endpoint.FILES_STAT, params={"path": path})
+        return await self._object("GET", Endpoint.FILES_STAT, params={"path": path})
 
     async def list_dir(self, path: str) -> dict[str, Any]:
-        return await self.request("GET", Endpoint.FILES_LIST, params={"path": path})
+        return await self._object("GET", Endpoint.FILES_LIST, params={"path": path})
 
     async def mkdir(self, path: str) -> dict[str, Any]:
-        return await self.request("POST", Endpoint.FILES_MKDIR, json={"path": path})
+        return await self._object("POST", Endpoint.FILES_MKDIR, json={"path": path})
 
     async def remove(self, path: str, *, recursive: bool = False) -> dict[str, Any]:
-        return await self.request("DELETE", Endpoint.FILES, params={"path": path, "recursive": str(recursive).lower()})
+        return await self._object("DELETE", Endpoint.FILES, params={"path": path, "recursive": str(recursive).lower()})
 
     async def prepare(self, disks: dict[str, str]) -> dict[str, Any]:
-        return await self.request("POST", Endpoint.PREPARE, json={"disks": disks}, timeout=60.0)
+        return await self._object("POST", Endpoint.PREPARE, json={"disks": disks}, timeout=60.0)
 
     async def resize_ptys(self, rows: int, cols: int) -> dict[str, Any]:
-        return await self.request("POST", Endpoint.PTYS_RESIZE, json={"rows": rows, "cols": cols})
+        return await self._object("POST", Endpoint.PTYS_RESIZE, json={"rows": rows, "cols": cols})
 
     async def ptys(self) -> list[dict[str, Any]]:
-        return (await self.request("GET", Endpoint.PTYS))["ptys"]
+        return list((await self._object("GET", Endpoint.PTYS))["ptys"])
 
     # --- WebSockets ---
     def websocket_url(self, path: str, params: dict[str, Any] | None = None) -> str:
@@ -171,7 +185,7 @@ class AgentClient:
         return f"ws://{self.host}:{self.port}{path}{suffix}"
 
     @asynccontextmanager
-    async def websocket(self, path: str, params: dict[str, Any] | None = None):
+    async def websocket(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[ClientConnection]:
         """Open a WebSocket to the agent (PTY, relay). Maps a refused upgrade to our errors."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidStatus
@@ -187,7 +201,7 @@ class AgentClient:
                 proxy=None,  # else websockets (>= 15) goes through the host's HTTP(S)_PROXY: never for an agent
             )
         except InvalidStatus as exc:
-            raise error_from_agent(exc.response.status_code, exc.response.body or b"") from exc
+            raise error_from_agent(exc.response.status_code, bytes(exc.response.body or b"")) from exc
         except OSError as exc:
             raise errors.AgentUnavailable(f"agent unreachable: {exc!r}") from exc
         try:

@@ -13,7 +13,7 @@ class ConsoleLog:
         self.max_bytes = max_bytes
         self._buffer = bytearray()
         self.total_bytes = 0  # everything the guest wrote, kept or not
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def follow(self, stream: asyncio.StreamReader) -> None:
         self._task = asyncio.ensure_future(self._read(stream))

@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from qemu.qmp import QMPClient
@@ -17,6 +18,7 @@ from qemu.qmp import QMPClient
 from chaser import errors
 from chaser.agent.protocol import AGENT_PORT
 from chaser.config import Settings
+from chaser.guest.build import GuestAssets
 from chaser.vm.agent_client import AgentClient
 from chaser.vm.cgroup import Limits, VMCgroup
 from chaser.vm.console import ConsoleLog
@@ -30,7 +32,7 @@ from chaser.vm.qemu import MemoryFile, QemuCommand, kernel_args, netdev_tap, net
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 class Launcher:
@@ -45,12 +47,12 @@ class Launcher:
         vm_id: str,
         vm_dir: Path,
         *,
-        assets,
+        assets: GuestAssets,
         accel: str,
         image: Path,
         writable: Path,
         token: str,
-        on_stopped,
+        on_stopped: Callable[[VirtualMachine], None],
         memory_fd: int | None = None,
         shared_memory: bool = False,
         incoming: bool = False,
@@ -115,6 +117,7 @@ class Launcher:
                     os.close(placeholder)
                 files.close(keep=(memory_fd,) if memory_fd else ())
             console = ConsoleLog(self.settings.serial_log_max_bytes)
+            assert process.stdout is not None  # spawned with stdout=PIPE
             console.follow(process.stdout)
             qmp = QMPClient(vm_id)
             try:
@@ -161,7 +164,7 @@ class Launcher:
                 raise errors.VMCrashed("QEMU did not open its QMP socket")
             try:
                 await asyncio.wait_for(process.wait(), 0.02)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 
@@ -172,7 +175,9 @@ async def pass_fd(qmp: QMPClient, fd: int, name: str) -> None:
     # Not QMPClient.send_fd_scm: it needs the stdlib socket under asyncio's
     # wrapper, which uvloop (the server's loop) does not have. The write
     # buffer is empty here: every command before this one was answered.
-    transport_socket = qmp._writer.transport.get_extra_info("socket")  # noqa: SLF001
+    writer = qmp._writer
+    assert writer is not None, "QMP is connected"
+    transport_socket = writer.transport.get_extra_info("socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(transport_socket.fileno())) as sock:
         sock.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
     await qmp.execute("getfd", {"fdname": name})

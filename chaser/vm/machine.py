@@ -16,12 +16,12 @@ from qemu.qmp import QMPClient
 
 from chaser import errors
 from chaser.agent.protocol import Endpoint
+from chaser.runtime.egress import EgressPolicy
+from chaser.runtime.interface import AgentSocket
 from chaser.vm.agent_client import AgentClient
 from chaser.vm.cgroup import VMCgroup
 from chaser.vm.console import ConsoleLog
 from chaser.vm.network.manager import SandboxNetwork
-from chaser.runtime.egress import EgressPolicy
-from chaser.runtime.interface import AgentSocket
 from chaser.vm.process import kill_process_group
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class VirtualMachine:
     ) -> None:
         self.id = vm_id
         self.dir = vm_dir
-        self.process = process
+        self.qemu = process  # the QEMU process (`process()` is the agent call)
         self.qmp = qmp
         self.agent = agent
         self.network = network  # None: no namespace (CHASER_NETWORK=none or slirp)
@@ -57,7 +57,7 @@ class VirtualMachine:
         self.started_at = time.time()
         self._on_stopped = on_stopped
         self._stopping = False
-        self._stop_task: asyncio.Future | None = None
+        self._stop_task: asyncio.Future[None] | None = None
         self.exit_reason: str | None = None
         self._oom = False
         self.writable_disk: Path | None = None  # set by the runtime; admission counts its growth
@@ -67,7 +67,7 @@ class VirtualMachine:
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.qemu.pid
 
     @property
     def alive(self) -> bool:
@@ -118,20 +118,20 @@ class VirtualMachine:
             raise errors.VMCrashed(self.exit_reason or "the VM is not running")
         await self.network.apply(policy)
 
-    def _note_exit(self, future: asyncio.Future) -> None:
+    def _note_exit(self, future: asyncio.Future[int]) -> None:
         if not self._stopping and not future.cancelled():
             self._oom = self.oom_killed  # read now: the cgroup goes with stop()
             if self._oom:
                 self.exit_reason = "the VM used more memory than its limit and was killed (vm_oom)"
             else:
-                self.exit_reason = f"QEMU exited unexpectedly (code {self.process.returncode})"
+                self.exit_reason = f"QEMU exited unexpectedly (code {self.qemu.returncode})"
             log.warning("VM %s: %s", self.id, self.exit_reason)
 
     async def wait_exit(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(asyncio.shield(self._exited), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def guard(self, awaitable: Awaitable[T]) -> T:
@@ -261,7 +261,7 @@ class VirtualMachine:
                 try:
                     await asyncio.wait_for(self.agent.shutdown(), 5.0)
                     await self.wait_exit(timeout)
-                except (errors.ChaserError, asyncio.TimeoutError):
+                except (TimeoutError, errors.ChaserError):
                     pass
             if self.alive:
                 try:
@@ -270,10 +270,10 @@ class VirtualMachine:
                     pass
                 await self.wait_exit(3.0)
             if self.alive:
-                kill_process_group(self.process.pid)
+                kill_process_group(self.qemu.pid)
                 await self.wait_exit(10.0)
         finally:
-            kill_process_group(self.process.pid)
+            kill_process_group(self.qemu.pid)
             await self._close_connections()
             if self.console is not None:
                 await self.console.close()

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 MFD_CLOEXEC = 0x0001
@@ -26,7 +27,7 @@ CHUNK = 8 * 1024 * 1024
 
 def new_memfd(name: str, size: int) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.memfd_create(name.encode(), MFD_CLOEXEC | MFD_ALLOW_SEALING)
+    fd: int = libc.memfd_create(name.encode(), MFD_CLOEXEC | MFD_ALLOW_SEALING)
     if fd < 0:
         raise OSError(ctypes.get_errno(), "memfd_create")
     os.ftruncate(fd, size)
@@ -37,7 +38,7 @@ def seal(fd: int) -> None:
     fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)
 
 
-def _data_ranges(fd: int, size: int):
+def _data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """(offset, length) of the parts of a sparse file that hold data."""
     offset = 0
     while offset < size:

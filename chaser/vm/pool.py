@@ -46,6 +46,7 @@ class WarmPool(Generic[VM]):
         self.ready: list[VM] = []
         self._filler: asyncio.Task[None] | None = None
         self._closed = False
+        self._stopping: set[asyncio.Future[None]] = set()
 
     def start(self, image: Path) -> None:
         """Keep `size` VMs of `image` ready (the image sessions use by default)."""
@@ -71,13 +72,13 @@ class WarmPool(Generic[VM]):
     def take(self, spec: VMSpec) -> VM | None:
         if not self.eligible(spec):
             return None
-        vm = None
+        vm: VM | None = None
         while self.ready and vm is None:
             candidate = self.ready.pop(0)
             if candidate.alive:
                 vm = candidate
             else:
-                asyncio.ensure_future(candidate.stop(graceful=False))
+                self._stop_later(candidate)
         self.refill()
         return vm
 
@@ -115,8 +116,14 @@ class WarmPool(Generic[VM]):
 
     def _discard_ready(self) -> None:
         for vm in self.ready:
-            asyncio.ensure_future(vm.stop(graceful=False))
+            self._stop_later(vm)
         self.ready.clear()
+
+    def _stop_later(self, vm: VM) -> None:
+        """Stop `vm` in the background; the task is kept until it ends (the loop holds only weak references)."""
+        task = asyncio.ensure_future(vm.stop(graceful=False))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def close(self) -> None:
         self._closed = True

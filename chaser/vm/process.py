@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Confinement:
     pass_fds: list[int] = field(default_factory=list)  # descriptors QEMU inherits
 
 
-def confine(confinement: Confinement, netns_fd: int | None):
+def confine(confinement: Confinement, netns_fd: int | None) -> Callable[[], None]:
     def preexec() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if netns_fd is not None and libc.setns(netns_fd, CLONE_NEWNET) != 0:
@@ -77,7 +78,7 @@ async def spawn_qemu(argv: list[str], *, vm_dir: Path, log_path: Path,
     confinement = confinement or Confinement()
     netns_fd = os.open(confinement.netns, os.O_RDONLY | os.O_CLOEXEC) if confinement.netns else None
     try:
-        with open(log_path, "ab") as errors_out:
+        with open(log_path, "ab") as errors_out:  # noqa: ASYNC230 - opened to hand to the child
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -18,43 +18,48 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import QMPClient
 
 from chaser import errors
 from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
 from chaser.config import Settings
+from chaser.guest.build import GuestAssets, load_guest_assets
+from chaser.runtime.egress import EgressPolicy
+from chaser.runtime.interface import NetworkMode
+from chaser.runtime.spec import VMSpec
 from chaser.vm import memory
 from chaser.vm.accel import resolve_accel
 from chaser.vm.admission import Admission
-from chaser.vm.cgroup import detect as detect_cgroups, reap_empty
+from chaser.vm.cgroup import detect as detect_cgroups
+from chaser.vm.cgroup import reap_empty
 from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
 from chaser.vm.jail import jail_user_for
 from chaser.vm.launcher import Launcher, pass_fd
 from chaser.vm.machine import VirtualMachine
 from chaser.vm.network.manager import NetworkManager
-from chaser.runtime.egress import EgressPolicy
 from chaser.vm.pool import WarmPool
 from chaser.vm.process import reap_orphans
-from chaser.runtime.interface import NetworkMode
-from chaser.runtime.spec import VMSpec
 from chaser.vm.template import (
-    qemu_version,
     Template,
     discard_failed_template,
     discard_template,
     load_template,
+    qemu_version,
     retire_other_templates,
     template_key,
 )
 
 log = logging.getLogger(__name__)
+# Migration skips RAM that lives in a shared file (the template's): only device state is saved/loaded.
+IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 
 
 class Runtime:
     """The QEMU implementation of `chaser.runtime.Runtime` on this machine."""
 
-    def __init__(self, settings: Settings, assets=None) -> None:
+    def __init__(self, settings: Settings, assets: GuestAssets | None = None) -> None:
         self.settings = settings
         self._assets = assets
         self._accel: str | None = None
@@ -75,8 +80,9 @@ class Runtime:
         self._starting = 0  # start() calls between admission and a running VM
         log.info("admission limits: %s", self.admission.describe())
         reap_empty(self.cgroups)
+        jailed = "jailed" if jail_user_for(settings, 0) else "not jailed (CHASER_JAIL=false or not root)"
         log.info("network: %s (%s); cgroups: %s; QEMU: %s", self.network.mode, self.network.reason,
-                 self.cgroups or "none", "jailed" if jail_user_for(settings, 0) else "not jailed (CHASER_JAIL=false or not root)")
+                 self.cgroups or "none", jailed)
         if self.network.mode == "slirp":
             log.warning("CHASER_NETWORK=slirp: sandboxes can reach this host's loopback services (development only)")
         elif self.network.mode == "none":
@@ -84,10 +90,8 @@ class Runtime:
 
     # --- configuration resolved on first use ---
     @property
-    def assets(self):
+    def assets(self) -> GuestAssets:
         if self._assets is None:
-            from chaser.guest.build import load_guest_assets
-
             self._assets = load_guest_assets(self.settings)
         return self._assets
 
@@ -120,7 +124,7 @@ class Runtime:
 
     @property
     def network_mode(self) -> NetworkMode:
-        return self.network.mode
+        return self.network.mode  # type: ignore[return-value]  # resolve_mode answers one of NetworkMode
 
     @property
     def base_image_disk(self) -> Path:
@@ -219,7 +223,7 @@ class Runtime:
         async with self._template_lock:
             # A file lock too: several processes (test workers, CLI + server) share a home.
             self.templates_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.templates_dir / ".lock", "w") as lock:
+            with open(self.templates_dir / ".lock", "w") as lock:  # noqa: ASYNC230 - a local lock file
                 await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
                 try:
                     template = load_template(directory)
@@ -267,9 +271,9 @@ class Runtime:
         try:
             await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
             qmp = vm.qmp
-            await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+            await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("stop")
-            with open(template.state_file, "wb") as state:
+            with open(template.state_file, "wb") as state:  # noqa: ASYNC230 - opened to pass its descriptor
                 await pass_fd(qmp, state.fileno(), "snapshot")
                 await qmp.execute("migrate", {"uri": "fd:snapshot"})
                 await self._wait_migration(qmp)
@@ -309,14 +313,16 @@ class Runtime:
     @staticmethod
     async def _wait_migration(qmp: QMPClient) -> None:
         while True:
-            status = (await qmp.execute("query-migrate")).get("status")
+            answer = await qmp.execute("query-migrate")
+            status = answer.get("status") if isinstance(answer, dict) else None
             if status == "completed":
                 return
             if status in ("failed", "cancelled"):
                 raise errors.SandboxRuntimeError(f"template snapshot failed: {status}")
             await asyncio.sleep(0.02)
 
-    async def _restore(self, vm_id: str, vm_dir: Path, template: Template, image: Path, writable: Path) -> VirtualMachine | None:
+    async def _restore(self, vm_id: str, vm_dir: Path, template: Template, image: Path,
+                       writable: Path) -> VirtualMachine | None:
         """Restore a clone of the template; None (and the template discarded)
         when the snapshot does not restore, so the caller boots cold."""
         vm = None
@@ -326,12 +332,12 @@ class Runtime:
                 memory_fd=await self._sealed_template_memory(template), shared_memory=False, incoming=True,
             )
             qmp = vm.qmp
-            await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
-            with open(template.state_file, "rb") as state:
+            await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+            with open(template.state_file, "rb") as state:  # noqa: ASYNC230 - opened to pass its descriptor
                 await pass_fd(qmp, state.fileno(), "snapshot")
             await qmp.execute("migrate-incoming", {"uri": "fd:snapshot"})
             deadline = time.monotonic() + self.settings.restore_timeout_s
-            while (await vm.guard(qmp.execute("query-status")))["status"] != "paused":
+            while not await self._paused(vm):
                 if time.monotonic() > deadline:
                     raise errors.BootTimeout("snapshot did not load in time")
                 await asyncio.sleep(0.01)
@@ -362,7 +368,12 @@ class Runtime:
         vm.boot_method = "cold"
         return vm
 
-    async def _launch_vm(self, vm_id: str, vm_dir: Path, **kwargs) -> VirtualMachine:
+    @staticmethod
+    async def _paused(vm: VirtualMachine) -> bool:
+        answer = await vm.guard(vm.qmp.execute("query-status"))
+        return isinstance(answer, dict) and answer.get("status") == "paused"
+
+    async def _launch_vm(self, vm_id: str, vm_dir: Path, **kwargs: Any) -> VirtualMachine:
         return await self.launcher.launch(vm_id, vm_dir, assets=self.assets, accel=self.accel,
                                           on_stopped=self._forget, **kwargs)
 
@@ -374,7 +385,7 @@ class Runtime:
                 raise errors.BootTimeout(f"agent not ready after {timeout:.0f}s; console tail:\n{tail}")
             await asyncio.sleep(0.02)
 
-    def _init_payload(self, spec: VMSpec) -> dict:
+    def _init_payload(self, spec: VMSpec) -> dict[str, Any]:
         return {
             "token": secrets.token_urlsafe(32),
             "session_id": spec.session_id,

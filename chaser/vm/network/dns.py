@@ -12,10 +12,9 @@ import ipaddress
 import os
 from pathlib import Path
 
+from chaser.runtime.egress import EgressPolicy
 from chaser.vm.network.nftables import GUEST_RESOLVER, TABLE
 from chaser.vm.process import Confinement, confine
-from chaser.runtime.egress import EgressPolicy
-
 
 
 def upstream_servers(configured: list[str], resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
@@ -61,7 +60,7 @@ async def start_dnsmasq(netns: Path, argv: list[str], log_path: Path) -> asyncio
     """dnsmasq inside `netns`, dying with us (the same preexec as QEMU's, chaser/vm/process.py)."""
     netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with open(log_path, "ab") as output:
+        with open(log_path, "ab") as output:  # noqa: ASYNC230 - opened to hand to the child
             return await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
                 start_new_session=True, preexec_fn=confine(Confinement(netns=netns), netns_fd),

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from chaser import errors
 from chaser.config import Settings
+from chaser.runtime.egress import EgressPolicy
 from chaser.vm.network import dns, namespace
 from chaser.vm.network.namespace import LOCK_DIR, Slot, run
 from chaser.vm.network.nftables import host_ruleset, namespace_ruleset
-from chaser.runtime.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
 REQUIRED_COMMANDS = ("ip", "nft", "dnsmasq")
@@ -109,7 +109,7 @@ class NetworkManager:
         self.dns_servers = dns.upstream_servers(settings.network_dns_servers)
         self._taken: set[int] = set()
         self._ready: list[SandboxNetwork] = []
-        self._filler: asyncio.Task | None = None
+        self._filler: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()

@@ -155,7 +155,7 @@ async def remove_namespace(name: str, host_veth: str | None = None) -> None:
 
 async def reap_dead_namespaces() -> list[str]:
     """Remove every `chaser-N` namespace whose slot lock nobody holds."""
-    reaped = []
+    reaped: list[str] = []
     if not NETNS_DIR.is_dir():
         return reaped
     for entry in NETNS_DIR.iterdir():

@@ -66,6 +66,7 @@ def host_ruleset(*, pool: str, allow_private: Iterable[str] = (), dns_servers: I
     servers' pools stay."""
     allow_private = list(allow_private)
     dns_v4 = _v4(dns_servers)
+    sandboxes = f'"{HOST_VETH_PREFIX}*"'  # every sandbox's host-side veth
     return f"""\
 add table inet {TABLE}
 add set inet {TABLE} pools {{ type ipv4_addr; flags interval; }}
@@ -83,18 +84,18 @@ add element inet {TABLE} blocked4 {{ {', '.join(BLOCKED_V4)} }}
 add element inet {TABLE} pools {{ {pool} }}
 {f"add element inet {TABLE} allowed_private4 {{ {', '.join(_v4(allow_private))} }}" if _v4(allow_private) else ""}
 {f"add element inet {TABLE} dns4 {{ {', '.join(dns_v4)} }}" if dns_v4 else ""}
-add rule inet {TABLE} input iifname "{HOST_VETH_PREFIX}*" ct state established,related accept
-add rule inet {TABLE} input iifname "{HOST_VETH_PREFIX}*" counter drop
-add rule inet {TABLE} forward iifname "{HOST_VETH_PREFIX}*" oifname "{HOST_VETH_PREFIX}*" counter drop
-add rule inet {TABLE} forward oifname "{HOST_VETH_PREFIX}*" ct state established,related accept
-add rule inet {TABLE} forward oifname "{HOST_VETH_PREFIX}*" counter drop
-add rule inet {TABLE} forward iifname "{HOST_VETH_PREFIX}*" ct state established,related accept
-add rule inet {TABLE} forward iifname "{HOST_VETH_PREFIX}*" meta nfproto ipv6 counter drop
-add rule inet {TABLE} forward iifname "{HOST_VETH_PREFIX}*" ip daddr @dns4 meta l4proto {{ tcp, udp }} th dport 53 accept
-add rule inet {TABLE} forward iifname "{HOST_VETH_PREFIX}*" ip daddr @allowed_private4 accept
-add rule inet {TABLE} forward iifname "{HOST_VETH_PREFIX}*" ip daddr @blocked4 counter reject with icmpx type admin-prohibited
-add rule inet {TABLE} forward iifname "{HOST_VETH_PREFIX}*" accept
-add rule inet {TABLE} postrouting ip saddr @pools oifname != "{HOST_VETH_PREFIX}*" masquerade
+add rule inet {TABLE} input iifname {sandboxes} ct state established,related accept
+add rule inet {TABLE} input iifname {sandboxes} counter drop
+add rule inet {TABLE} forward iifname {sandboxes} oifname {sandboxes} counter drop
+add rule inet {TABLE} forward oifname {sandboxes} ct state established,related accept
+add rule inet {TABLE} forward oifname {sandboxes} counter drop
+add rule inet {TABLE} forward iifname {sandboxes} ct state established,related accept
+add rule inet {TABLE} forward iifname {sandboxes} meta nfproto ipv6 counter drop
+add rule inet {TABLE} forward iifname {sandboxes} ip daddr @dns4 meta l4proto {{ tcp, udp }} th dport 53 accept
+add rule inet {TABLE} forward iifname {sandboxes} ip daddr @allowed_private4 accept
+add rule inet {TABLE} forward iifname {sandboxes} ip daddr @blocked4 counter reject with icmpx type admin-prohibited
+add rule inet {TABLE} forward iifname {sandboxes} accept
+add rule inet {TABLE} postrouting ip saddr @pools oifname != {sandboxes} masquerade
 """
 
 
