@@ -1,5 +1,6 @@
 """The runtime seam (interface.py): the only way the service layer reaches VMs."""
 
+from chaser.agent.protocol import AGENT_PROTOCOL_VERSION, DEFAULT_WORKDIR
 from chaser.runtime.egress import EgressPolicy
 from chaser.runtime.interface import UNENFORCED_MODES, AgentSocket, NetworkMode, Runtime, SandboxVM
 from chaser.runtime.spec import BootMethod, VMSpec

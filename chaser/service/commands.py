@@ -8,12 +8,19 @@ import posixpath
 from collections.abc import AsyncIterator
 
 from chaser import errors
-from chaser.agent.protocol import AGENT_PROTOCOL_VERSION, DEFAULT_WORKDIR
 from chaser.config import Settings
 from chaser.models.exec import (
-    CommandPublic, ExecCreate, ExecPublic, KillCreate, KillPublic, SessionExecCreate, StdinCreate, StdinPublic,
+    CommandPublic,
+    ExecCreate,
+    ExecPublic,
+    KillCreate,
+    KillPublic,
+    SessionExecCreate,
+    StdinCreate,
+    StdinPublic,
 )
 from chaser.models.sessions import ProxyInfo, RuntimeChaserInfo, RuntimeInfo, SelfTestPublic
+from chaser.runtime import AGENT_PROTOCOL_VERSION, DEFAULT_WORKDIR
 from chaser.service.keys import Principal
 from chaser.service.sessions import LiveSession, SessionManager
 
@@ -81,7 +88,8 @@ class CommandService:
     async def run(self, principal: Principal, request: ExecCreate) -> ExecPublic:
         """`POST /v1/exec`: reuse the workspace's session or start one; an ephemeral one ends with the command."""
         if request.session_type != "sandbox":
-            raise errors.UnsupportedSessionType(f"session_type {request.session_type!r} is not supported; only 'sandbox'")
+            raise errors.UnsupportedSessionType(
+                f"session_type {request.session_type!r} is not supported; only 'sandbox'")
         workspace = self.sessions.workspaces.resolve_ref(principal, ephemeral=request.ephemeral,
                                                         workspace=request.workspace, image=request.image)
         command = SessionExecCreate(command=request.command, cwd=request.cwd, env=request.env,
@@ -90,7 +98,8 @@ class CommandService:
             live = await self.sessions.ensure_for_workspace(principal, workspace, network=request.network)
             return await self.exec(live, command)
         if request.background:
-            raise errors.InvalidRequest("background commands need a workspace: an ephemeral session ends with the command")
+            raise errors.InvalidRequest(
+                "background commands need a workspace: an ephemeral session ends with the command")
         live = await self.sessions.create_ephemeral(principal, image=request.image, network=request.network)
         try:
             return await self.exec(live, command)

@@ -53,7 +53,8 @@ class WorkspaceDisks:
             with self.db.session() as s:  # stale rows of an earlier process
                 for row in s.scalars(select(SessionRow).where(SessionRow.workspace_id == workspace.id,
                                                               SessionRow.status.in_(ACTIVE_STATUSES))):
-                    row.status, row.end_reason, row.ended_at = SessionStatus.TERMINATED, EndReason.WORKSPACE_DELETED, utcnow()
+                    row.status, row.end_reason = SessionStatus.TERMINATED, EndReason.WORKSPACE_DELETED
+                    row.ended_at = utcnow()
             await self.workspaces.delete(workspace)
         self.sessions.forget_workspace_lock(workspace.id)
 
@@ -191,5 +192,5 @@ class WorkspaceDisks:
         finally:
             try:
                 await vm.thaw()
-            except Exception:  # noqa: BLE001 - a VM that cannot resume is reaped as crashed
+            except Exception:
                 log.exception("session %s: resuming the VM after a disk copy failed", live.id)

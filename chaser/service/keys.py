@@ -93,7 +93,7 @@ class KeyManager:
         unknown = requested - set(SCOPES) - {FULL_ACCESS}
         if unknown:
             raise errors.InvalidRequest(f"unknown scopes: {', '.join(sorted(unknown))}; known: {', '.join(SCOPES)}")
-        full = FULL_ACCESS in requested or not requested and principal.full_access
+        full = FULL_ACCESS in requested or (not requested and principal.full_access)
         requested.discard(FULL_ACCESS)
         if full and not principal.full_access:
             raise errors.Forbidden("only a full-access key can create a full-access key")

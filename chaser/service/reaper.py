@@ -65,5 +65,5 @@ class Reaper:
             await asyncio.sleep(interval)
             try:
                 await self.reap_once()
-            except Exception:  # noqa: BLE001 - the reaper must keep running
+            except Exception:
                 log.exception("session reaper pass failed")

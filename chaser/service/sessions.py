@@ -30,16 +30,15 @@ from sqlalchemy import delete, select
 
 from chaser import errors
 from chaser.config import Settings
-from chaser.images import ResolvedImage
 from chaser.models.network import NetworkPolicyCreate
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
 from chaser.models.status import ACTIVE_STATUSES, ENDED_STATUSES, EndReason, SessionStatus
-from chaser.runtime import EgressPolicy, Runtime, SandboxVM, VMSpec
+from chaser.runtime import Runtime, SandboxVM, VMSpec
 from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession, check_proxy, proxy_env, session_not_running
-from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.service.network import effective_policy
+from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.service.session_network import SessionNetworks
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database, SessionRow, Workspace
@@ -378,7 +377,7 @@ class SessionManager:
             try:
                 if vm is not None:
                     await vm.stop(graceful=graceful)
-            except Exception:  # noqa: BLE001 - the row must end whatever the VM did
+            except Exception:
                 log.exception("session %s: stopping its VM failed", live.id)
             finally:
                 self.live.pop(live.id, None)
