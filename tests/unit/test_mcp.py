@@ -418,7 +418,7 @@ async def test_get_is_405():
 
 async def test_app_mounts_v1_mcp(tmp_path, monkeypatch):
     monkeypatch.setenv("CHASER_HOME", str(tmp_path))
-    from chaser.api.app import create_app
+    from chaser.assembly import create_app
     from chaser.config import Settings
 
     app = create_app(Settings(home=tmp_path, config_file=tmp_path / "config.json"), runtime=object())
@@ -440,7 +440,7 @@ def live_api(tmp_path):
     """A real HTTP server (the tools call it back over loopback) with fake VMs."""
     import uvicorn
 
-    from chaser.api.app import create_app
+    from chaser.assembly import create_app
     from tests.unit.test_api_fakes import FakeRuntime, make_settings
 
     app = create_app(make_settings(tmp_path), FakeRuntime(), reaper_interval=3600)
