@@ -162,7 +162,7 @@ class MCPEndpoint:
         if self.authenticate is not None:
             try:
                 self.authenticate(token)
-            except Exception as exc:  # noqa: BLE001 - duck-typed domain errors
+            except Exception as exc:  # duck-typed domain errors: re-raised unless they carry a 4xx status
                 status = getattr(exc, "status", None)
                 if isinstance(status, int) and 400 <= status < 500:
                     return status, str(getattr(exc, "code", "unauthorized")), str(getattr(exc, "message", exc))

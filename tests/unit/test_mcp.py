@@ -15,15 +15,9 @@ import pytest
 
 from chaser.client import ChaserClient
 from chaser.mcp.asgi import MCPEndpoint, bearer_token, loopback_base_url, normalize_accept
-from chaser.mcp.server import (
-    EditError,
-    FileOp,
-    XmlOpsError,
-    apply_edits,
-    call_tool,
-    parse_terminal_arguments,
-    parse_xml_ops,
-)
+from chaser.mcp.arguments import parse_terminal_arguments
+from chaser.mcp.files import EditError, FileOp, XmlOpsError, apply_edits, parse_xml_ops
+from chaser.mcp.registry import call_tool
 
 MCP_DIR = Path(__file__).resolve().parents[2] / "chaser" / "mcp"
 KEY = "sk_test_key"
