@@ -2,6 +2,7 @@
 
 from chaser.images.config import ImageConfig
 from chaser.images.reference import DEFAULT_IMAGE, normalize
-from chaser.images.store import ImageStore, Progress, ResolvedImage
+from chaser.images.store import BlockingImageStore, ImageRow, ImageStore, Progress, ResolvedImage
 
-__all__ = ["DEFAULT_IMAGE", "ImageConfig", "ImageStore", "Progress", "ResolvedImage", "normalize"]
+__all__ = ["DEFAULT_IMAGE", "BlockingImageStore", "ImageConfig", "ImageRow", "ImageStore", "Progress",
+           "ResolvedImage", "normalize"]

@@ -11,6 +11,7 @@ tarball's content hash, so the import is done once per tarball.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -19,16 +20,20 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chaser import errors
 from chaser.images.pull import run_tool
+
+if TYPE_CHECKING:
+    from chaser.config import Settings
 
 TAG = "latest"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HASH_CACHE = ".tar-hashes.json"
 
 
-def find_base_tarball(settings) -> Path:
+def find_base_tarball(settings: Settings) -> Path:
     from chaser.guest.base_image import BASE_IMAGE
     from chaser.guest.rootfs import tarball_entry
 
@@ -54,8 +59,9 @@ def content_key(tar: Path, cache_dir: Path) -> str:
         memo = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         memo = {}
-    if isinstance(memo, dict) and isinstance(memo.get(stamp), str):
-        return memo[stamp]
+    cached = memo.get(stamp) if isinstance(memo, dict) else None
+    if isinstance(cached, str):
+        return cached
     h = hashlib.sha256()
     with open(tar, "rb") as f:
         while chunk := f.read(4 << 20):
@@ -100,7 +106,8 @@ async def build_layout(tar: Path, layout: Path, work: Path) -> None:
     await _umoci("init", "--layout", str(layout))
     await _umoci("new", "--image", image)
     await _umoci("raw", "add-layer", "--image", image, str(tar))
-    await _umoci("raw", "add-layer", "--image", image, str(extra_layer(work / "chaser-extra.tar")))
+    extra = await asyncio.to_thread(extra_layer, work / "chaser-extra.tar")
+    await _umoci("raw", "add-layer", "--image", image, str(extra))
     await _umoci("config", "--image", image, "--config.env", PATH_ENV,
                  "--os", "linux", "--architecture", "amd64",
                  "--author", "chaser", "--config.label", "org.opencontainers.image.title=chaser/base")

@@ -12,12 +12,16 @@ import os
 import re
 import signal
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from chaser import errors
 from chaser.images.reference import Reference
+
+if TYPE_CHECKING:
+    from chaser.config import Settings
 
 SKOPEO = "skopeo"
 INDEX_TYPES = {
@@ -60,7 +64,7 @@ async def run_tool(cmd: list[str], *, on_line: Callable[[str], None] | None = No
             out.extend(line)
             try:
                 on_line(line.decode(errors="replace").rstrip())
-            except Exception:  # a broken progress callback must not break the pull
+            except Exception:  # noqa: BLE001 - a broken progress callback must not break the pull
                 pass
 
     try:
@@ -134,7 +138,7 @@ class Target:
 
 
 class Skopeo:
-    def __init__(self, settings, tmp_root: Path) -> None:
+    def __init__(self, settings: Settings, tmp_root: Path) -> None:
         self.settings = settings
         self.tmp_root = tmp_root
         self.calls: dict[str, int] = {"inspect": 0, "copy": 0}
@@ -180,7 +184,7 @@ class Skopeo:
 
     async def inspect_raw(self, ref: Reference, source: str, *, config: bool = False) -> bytes:
         authfile, tmp = self._auth_file(ref)
-        cmd = self._global() + ["inspect", "--raw"]
+        cmd = [*self._global(), "inspect", "--raw"]
         if config:
             cmd.append("--config")
         cmd += self._tls_args(ref, "--tls-verify")
@@ -200,7 +204,7 @@ class Skopeo:
     async def copy(self, ref: Reference, source: str, layout: Path, tag: str,
                    on_line: Callable[[str], None] | None = None) -> None:
         authfile, tmp = self._auth_file(ref)
-        cmd = self._global() + ["copy", f"--override-arch={ARCH}", f"--override-os={OS}"]
+        cmd = [*self._global(), "copy", f"--override-arch={ARCH}", f"--override-os={OS}"]
         cmd += self._tls_args(ref, "--src-tls-verify")
         if authfile:
             cmd.append(f"--src-authfile={authfile[0]}")
@@ -262,8 +266,9 @@ def choose_platform(index: dict[str, Any], what: str) -> str:
     for m in index.get("manifests") or []:
         p = m.get("platform") or {}
         seen.append(f"{p.get('os', '?')}/{p.get('architecture', '?')}")
-        if p.get("os") == OS and p.get("architecture") == ARCH and isinstance(m.get("digest"), str):
-            return m["digest"]
+        digest = m.get("digest")
+        if p.get("os") == OS and p.get("architecture") == ARCH and isinstance(digest, str):
+            return digest
     raise errors.InvalidImage(
         f"image {what} has no {OS}/{ARCH} variant (has: {', '.join(sorted(set(seen))) or 'none'})")
 
@@ -277,7 +282,7 @@ def check_manifest(manifest: dict[str, Any], what: str, max_bytes: int | None) -
     if not isinstance(layers, list) or not isinstance(manifest.get("config"), dict):
         raise errors.InvalidImage(f"image {what}: manifest has no config/layers")
     total = 0
-    for layer in layers + [manifest["config"]]:
+    for layer in [*layers, manifest["config"]]:
         size = layer.get("size") if isinstance(layer, dict) else None
         if not isinstance(size, int) or size < 0:
             raise errors.InvalidImage(f"image {what}: manifest entry without a valid size")

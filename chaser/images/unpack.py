@@ -21,8 +21,9 @@ import shutil
 import stat
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from chaser import errors
 from chaser.images.pull import run_tool
@@ -94,7 +95,7 @@ def scan_layers(layout: Path, manifest: dict[str, Any], *, max_unpacked: int | N
     total = 0
     for i, layer in enumerate(layers):
         mt = str(layer.get("mediaType", ""))
-        if "zstd" in mt or "nondistributable" in mt and "tar" not in mt:
+        if "zstd" in mt or ("nondistributable" in mt and "tar" not in mt):
             raise errors.InvalidImage(f"layer {i + 1} has unsupported media type {mt!r}")
         total = scan_layer(blob_path(layout, layer["digest"]), i, max_unpacked=max_unpacked, already=total)
         if progress:
@@ -132,7 +133,7 @@ def ensure_dirs(rootfs: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     """rmtree that also copes with read-only directories from the image."""
-    def onerror(func, p, exc_info):
+    def onerror(func: Callable[[str], object], p: str, exc_info: object) -> None:
         try:
             os.chmod(os.path.dirname(p), 0o700)
             func(p)

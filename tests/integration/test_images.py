@@ -178,7 +178,7 @@ async def test_tag_moved_is_re_resolved(tmp_path, store, reg, work):
     assert two.digest == d2 != d1 and store.stats["builds"] == 2
     with erofs_tree(two.disk) as (tree, _):
         assert (tree / "marker").read_text() == "second\n"
-    rows = store.list()
+    rows = await store.list()
     assert {r["digest"]: r["ref"] for r in rows} == {d2: ref, d1: None}
 
 
@@ -317,7 +317,7 @@ async def test_hostile_layers_are_rejected(tmp_path, store, reg, work, kind, mat
     assert ei.value.status == 400 and "layer 2" in ei.value.message
     assert not (store.root.parent / "evil").exists() and not Path("/abs-evil").exists()
     assert not (tmp_path / "x").exists()
-    assert leftovers(store.root) == [] and not store.list()
+    assert leftovers(store.root) == [] and not await store.list()
 
 
 async def test_no_write_through_a_symlink(tmp_path, store, reg, work):
@@ -386,30 +386,30 @@ async def test_list_remove_prune(tmp_path, store, reg, work, feature):
     alias = fref.rsplit(":", 1)[0] + ":alias"
     reg.push(work / "feature-layout", "v1", "feat", dest_tag="alias")
     await store.resolve(alias)  # a second ref to the same image
-    rows = store.list()
+    rows = await store.list()
     assert sorted((r["ref"], r["digest"]) for r in rows) == sorted(
         [(fref, fdigest), (alias, fdigest), (tref, t.digest)])
     assert all(r["size"] > 0 and r["last_used"] and r["created"] for r in rows)
 
-    assert store.remove(alias) == []  # untag only: fref still points to it
+    assert await store.remove(alias) == []  # untag only: fref still points to it
     assert f.disk.exists()
     with pytest.raises(errors.Conflict):
-        store.remove(fref, in_use={fdigest})
+        await store.remove(fref, in_use={fdigest})
     with pytest.raises(errors.ImageNotFound):
-        store.remove(f"{reg.host}/never:seen")
+        await store.remove(f"{reg.host}/never:seen")
 
     # prune: recent images are spared, then least recently used first within the budget.
-    assert store.prune(budget_bytes=0) == []
+    assert await store.prune(budget_bytes=0) == []
     past = time.time() - 3600
     os.utime(f.disk.parent / "last_used", (past - 10, past - 10))
     os.utime(t.disk.parent / "last_used", (past, past))
-    assert store.prune(budget_bytes=0, in_use={fdigest}) == [t.digest]
-    assert store.prune(budget_bytes=f.size_bytes) == []  # fits
-    assert store.prune(budget_bytes=0, in_use=lambda: set()) == [fdigest]
-    assert store.list() == [] and leftovers(store.root) == []
+    assert await store.prune(budget_bytes=0, in_use={fdigest}) == [t.digest]
+    assert await store.prune(budget_bytes=f.size_bytes) == []  # fits
+    assert await store.prune(budget_bytes=0, in_use=lambda: set()) == [fdigest]
+    assert await store.list() == [] and leftovers(store.root) == []
 
     again = await store.resolve(fref)  # pulled again after pruning
-    assert store.remove(fdigest) == [again.digest] and store.list() == []
+    assert await store.remove(fdigest) == [again.digest] and await store.list() == []
 
 
 async def test_disk_full_fails_cleanly(tmp_path, reg, feature):
@@ -423,7 +423,7 @@ async def test_disk_full_fails_cleanly(tmp_path, reg, feature):
         with pytest.raises(errors.ChaserError) as ei:
             await store.resolve(ref)
         assert ei.value.status in (500, 502) and "no space left on device" in ei.value.message.lower()
-        assert leftovers(images) == [] and store.list() == []
+        assert leftovers(images) == [] and await store.list() == []
     finally:
         subprocess.run(["umount", str(images)], check=True)
 
@@ -442,10 +442,10 @@ def _base_settings(tmp_path: Path) -> Settings:
 
 async def test_default_image(tmp_path, capsys):
     store = ImageStore(_base_settings(tmp_path))
-    assert not store.has("chaser/base")
+    assert not await store.has("chaser/base")
     t0 = time.monotonic()
     img = await asyncio.gather(store.resolve(None), store.resolve("chaser/base"))
-    assert store.has("chaser/base") and store.has("chaser/base:latest")
+    assert await store.has("chaser/base") and await store.has("chaser/base:latest")
     elapsed = time.monotonic() - t0
     assert img[0] == img[1] and img[0].reference == "chaser/base" and store.stats["builds"] == 1
     meta = json.loads((img[0].disk.parent / "meta.json").read_text())
@@ -468,4 +468,4 @@ async def test_default_image(tmp_path, capsys):
     assert (await other.resolve(None)).digest == img[0].digest and other.stats["builds"] == 0
     # Not pruned: the default image is the offline fallback.
     os.utime(again.disk.parent / "last_used", (1, 1))
-    assert store.prune(budget_bytes=0) == []
+    assert await store.prune(budget_bytes=0) == []

@@ -108,55 +108,55 @@ def store(tmp_path):
     return ImageStore(Settings(home=tmp_path))
 
 
-def test_list_remove_and_refs(store):
+async def test_list_remove_and_refs(store):
     old = time.time() - 3600
     a = _fake_entry(store, 1, 100, old)
     b = _fake_entry(store, 2, 200, old + 10)
-    store._update_refs(set_refs={"docker.io/library/a:1": a, "docker.io/library/a:latest": a})
-    rows = store.list()
+    store.refs.update(set_refs={"docker.io/library/a:1": a, "docker.io/library/a:latest": a})
+    rows = await store.list()
     assert [(r["ref"], r["digest"], r["size"]) for r in rows] == [
         ("docker.io/library/a:1", a, 100), ("docker.io/library/a:latest", a, 100), (None, b, 200)]
     assert rows[0]["last_used"].startswith(time.strftime("%Y", time.gmtime(old)))
 
-    assert store.remove("a:1") == []  # another tag still points at it
+    assert await store.remove("a:1") == []  # another tag still points at it
     with pytest.raises(errors.Conflict):
-        store.remove("a", in_use={a})
-    assert store.remove("a") == [a]
+        await store.remove("a", in_use={a})
+    assert await store.remove("a") == [a]
     assert not store.entry_dir(a).exists()
     with pytest.raises(errors.ImageNotFound):
-        store.remove("a")
+        await store.remove("a")
     with pytest.raises(errors.ImageNotFound):
-        store.remove("sha256:" + "f" * 64)
-    assert store.remove(b) == [b]
-    assert store.list() == []
+        await store.remove("sha256:" + "f" * 64)
+    assert await store.remove(b) == [b]
+    assert await store.list() == []
     assert not [p for p in store.root.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_prune_lru_within_budget(store):
+async def test_prune_lru_within_budget(store):
     now = time.time()
     a = _fake_entry(store, 1, 100, now - 3000)
     b = _fake_entry(store, 2, 100, now - 2000)
     c = _fake_entry(store, 3, 100, now - 1000)
     recent = _fake_entry(store, 4, 100, now)
     base = _fake_entry(store, 5, 100, now - 9000)
-    store._update_refs(set_refs={"chaser/base": base})
-    assert store.prune(budget_bytes=1000) == []
+    store.refs.update(set_refs={"chaser/base": base})
+    assert await store.prune(budget_bytes=1000) == []
     # Oldest first; `b` in use; the recent one and the default image are spared.
-    assert store.prune(budget_bytes=250, in_use=lambda: {b}) == [a, c]
-    assert store.prune(budget_bytes=0) == [b]
-    assert {r["digest"] for r in store.list()} == {recent, base}
+    assert await store.prune(budget_bytes=250, in_use=lambda: {b}) == [a, c]
+    assert await store.prune(budget_bytes=0) == [b]
+    assert {r["digest"] for r in await store.list()} == {recent, base}
 
 
-def test_prune_uses_settings_budget_and_cleans_tmp(tmp_path):
+async def test_prune_uses_settings_budget_and_cleans_tmp(tmp_path):
     store = ImageStore(Settings(home=tmp_path, image_cache_budget_bytes=150))
     _fake_entry(store, 1, 100, time.time() - 3000)
     newer = _fake_entry(store, 2, 100, time.time() - 2000)
     stale = store.root / ".tmp-deadbeef-abc"
     stale.mkdir()
     (stale / "junk").write_text("x")
-    assert len(store.prune()) == 1
+    assert len(await store.prune()) == 1
     assert not stale.exists()
-    assert [r["digest"] for r in store.list()] == [newer]
+    assert [r["digest"] for r in await store.list()] == [newer]
 
 
 async def test_resolve_by_cached_digest_needs_no_tools(store):
@@ -165,7 +165,7 @@ async def test_resolve_by_cached_digest_needs_no_tools(store):
     assert img.digest == digest and img.reference == f"example.com/x@{digest}"
     assert img.config.env == {"N": "7"} and img.size_bytes == 50
     assert store.skopeo.calls == {"inspect": 0, "copy": 0}
-    assert [r["ref"] for r in store.list()] == [f"example.com/x@{digest}"]
+    assert [r["ref"] for r in await store.list()] == [f"example.com/x@{digest}"]
 
 
 async def test_local_sources_off_by_default(store, tmp_path):
@@ -186,7 +186,7 @@ def test_cli_list_rm_prune(tmp_path, monkeypatch):
     try:
         store = ImageStore(Settings(home=tmp_path))
         digest = _fake_entry(store, 9, 1234, time.time() - 3600)
-        store._update_refs(set_refs={"docker.io/library/x:1": digest})
+        store.refs.update(set_refs={"docker.io/library/x:1": digest})
         runner = CliRunner()
         res = runner.invoke(cli.app, ["list", "--json"])
         assert res.exit_code == 0, res.output

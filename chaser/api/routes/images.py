@@ -10,7 +10,6 @@ from chaser import errors
 from chaser.api.deps import CurrentKey, ServicesDep
 from chaser.api.routes import AUTH_ERROR_RESPONSES, IMAGE_ERROR_RESPONSES, error_responses
 from chaser.models.images import ImagePrune, ImagePublic, ImagePull, ImagesDeletedPublic, ImagesPublic
-from chaser.service.images import check_image_ref
 from chaser.service.keys import Principal
 
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=AUTH_ERROR_RESPONSES)
@@ -25,20 +24,16 @@ async def require_admin(principal: CurrentKey) -> Principal:
 Admin = Annotated[Principal, Depends(require_admin)]
 
 
-def in_use(services) -> set[str]:
-    return {live.image_digest for live in services.sessions.live.values() if live.image_digest}
-
-
 @router.get("", response_model=ImagesPublic, summary="List cached images")
 async def list_images(services: ServicesDep, _admin: Admin) -> ImagesPublic:
-    return ImagesPublic(images=[ImagePublic(**row) for row in services.sessions.images.store.list()])
+    rows = await services.sessions.images.list_images()
+    return ImagesPublic(images=[ImagePublic(**row) for row in rows])
 
 
 @router.post("", response_model=ImagePublic, responses={**error_responses(400), **IMAGE_ERROR_RESPONSES},
              summary="Pull an image into the store (cached by digest)")
 async def pull_image(services: ServicesDep, _admin: Admin, body: ImagePull) -> ImagePublic:
-    ref = check_image_ref(body.ref)
-    image = await services.sessions.images.store.pull(ref)
+    image = await services.sessions.images.pull(body.ref)
     return ImagePublic(ref=image.reference, digest=image.digest, size=image.size_bytes,
                        config=image.config.to_dict())
 
@@ -47,11 +42,10 @@ async def pull_image(services: ServicesDep, _admin: Admin, body: ImagePull) -> I
 async def prune_images(services: ServicesDep, _admin: Admin,
                        body: ImagePrune | None = Body(default=None)) -> ImagesDeletedPublic:
     budget = body.budget_bytes if body else None
-    store = services.sessions.images.store
-    return ImagesDeletedPublic(deleted=store.prune(budget_bytes=budget, in_use=in_use(services)))
+    return ImagesDeletedPublic(deleted=await services.sessions.images.prune(budget))
 
 
 @router.delete("/{ref:path}", response_model=ImagesDeletedPublic, responses=error_responses(400, 404, 409),
                summary="Remove an image (409 while a session uses it)")
 async def remove_image(ref: str, services: ServicesDep, _admin: Admin) -> ImagesDeletedPublic:
-    return ImagesDeletedPublic(deleted=services.sessions.images.store.remove(ref, in_use=in_use(services)))
+    return ImagesDeletedPublic(deleted=await services.sessions.images.remove(ref))

@@ -20,10 +20,11 @@ SHORT_DIGEST_CHARS = len("sha256:") + 12  # as `docker images` shows them; `rm` 
 
 
 def _store():
+    """The store's blocking operations: these commands run without an event loop."""
     from chaser.config import get_settings
     from chaser.images import ImageStore
 
-    return ImageStore(get_settings())
+    return ImageStore(get_settings()).blocking
 
 
 def _human(n: int | None) -> str:
@@ -59,14 +60,13 @@ def pull(
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Pull an image (or import a local one) and convert it to a disk; cached by digest."""
-    import asyncio
     import time
 
     store = _store()
     started = time.monotonic()
 
     if json_output:
-        img = _run(lambda: asyncio.run(store.pull(ref, allow_local=True)))
+        img = _run(lambda: store.pull(ref, allow_local=True))
         print_json(_resolved(img))
         return
 
@@ -81,7 +81,7 @@ def pull(
         def on_progress(event) -> None:
             bar.update(task, description=str(event), total=event.total, completed=event.current or 0)
 
-        img = _run(lambda: asyncio.run(store.pull(ref, progress=on_progress, allow_local=True)))
+        img = _run(lambda: store.pull(ref, progress=on_progress, allow_local=True))
     elapsed = time.monotonic() - started
     console.print(f"[bold]{img.reference}[/bold] {img.digest} ({_human(img.size_bytes)}, {elapsed:.1f}s)",
                   highlight=False)
