@@ -39,7 +39,11 @@ def build_services(settings: Settings, runtime: Runtime | None = None) -> Servic
     keys = KeyManager(db)
     keys.ensure_account()
     workspaces = WorkspaceManager(db, settings)
-    sessions = SessionManager(db, settings, runtime, workspaces)
+    sessions: SessionManager
+    # The digests running sessions boot from: an image in use is neither removed (409) nor pruned.
+    images = ImageService(settings, in_use=lambda: {
+        live.image_digest for live in sessions.live.values() if live.image_digest})
+    sessions = SessionManager(db, settings, runtime, workspaces, images=images)
     return Services(settings=settings, db=db, keys=keys, workspaces=workspaces, sessions=sessions,
-                    disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=sessions.images,
+                    disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings))

@@ -26,14 +26,14 @@ Admin = Annotated[Principal, Depends(require_admin)]
 
 @router.get("", response_model=ImagesPublic, summary="List cached images")
 async def list_images(services: ServicesDep, _admin: Admin) -> ImagesPublic:
-    rows = await services.sessions.images.list_images()
+    rows = await services.images.list_images()
     return ImagesPublic(images=[ImagePublic(**row) for row in rows])
 
 
 @router.post("", response_model=ImagePublic, responses={**error_responses(400), **IMAGE_ERROR_RESPONSES},
              summary="Pull an image into the store (cached by digest)")
 async def pull_image(services: ServicesDep, _admin: Admin, body: ImagePull) -> ImagePublic:
-    image = await services.sessions.images.pull(body.ref)
+    image = await services.images.pull(body.ref)
     return ImagePublic(ref=image.reference, digest=image.digest, size=image.size_bytes,
                        config=image.config.to_dict())
 
@@ -42,10 +42,10 @@ async def pull_image(services: ServicesDep, _admin: Admin, body: ImagePull) -> I
 async def prune_images(services: ServicesDep, _admin: Admin,
                        body: ImagePrune | None = Body(default=None)) -> ImagesDeletedPublic:
     budget = body.budget_bytes if body else None
-    return ImagesDeletedPublic(deleted=await services.sessions.images.prune(budget))
+    return ImagesDeletedPublic(deleted=await services.images.prune(budget))
 
 
 @router.delete("/{ref:path}", response_model=ImagesDeletedPublic, responses=error_responses(400, 404, 409),
                summary="Remove an image (409 while a session uses it)")
 async def remove_image(ref: str, services: ServicesDep, _admin: Admin) -> ImagesDeletedPublic:
-    return ImagesDeletedPublic(deleted=await services.sessions.images.remove(ref))
+    return ImagesDeletedPublic(deleted=await services.images.remove(ref))
