@@ -6,6 +6,7 @@ import base64
 import json
 import posixpath
 from collections.abc import AsyncIterator
+from typing import Any
 
 from chaser import errors
 from chaser.config import Settings
@@ -20,9 +21,10 @@ from chaser.models.exec import (
     StdinPublic,
 )
 from chaser.models.sessions import ProxyInfo, RuntimeChaserInfo, RuntimeInfo, SelfTestPublic
-from chaser.runtime import AGENT_PROTOCOL_VERSION, DEFAULT_WORKDIR
+from chaser.runtime import AGENT_PROTOCOL_VERSION, DEFAULT_WORKDIR, SandboxVM
 from chaser.service.keys import Principal
-from chaser.service.sessions import LiveSession, SessionManager
+from chaser.service.live import LiveSession
+from chaser.service.sessions import SessionManager
 
 COMMAND_OUTPUT_TAIL_BYTES = 64 * 1024
 STREAM_CHUNK_BYTES = 64 * 1024
@@ -107,7 +109,7 @@ class CommandService:
             await self.sessions.terminate(principal, live.id, force=True)
 
     # --- the command table ---------------------------------------------------
-    def _public(self, live: LiveSession, info: dict, *, output: bytes | None = None) -> CommandPublic:
+    def _public(self, live: LiveSession, info: dict[str, Any], *, output: bytes | None = None) -> CommandPublic:
         started, finished = info.get("started_at"), info.get("finished_at")
         total = int(info.get("output_bytes") or 0)
         return CommandPublic(
@@ -123,7 +125,7 @@ class CommandService:
             output_truncated=output is not None and total > len(output),
         )
 
-    async def _process(self, vm, command_id: str) -> dict:
+    async def _process(self, vm: SandboxVM, command_id: str) -> dict[str, Any]:
         try:
             return await vm.process(command_id)
         except errors.NotFound:
@@ -233,7 +235,7 @@ class CommandService:
         return SelfTestPublic(session_id=live.id, workspace_id=live.workspace_id, runtime=runtime)
 
 
-def sse(event: str, data: dict, *, event_id: str | None = None) -> bytes:
+def sse(event: str, data: dict[str, Any], *, event_id: str | None = None) -> bytes:
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")

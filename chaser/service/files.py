@@ -11,7 +11,8 @@ from chaser import errors
 from chaser.config import Settings
 from chaser.models.files import UploadPublic
 from chaser.service.commands import absolute_path
-from chaser.service.sessions import LiveSession, SessionManager
+from chaser.service.live import LiveSession
+from chaser.service.sessions import SessionManager
 
 MAX_FIELD_BYTES = 64 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers around the file

@@ -18,6 +18,7 @@ which turns a VM stopped under them into 409 `session_not_running`.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import secrets
 import time
@@ -30,6 +31,7 @@ from sqlalchemy import delete, select
 
 from chaser import errors
 from chaser.config import Settings
+from chaser.images import ResolvedImage
 from chaser.models.network import NetworkPolicyCreate
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
 from chaser.models.status import ACTIVE_STATUSES, ENDED_STATUSES, EndReason, SessionStatus
@@ -254,7 +256,7 @@ class SessionManager:
             raise session_not_running(live.id, "not running")
         return live
 
-    async def _boot(self, live: LiveSession, *, image, env: dict[str, str]) -> None:
+    async def _boot(self, live: LiveSession, *, image: ResolvedImage, env: dict[str, str]) -> None:
         writable = None
         if live.workspace_id is not None:
             writable = self.workspaces.disk_path(live.workspace_id)
@@ -292,8 +294,9 @@ class SessionManager:
         live.touch()
         with self.db.session() as s:
             row = s.get(SessionRow, live.id)
-            row.status = SessionStatus.RUNNING
-            row.vm_id = vm.id
+            if row is not None:  # the row outlives the session; only a wiped database has none
+                row.status = SessionStatus.RUNNING
+                row.vm_id = vm.id
         log.info("session %s running (vm %s, %s boot, %.2fs)", live.id, vm.id, vm.boot_method,
                  time.monotonic() - started)
 
@@ -385,9 +388,9 @@ class SessionManager:
         log.info("session %s %s (%s)", live.id, status, reason)
 
     async def bulk_terminate(self, principal: Principal, request: BulkTerminateCreate
-                             ) -> tuple[list[str], list[tuple[str, str, str]]]:
+                             ) -> tuple[builtins.list[str], builtins.list[tuple[str, str, str]]]:
         targets: dict[str, None] = {}
-        failed: list[tuple[str, str, str]] = []
+        failed: builtins.list[tuple[str, str, str]] = []
         if request.session_type not in (None, "sandbox"):
             return [], []
         for session_id in request.ids or []:
@@ -405,19 +408,19 @@ class SessionManager:
             for row in self.list(principal, status="active"):
                 targets[row.id] = None
 
-        async def one(session_id: str):
+        async def one(session_id: str) -> tuple[str, errors.ChaserError | None]:
             try:
                 await self.terminate(principal, session_id, force=request.force)
                 return session_id, None
             except errors.ChaserError as exc:
                 return session_id, exc
 
-        terminated = []
-        for session_id, exc in await asyncio.gather(*(one(t) for t in targets)):
-            if exc is None:
+        terminated: builtins.list[str] = []
+        for session_id, error in await asyncio.gather(*(one(t) for t in targets)):
+            if error is None:
                 terminated.append(session_id)
             else:
-                failed.append((session_id, exc.code, exc.message))
+                failed.append((session_id, error.code, error.message))
         return terminated, failed
 
     def rename_live(self, workspace: WorkspaceRecord) -> None:

@@ -10,6 +10,7 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -89,7 +90,7 @@ class WorkspaceManager:
                                session_type=request.session_type, image=request.image,
                                template=bool(request.template), network=self.network_of(request))
 
-    def network_of(self, request: WorkspaceCreate, source: WorkspaceRecord | None = None) -> dict | None:
+    def network_of(self, request: WorkspaceCreate, source: WorkspaceRecord | None = None) -> dict[str, Any] | None:
         """The policy a new workspace stores: the request's (fields it omits from the clone
         source's policy, then the default), else the source's; None: the server default."""
         base = source.network if source is not None else None
@@ -100,7 +101,7 @@ class WorkspaceManager:
 
     def create_row(self, *, account_id: str, name: str | None, session_type: str | None = None,
                    image: str | None = None, template: bool = False, source: WorkspaceRecord | None = None,
-                   network: dict | None = None) -> WorkspaceRecord:
+                   network: dict[str, Any] | None = None) -> WorkspaceRecord:
         """The row only; `source` (a clone's origin) gives the image, its disk is copied by the caller."""
         if session_type not in (None, "sandbox"):
             raise errors.UnsupportedSessionType(f"session_type {session_type!r} is not supported; only 'sandbox'")
@@ -228,6 +229,8 @@ class WorkspaceManager:
     def mark_restored(self, snapshot: SnapshotRecord) -> SnapshotRecord:
         with self.db.session() as s:
             row = s.get(WorkspaceSnapshot, snapshot.id)
+            if row is None:
+                raise errors.SnapshotNotFound(f"snapshot {snapshot.id} was deleted meanwhile")
             row.restored_at = utcnow()
         return SnapshotRecord.of(row)
 

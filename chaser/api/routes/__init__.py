@@ -25,14 +25,16 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     502: "An upstream failed (`image_pull_failed`, `port_not_listening`)",
     503: "The VM runtime could not serve the request (`vm_crashed`, `agent_unavailable`, …)",
 }
+# What FastAPI's `responses=` takes.
+Responses = dict[int | str, dict[str, Any]]
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying (with `capacity_exhausted`)",
                                "schema": {"type": "integer"}}}
 
 
-def error_responses(*statuses: int | tuple[int, str] | tuple[int, str, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+def error_responses(*statuses: int | tuple[int, str] | tuple[int, str, dict[str, Any]]) -> Responses:
     """`responses=` entries for these statuses, each with the `{"code", "message"}` body: a status
     alone takes its standard description, `(status, description[, headers])` its own."""
-    entries: dict[int, dict[str, Any]] = {}
+    entries: Responses = {}
     for item in statuses:
         status, description, headers = (item, ERROR_DESCRIPTIONS[item], None) if isinstance(item, int) else (
             item[0], item[1], item[2] if len(item) > 2 else None)

@@ -7,13 +7,13 @@ from fastapi.responses import StreamingResponse
 
 from chaser import errors
 from chaser.api.deps import ExecWrite, ServicesDep, SessionsRead
-from chaser.api.routes import SESSION_ERROR_RESPONSES
+from chaser.api.routes import SESSION_ERROR_RESPONSES, Responses
 from chaser.models import CommandPublic, CommandsPublic, KillCreate, KillPublic, StdinCreate, StdinPublic
 from chaser.service.commands import DEFAULT_STREAM_WAIT_MS, MAX_STREAM_WAIT_MS
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/commands", tags=["commands"], responses=SESSION_ERROR_RESPONSES)
 
-SSE_DOC = {
+SSE_DOC: Responses = {
     200: {
         "description": "Server-Sent Events: `output` events `{offset, data, encoding}` then one "
                        "`exit` event `{status, exit_code}`; see docs/api.md",
