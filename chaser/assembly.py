@@ -34,6 +34,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         app = create_api(settings, runtime_factory=lambda: qemu_runtime(settings), reaper_interval=reaper_interval)
     services = app.state.services
     # MCP (JSON-RPC 2.0, stateless streamable HTTP); its tools call the API back with the caller's key.
-    app.router.add_route("/v1/mcp", MCPEndpoint(authenticate=services.keys.authenticate),
-                         methods=["POST"], include_in_schema=False)
+    app.router.add_route("/v1/mcp", MCPEndpoint(authenticate=services.keys.authenticate),  # type: ignore[arg-type]
+                         methods=["POST"], include_in_schema=False)  # an ASGI app: Starlette serves it as one
     return app

@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from chaser import __version__
 from chaser.api.body import DrainBodyMiddleware
 from chaser.api.errors import RequestIdMiddleware, install_error_handlers
-from chaser import __version__
 from chaser.config import Settings
 from chaser.runtime import Runtime
 from chaser.service.container import build_services
 
 log = logging.getLogger("chaser.api")
 REAPER_INTERVAL_S = 5.0
-DRAIN_LIMIT_FACTOR = 4  # an oversized body is read (and discarded) up to 4x the transfer limit, then the connection closes
+# An oversized body is read (and discarded) up to 4x the transfer limit, then the connection closes.
+DRAIN_LIMIT_FACTOR = 4
 
 
 def create_api(settings: Settings, *, runtime: Runtime | None = None,
@@ -32,7 +33,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
     services = build_services(settings, runtime)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if not services.sessions.has_runtime:
             assert runtime_factory is not None
             services.sessions.attach_runtime(runtime_factory())
@@ -72,8 +73,8 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
     app.include_router(unavailable.router)
 
     # Interactive access: PTY WebSocket, port forwarding (gateway, tunnels), host-style routing.
+    from chaser.api.host_routing import HostRoutingMiddleware
     from chaser.api.routes import forward, pty
-    from chaser.service.forward import HostRoutingMiddleware
 
     app.include_router(pty.router)
     app.include_router(forward.api_router)

@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 log = logging.getLogger("chaser.api")
 
 SKIP_PREFIXES = ("/s/",)
 
 
-def _request_facts(scope) -> tuple[int | None, bool, bool]:
+def _request_facts(scope: Scope) -> tuple[int | None, bool, bool]:
     """(Content-Length or None, has a body at all, Expect: 100-continue)."""
     content_length: int | None = None
     chunked = False
@@ -51,12 +53,12 @@ def _request_facts(scope) -> tuple[int | None, bool, bool]:
 
 
 class DrainBodyMiddleware:
-    def __init__(self, app, *, max_bytes: int, idle_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, idle_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.idle_timeout_s = idle_timeout_s
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").startswith(SKIP_PREFIXES):
             await self.app(scope, receive, send)
             return
@@ -68,7 +70,7 @@ class DrainBodyMiddleware:
         done = False  # the whole body was read, or the client went away
         asked = False  # someone called receive(): a `100 Continue` (if expected) went out
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             nonlocal received, done, asked
             asked = True
             message = await receive()
@@ -91,17 +93,17 @@ class DrainBodyMiddleware:
                     return True
                 try:
                     await asyncio.wait_for(counting_receive(), self.idle_timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return True
             return False
 
-        async def draining_send(message) -> None:
-            if message["type"] == "http.response.start" and message.get("status", 200) >= 400 and not done:
-                if await drain():
-                    log.info("%s %s: answered %s with the request body unread (%d bytes read): closing",
-                             scope.get("method"), scope.get("path"), message.get("status"), received)
-                    headers = [(k, v) for k, v in message.get("headers") or () if k.lower() != b"connection"]
-                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        async def draining_send(message: Message) -> None:
+            answered_early = message["type"] == "http.response.start" and message.get("status", 200) >= 400
+            if answered_early and not done and await drain():
+                log.info("%s %s: answered %s with the request body unread (%d bytes read): closing",
+                         scope.get("method"), scope.get("path"), message.get("status"), received)
+                headers = [(k, v) for k, v in message.get("headers") or () if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         await self.app(scope, counting_receive, draining_send)

@@ -13,12 +13,14 @@ import json
 import logging
 import re
 import secrets
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chaser import errors
 
@@ -78,7 +80,7 @@ def path_methods(request: Request) -> tuple[list[str], bool]:
     served by several routes (GET and POST of /v1/sessions are two) must list them all."""
     routes = request.app.router.routes
 
-    def served(**changes) -> bool:
+    def served(**changes: Any) -> bool:
         probe = {**request.scope, **changes}
         return any(route.matches(probe)[0] == Match.FULL for route in routes)
 
@@ -107,19 +109,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(errors.ChaserError, _chaser_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Starlette types a handler as taking any Exception; each of these is registered for its own class.
+    app.add_exception_handler(errors.ChaserError, _chaser_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
 
 class RequestIdMiddleware:
     """Echo a sane incoming `x-request-id` or make one; set it on every response,
     including the 500 of an unhandled exception."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -135,7 +138,7 @@ class RequestIdMiddleware:
         encoded = request_id.encode()
         started = False
 
-        async def send_with_id(message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True

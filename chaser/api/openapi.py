@@ -11,6 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from chaser.config import Settings
+
 _ERROR = {"$ref": "#/components/schemas/ErrorPublic"}
 _SESSION = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _PORT = {"name": "port", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 65535}}
@@ -20,7 +22,8 @@ def _error_responses(*codes: int) -> dict[str, Any]:
     return {str(code): {"description": "Error", "content": {"application/json": {"schema": _ERROR}}} for code in codes}
 
 
-def _websocket(summary: str, description: str, parameters: list[dict], tag: str, operation_id: str) -> dict[str, Any]:
+def _websocket(summary: str, description: str, parameters: list[dict[str, Any]], tag: str,
+               operation_id: str) -> dict[str, Any]:
     return {"get": {
         "tags": [tag], "summary": summary, "description": description, "parameters": parameters,
         "operationId": operation_id,
@@ -82,7 +85,7 @@ def install_extra_paths(app: FastAPI) -> None:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
 
 
 def _validation_errors_as_400(schema: dict[str, Any]) -> None:
@@ -118,7 +121,7 @@ def _add_links(schema: dict[str, Any]) -> None:
         for path, operations in paths.items():
             if "{" + parameter + "}" not in path:
                 continue
-            for target_method, target in operations.items():
+            for target in operations.values():
                 operation_id = target.get("operationId")
                 if not operation_id:
                     continue
@@ -138,7 +141,7 @@ WORKSPACE_OR_EPHEMERAL = {"anyOf": [
 ]}
 
 
-def _server_limits(schema: dict[str, Any], settings) -> None:
+def _server_limits(schema: dict[str, Any], settings: Settings) -> None:
     """What this server's configuration decides: the longest `ttl_seconds`, and whether a
     create that names neither a workspace nor `ephemeral: true` has a default workspace to use."""
     components = schema["components"]["schemas"]

@@ -11,6 +11,7 @@ instead of a 404 or 405 that looks like a bug. A valid API key is still required
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 
@@ -60,7 +61,7 @@ def not_available_message(area: str) -> str:
     return f"{area} is not available on a self-hosted Chaser server"
 
 
-def _endpoint(area: str):
+def _endpoint(area: str) -> Callable[..., Awaitable[None]]:
     message = not_available_message(area)
 
     async def not_available(_principal: CurrentKey) -> None:
