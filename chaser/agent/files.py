@@ -64,7 +64,7 @@ async def get_file(agent, request):
             # O_NONBLOCK: opening a FIFO must not hang the agent.
             fd = root.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise _os_error(e, path)
+        raise _os_error(e, path) from e
     try:
         s = os.fstat(fd)
         if st.S_ISDIR(s.st_mode):
@@ -92,7 +92,7 @@ async def put_file(agent, request):
     try:
         mode = int(request.query.get("mode", "0644"), 8)
     except ValueError:
-        raise bad_request("mode must be an octal string")
+        raise bad_request("mode must be an octal string") from None
     if not 0 <= mode <= 0o7777:
         raise bad_request("mode out of range")
     uid, gid = _owner(agent)
@@ -134,7 +134,7 @@ async def put_file(agent, request):
                         pass
                 os.close(pfd)
     except OSError as e:
-        raise _os_error(e, path)
+        raise _os_error(e, path) from e
     return web.json_response({"path": path, "size": size})
 
 
@@ -155,7 +155,7 @@ async def list_dir(agent, request):
         finally:
             os.close(fd)
     except OSError as e:
-        raise _os_error(e, path)
+        raise _os_error(e, path) from e
     entries.sort(key=lambda e: e["name"])
     return web.json_response({"path": path, "entries": entries})
 
@@ -166,7 +166,7 @@ async def stat(agent, request):
         with Root(agent.root) as root:
             s = _lstat(root, path)
     except OSError as e:
-        raise _os_error(e, path)
+        raise _os_error(e, path) from e
     return web.json_response({"path": path, **_describe(s)})
 
 
@@ -179,7 +179,7 @@ async def mkdir(agent, request):
         with Root(agent.root) as root:
             root.makedirs(path, uid, gid)
     except OSError as e:
-        raise _os_error(e, path)
+        raise _os_error(e, path) from e
     return web.json_response({"path": path})
 
 
@@ -220,5 +220,5 @@ async def delete(agent, request):
             finally:
                 os.close(pfd)
     except OSError as e:
-        raise _os_error(e, path)
+        raise _os_error(e, path) from e
     return web.json_response({"path": path, "deleted": True})

@@ -72,8 +72,8 @@ class Process:
         self.user = user
         self.ring = OutputRing(ring_bytes)
         self.started_at = time.time()
-        self.finished_at = None
-        self.returncode = None
+        self.finished_at: float | None = None
+        self.returncode: int | None = None
         self.timed_out = False
         self.output_closed = False
         self.stdin_closed = False
@@ -109,7 +109,7 @@ class Process:
 
     @property
     def status(self) -> str:
-        if self.running:
+        if self.returncode is None:
             return "running"
         if self.timed_out:
             return "timed_out"
@@ -167,12 +167,12 @@ class Process:
                 self.proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             self.stdin_closed = True
-            raise conflict("process closed its stdin")
+            raise conflict("process closed its stdin") from None
         return len(data)
 
 
 class ProcessManager:
-    def __init__(self):
+    def __init__(self) -> None:
         self.processes: OrderedDict[str, Process] = OrderedDict()
 
     async def spawn(self, argv, command, cwd, user_name, env, preexec, ring_bytes=PROCESS_OUTPUT_RING_BYTES,
@@ -184,14 +184,15 @@ class ProcessManager:
                 start_new_session=True, close_fds=True,
             )
         except FileNotFoundError as e:
-            raise bad_request(f"command not found: {e.filename or argv[0]}", code="command_not_found")
+            raise bad_request(f"command not found: {e.filename or argv[0]}", code="command_not_found") from e
         except PermissionError as e:
-            raise bad_request(f"cannot execute {argv[0]}: {e}")
+            raise bad_request(f"cannot execute {argv[0]}: {e}") from e
         p = Process(proc, argv, command, cwd, user_name, ring_bytes)
         if not keep_stdin:
             # The process sees EOF on stdin instead of hanging on a read.
             p.stdin_closed = True
-            proc.stdin.close()
+            if proc.stdin is not None:
+                proc.stdin.close()
         self.processes[p.id] = p
         self._prune()
         return p

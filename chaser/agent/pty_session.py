@@ -26,6 +26,12 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+def _wake(ready: asyncio.Future) -> None:
+    """The reader/writer callback: the master fd is ready (called once or more)."""
+    if not ready.done():
+        ready.set_result(None)
+
+
 def _check_size(rows, cols):
     for v in (rows, cols):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10000:
@@ -74,7 +80,7 @@ class PtySession:
                     return b""
                 raise
             ready = loop.create_future()
-            loop.add_reader(self.master, lambda: ready.done() or ready.set_result(None))
+            loop.add_reader(self.master, _wake, ready)
             try:
                 await ready
             finally:
@@ -88,7 +94,7 @@ class PtySession:
                 view = view[os.write(self.master, view):]
             except BlockingIOError:
                 ready = loop.create_future()
-                loop.add_writer(self.master, lambda: ready.done() or ready.set_result(None))
+                loop.add_writer(self.master, _wake, ready)
                 try:
                     await ready
                 finally:
@@ -101,9 +107,9 @@ async def _spawn(agent, request):
         rows, cols = _check_size(int(q.get("rows", 24)), int(q.get("cols", 80)))
         env = json.loads(q["env"]) if q.get("env") else None
     except ValueError:
-        raise bad_request("rows/cols must be integers and env a JSON object")
+        raise bad_request("rows/cols must be integers and env a JSON object") from None
     term = q.get("term") or "xterm-256color"
-    cwd, user, env, preexec = agent.spawn_setup(q.get("cwd"), env, q.get("user"), term, controlling_tty=True)
+    _cwd, _user, env, preexec = agent.spawn_setup(q.get("cwd"), env, q.get("user"), term, controlling_tty=True)
     if q.get("command"):
         argv = argv_of(q["command"])
     else:
@@ -201,8 +207,8 @@ async def _control(session: PtySession, text: str) -> None:
             session.resize(*_check_size(msg.get("rows"), msg.get("cols")))
         elif msg.get("type") == "signal":
             session.send_signal(parse_signal(msg.get("signal")))
-    except Exception:
-        pass  # a malformed control message must not end the session
+    except Exception:  # noqa: BLE001 - a malformed control message must not end the session
+        pass
 
 
 async def list_ptys(agent, request):

@@ -11,14 +11,14 @@ async def handle_relay(agent, request):
     try:
         port = int(request.query.get("port", ""))
     except ValueError:
-        raise bad_request("port must be an integer")
+        raise bad_request("port must be an integer") from None
     if not 1 <= port <= 65535:
         raise bad_request("port must be in 1..65535")
     # Connect before upgrading, so a closed port is a plain HTTP error.
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     except (TimeoutError, OSError) as e:
-        raise ApiError(502, "port_not_listening", f"nothing accepts connections on port {port}: {e}")
+        raise ApiError(502, "port_not_listening", f"nothing accepts connections on port {port}: {e}") from e
 
     ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
     try:

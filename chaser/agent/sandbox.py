@@ -75,7 +75,7 @@ def flush_buffers(device: str) -> None:
     try:
         fcntl.ioctl(fd, BLKFLSBUF, 0)
     except OSError as e:
-        raise SandboxError(f"BLKFLSBUF on {device} failed: {e.strerror}")
+        raise SandboxError(f"BLKFLSBUF on {device} failed: {e.strerror}") from e
     finally:
         os.close(fd)
 
@@ -139,7 +139,11 @@ def warm_up() -> None:
     finds fork/exec/chroot paths already warm in the guest."""
     import subprocess
 
-    subprocess.run(["/bin/true"], preexec_fn=lambda: (os.chroot(SANDBOX_ROOT), os.chdir("/")),
+    def enter_sandbox() -> None:
+        os.chroot(SANDBOX_ROOT)
+        os.chdir("/")
+
+    subprocess.run(["/bin/true"], preexec_fn=enter_sandbox,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 

@@ -17,14 +17,14 @@ echo "path=$PATH"
 echo "term=$TERM"
 echo "lang=$LANG"
 if [ -d /workspace ]; then echo "workspace=1"; else echo "workspace=0"; fi
-for t in %s; do
+for t in @TOOLS@; do
   p=$(command -v "$t" 2>/dev/null) || continue
   case "$p" in /*) ;; *) continue ;; esac
   echo "tool.$t=$p"
   if [ "$t" = go ]; then v=$("$p" version 2>&1 | head -n 1); else v=$("$p" --version 2>&1 | head -n 1); fi
   echo "version.$t=$v"
 done
-""" % " ".join(TOOLS)
+""".replace("@TOOLS@", " ".join(TOOLS))
 
 
 def parse(text: str) -> dict:

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -31,6 +32,9 @@ from .protocol import (
 )
 from .userenv import argv_of, build_env, check_cwd, check_env, make_preexec, resolve_user
 
+if TYPE_CHECKING:
+    from .pty_session import PtySession
+
 log = logging.getLogger("chaser.agent")
 
 
@@ -42,7 +46,7 @@ async def read_json(request) -> dict:
     try:
         body = await request.json()
     except ValueError:
-        raise bad_request("request body is not valid JSON")
+        raise bad_request("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
     return body
@@ -65,7 +69,7 @@ def query_int(request, name, default, minimum=0, maximum=None):
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(f"{name} must be an integer")
+        raise bad_request(f"{name} must be an integer") from None
     return opt_int(value, name, minimum, maximum)
 
 
@@ -77,16 +81,23 @@ class Agent:
         self.root = sandbox_root or "/"
         self.initialized = False
         self.session_id = ""
-        self.init_env = {}
-        self.init_user = None
-        self.workdir = None
+        self.init_env: dict[str, str] = {}
+        self.init_user: str | None = None
+        self.workdir: str | None = None
         self.procs = ProcessManager()
-        self.ptys = {}
+        self.ptys: dict[str, PtySession] = {}
         self.mounted = False
         self.prepared_disks: dict | None = None
         self.stopped = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()  # fire-and-forget work, held until it is done
 
     # ----- helpers shared by the feature modules -----
+
+    def spawn_task(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     def default_workdir(self) -> str:
         if self.workdir:
@@ -152,7 +163,7 @@ class Agent:
         try:
             entropy = base64.b64decode(body.get("entropy") or "", validate=True)
         except (binascii.Error, TypeError, ValueError):
-            raise bad_request("entropy must be base64")
+            raise bad_request("entropy must be base64") from None
         disks = body.get("disks")
         if disks is not None and not (isinstance(disks, dict) and isinstance(disks.get("image"), str)
                                       and isinstance(disks.get("writable"), str)):
@@ -183,7 +194,7 @@ class Agent:
             try:
                 sandbox.set_identity(hostname or "sandbox", workdir or DEFAULT_WORKDIR)
             except OSError as e:
-                raise internal(f"writing the sandbox identity failed: {e}")
+                raise internal(f"writing the sandbox identity failed: {e}") from e
         self.init_user = user
         u = self.user()  # validate the user now, inside the final root
         if u.uid and not self.dev_mode:
@@ -214,7 +225,7 @@ class Agent:
         try:
             await asyncio.get_running_loop().run_in_executor(None, sandbox.prepare, disks["image"], disks["writable"])
         except sandbox.SandboxError as e:
-            raise internal(str(e))
+            raise internal(str(e)) from e
         self.root = SANDBOX_ROOT
         self.mounted = True
 
@@ -232,7 +243,7 @@ class Agent:
                                    ring_bytes=max(PROCESS_OUTPUT_RING_BYTES, max_output), keep_stdin=background)
         if background:
             if timeout_ms:
-                asyncio.ensure_future(self._background_timeout(p, timeout_ms / 1000))
+                self.spawn_task(self._background_timeout(p, timeout_ms / 1000))
             return web.json_response({"id": p.id, "pid": p.pid, "status": "running", "started_at": p.started_at})
         result = await self.procs.run_foreground(p, timeout_ms / 1000 if timeout_ms else None, max_output)
         return web.json_response(result)
@@ -280,7 +291,7 @@ class Agent:
             try:
                 raw = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
-                raise bad_request("data is not valid base64")
+                raise bad_request("data is not valid base64") from None
         else:
             raise bad_request("encoding must be utf-8 or base64")
         return web.json_response({"written": await p.write_stdin(raw, close)})
@@ -295,7 +306,7 @@ class Agent:
         return web.json_response({"status": "signal_sent", "signal": sig})
 
     async def shutdown(self, request):
-        asyncio.ensure_future(self._shutdown())
+        self.spawn_task(self._shutdown())
         return web.json_response({"status": "shutting_down"}, status=202)
 
     async def _shutdown(self):
