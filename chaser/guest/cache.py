@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 KINDS = ("kernel", "initramfs", "os-tar", "os", "base-tar", "base")
-_ENTRY_RE = re.compile(r"^(%s)-[0-9a-f]{20}$" % "|".join(re.escape(k) for k in KINDS))
+_KIND_RE = "|".join(re.escape(k) for k in KINDS)
+_ENTRY_RE = re.compile(rf"^({_KIND_RE})-[0-9a-f]{{20}}$")
 TMP_PREFIX = ".tmp-"
 
 
@@ -45,7 +46,7 @@ def prune(root: Path, keep: set[str]) -> list[str]:
 
     Only names this module creates are touched: guest_dir also holds other
     things (e.g. template snapshots)."""
-    removed = []
+    removed: list[str] = []
     if not root.is_dir():
         return removed
     for p in root.iterdir():

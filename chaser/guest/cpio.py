@@ -55,7 +55,7 @@ def _header(ino: int, e: Entry, namesize: int, filesize: int) -> bytes:
 def newc_bytes(entries: list[Entry]) -> bytes:
     """Serialize entries (parents should precede children) plus the trailer."""
     out = bytearray()
-    for ino, e in enumerate(list(entries) + [Entry("TRAILER!!!", 0)], start=1):
+    for ino, e in enumerate([*entries, Entry("TRAILER!!!", 0)], start=1):
         name = e.name.lstrip("/").encode() + b"\0"
         hdr = _header(0 if e.name == "TRAILER!!!" else ino, e, len(name), len(e.data))
         out += hdr + name + _pad4(len(hdr) + len(name)) + e.data + _pad4(len(e.data))

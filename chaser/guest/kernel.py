@@ -77,14 +77,14 @@ def resolve_load_order(wanted: list[str] | tuple[str, ...], dep_text: str, built
         if name in builtin or state.get(name) == "done":
             return
         if state.get(name) == "visiting":
-            raise GuestBuildFailed(f"module dependency cycle: {' -> '.join(chain + (name,))}")
+            raise GuestBuildFailed(f"module dependency cycle: {' -> '.join((*chain, name))}")
         if name not in deps:
             raise GuestBuildFailed(f"kernel module {name!r} is neither a module nor built in")
         state[name] = "visiting"
         path, dep_paths = deps[name]
         # modprobe loads a line's dependencies from the last to the first.
         for dep in reversed(dep_paths):
-            visit(modname(dep), chain + (name,))
+            visit(modname(dep), (*chain, name))
         state[name] = "done"
         order.append(path)
 

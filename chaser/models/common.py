@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic.json_schema import JsonDict
 
 MAX_COMMAND_BYTES = 64 * 1024
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
@@ -17,13 +18,13 @@ MAX_PATH_CHARS = 4096
 # characters where a limit is in bytes of UTF-8.
 NO_NUL = "^[^\\u0000]*$"
 # Not blank: `str.strip()` also strips U+001C..U+001F and U+0085, which ECMA-262's \s does not.
-COMMAND_SCHEMA = {"maxLength": MAX_COMMAND_BYTES,
-                  "pattern": "^[^\\u0000]*[^\\s\\u0000\\u001c-\\u001f\\u0085][^\\u0000]*$",
-                  "description": "Run with /bin/sh -c; not blank, no NUL, at most 64 KiB of UTF-8"}
-PATH_SCHEMA = {"maxLength": MAX_PATH_CHARS, "pattern": NO_NUL}
-ENV_SCHEMA = {"maxProperties": 1000,
-              "propertyNames": {"minLength": 1, "maxLength": 1024, "pattern": "^[^=\\u0000]*$"},
-              "additionalProperties": {"type": "string", "maxLength": 128 * 1024, "pattern": NO_NUL}}
+COMMAND_SCHEMA: JsonDict = {"maxLength": MAX_COMMAND_BYTES,
+                            "pattern": "^[^\\u0000]*[^\\s\\u0000\\u001c-\\u001f\\u0085][^\\u0000]*$",
+                            "description": "Run with /bin/sh -c; not blank, no NUL, at most 64 KiB of UTF-8"}
+PATH_SCHEMA: JsonDict = {"maxLength": MAX_PATH_CHARS, "pattern": NO_NUL}
+ENV_SCHEMA: JsonDict = {"maxProperties": 1000,
+                        "propertyNames": {"minLength": 1, "maxLength": 1024, "pattern": "^[^=\\u0000]*$"},
+                        "additionalProperties": {"type": "string", "maxLength": 128 * 1024, "pattern": NO_NUL}}
 # An image reference as chaser/service/images.py check_image_ref and chaser/images/reference.py
 # accept it over the API (a registry reference; empty: the default image).
 _COMPONENT = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"

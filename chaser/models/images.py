@@ -8,7 +8,8 @@ from chaser.models.common import RequestModel
 
 
 class ImagePull(RequestModel):
-    ref: str = Field(min_length=1, max_length=1024, description="OCI reference, e.g. python:3.12 or ghcr.io/org/img@sha256:…")
+    ref: str = Field(min_length=1, max_length=1024,
+                     description="OCI reference, e.g. python:3.12 or ghcr.io/org/img@sha256:…")
 
 
 class ImageConfigPublic(BaseModel):

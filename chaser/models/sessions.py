@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from chaser.models.common import ENV_SCHEMA, IMAGE_REF_PATTERN, RequestModel, check_env
 from chaser.models.network import NetworkPolicyCreate
@@ -13,7 +13,7 @@ from chaser.models.network import NetworkPolicyCreate
 # Which session a request targets (chaser/service/workspaces.py resolve_ref), for
 # /openapi.json: a workspace, or `ephemeral: true` (with an image or not), never both; an image
 # only for an ephemeral session. (Neither: the default workspace, when the server has one.)
-TARGET_RULES = [
+TARGET_RULES: list[JsonValue] = [
     {"not": {"required": ["workspace", "image"],
              "properties": {"workspace": {"type": "string"}, "image": {"type": "string"}}}},
     {"not": {"required": ["workspace", "ephemeral"],

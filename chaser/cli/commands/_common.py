@@ -164,7 +164,7 @@ def print_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str
             value = row.get(key)
             text = _table_value(value, id_column=_is_id_key(key), wide=wide, now=now)
             if _is_id_key(key) and len(by_prefix.get(text, ())) > 1:
-                text = value
+                text = str(value)
             cells.append(Text(text, no_wrap=True, overflow="ellipsis"))
         table.add_row(*cells)
     out.print(table, markup=False)

@@ -42,7 +42,8 @@ def list_commands(session: str | None = SessionOption, as_json: bool = JsonOptio
         return
     print_table(
         page.get("commands", []),
-        [("command_id", "COMMAND ID"), ("status", "STATUS"), ("exit_code", "EXIT"), ("pid", "PID"), ("command", "COMMAND")],
+        [("command_id", "COMMAND ID"), ("status", "STATUS"), ("exit_code", "EXIT"), ("pid", "PID"),
+         ("command", "COMMAND")],
         empty="no commands", wide=wide,
     )
 
@@ -148,7 +149,8 @@ def kill_command(
     """Send a signal to a running command."""
     session_id = resolve_session(session)
     with make_client() as client:
-        result = client.commands.kill(session_id, command_id, signal=int(signal) if signal and signal.isdigit() else signal)
+        number_or_name = int(signal) if signal and signal.isdigit() else signal
+        result = client.commands.kill(session_id, command_id, signal=number_or_name)
     if as_json:
         print_json(result)
     else:

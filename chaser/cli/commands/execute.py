@@ -50,7 +50,9 @@ def output_bytes(result: dict[str, Any]) -> bytes:
 
 @api_command
 def exec_command(
-    command: list[str] = typer.Argument(..., metavar="CMD", help="The command, after `--`: one word is a shell line, several are quoted and joined."),
+    command: list[str] = typer.Argument(
+        ..., metavar="CMD", help="The command, after `--`: one word is a shell line, several are quoted and joined."
+    ),
     session: str | None = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
     workspace: str | None = typer.Option(
         None, "--workspace", help="Run via POST /v1/exec in this workspace's session instead."

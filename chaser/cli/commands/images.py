@@ -56,7 +56,9 @@ def _resolved(img) -> dict[str, Any]:
 
 @app.command("pull")
 def pull(
-    ref: str = typer.Argument(..., help="Image reference (python:3.12, host/repo@sha256:…, oci-archive:FILE, chaser/base)."),
+    ref: str = typer.Argument(
+        ..., help="Image reference (python:3.12, host/repo@sha256:…, oci-archive:FILE, chaser/base)."
+    ),
     json_output: bool = typer.Option(False, "--json", help=JSON_OPTION_HELP),
 ) -> None:
     """Pull an image (or import a local one) and convert it to a disk; cached by digest."""

@@ -52,4 +52,5 @@ def sandbox_command(
         details.append(f"image {session['image']}")
     from rich.markup import escape
 
-    console().print(f"session [bold]{escape(session['id'])}[/bold] ({escape(', '.join(details))}) is now the current session")
+    console().print(f"session [bold]{escape(session['id'])}[/bold] ({escape(', '.join(details))}) "
+                    "is now the current session")

@@ -151,7 +151,8 @@ def network(
 def bulk_terminate(
     all_sessions: bool = typer.Option(False, "--all", help="Every session of this key's owner."),
     ids: list[str] | None = typer.Option(None, "--ids", "--id", help="Session ids (repeatable or comma-separated)."),
-    workspaces: list[str] | None = typer.Option(None, "--workspace", "-w", help="Sessions of this workspace (repeatable)."),
+    workspaces: list[str] | None = typer.Option(None, "--workspace", "-w",
+                                                help="Sessions of this workspace (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Terminate even if busy."),
     as_json: bool = JsonOption,
 ) -> None:

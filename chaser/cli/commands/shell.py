@@ -191,8 +191,10 @@ async def run_shell(client, session_id: str, *, command: str | None, mode: str) 
 @api_command
 def shell_command(
     session: str | None = typer.Argument(None, metavar="[SESSION]", help="Session id (default: the current session)."),
-    command: str | None = typer.Option(None, "-c", "--command", help="Run this command (exec mode) and exit with its code."),
-    mode: str = typer.Option("human", "--mode", "-m", help="human (login shell, colours) or agent (TERM=dumb, plain prompt)."),
+    command: str | None = typer.Option(None, "-c", "--command",
+                                       help="Run this command (exec mode) and exit with its code."),
+    mode: str = typer.Option("human", "--mode", "-m",
+                             help="human (login shell, colours) or agent (TERM=dumb, plain prompt)."),
 ) -> None:
     """Open a terminal in a session, or run one command with -c."""
     if mode not in ("human", "agent"):

@@ -75,7 +75,9 @@ def list_workspaces(as_json: bool = JsonOption, wide: bool = WideOption) -> None
 
 @app.command("get")
 @api_command
-def get_workspace(workspace: str = typer.Argument(..., metavar="W", help="Name or id."), as_json: bool = JsonOption) -> None:
+def get_workspace(
+    workspace: str = typer.Argument(..., metavar="W", help="Name or id."), as_json: bool = JsonOption
+) -> None:
     """Show one workspace."""
     with make_client() as client:
         info = client.workspaces.get(workspace)
