@@ -1,4 +1,5 @@
-"""Fixtures that run the in-guest agent on the host as a subprocess."""
+"""Unit-test fixtures: the API over a fake runtime (`harness`, `make_harness`, `fake_runtime`),
+and the in-guest agent run on the host as a subprocess (`agent`, `make_agent`)."""
 
 import atexit
 import os
@@ -6,13 +7,15 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.support import FakeRuntime, Harness
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 READY = "CHASER-AGENT-READY"
@@ -31,12 +34,6 @@ def guest_copy() -> str:
         atexit.register(shutil.rmtree, base, True)
         _GUEST_COPY = base
     return _GUEST_COPY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class AgentProcess:
@@ -108,3 +105,32 @@ def make_agent():
     yield factory
     for a in started:
         a.stop()
+
+
+# --- the API over a fake runtime -------------------------------------------------------------
+
+@pytest.fixture
+def fake_runtime() -> FakeRuntime:
+    return FakeRuntime()
+
+
+@pytest.fixture
+def make_harness(tmp_path):
+    """`make_harness(**settings)`: a Harness with those settings, closed at the end of the test.
+    `path=` picks its directory (default: a fresh one under tmp_path); the same path twice is
+    a restart of the server over the same database."""
+    made: list[Harness] = []
+
+    def factory(path=None, **overrides) -> Harness:
+        h = Harness(path if path is not None else tmp_path / f"harness-{len(made)}", **overrides)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        h.close()
+
+
+@pytest.fixture
+def harness(make_harness) -> Harness:
+    return make_harness()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from chaser import errors
-from tests.unit.test_api_errors import assert_error
-from tests.unit.test_api_fakes import Harness, harness  # noqa: F401 - fixture
+from tests.support import Harness, assert_error
 
 
 def test_capacity_exhausted_is_503_with_retry_after_and_leaves_nothing(harness):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.unit.test_api_errors import assert_error
-from tests.unit.test_api_fakes import harness  # noqa: F401 - fixture
+from tests.support import assert_error
 
 
 def test_missing_malformed_and_unknown_keys_are_401(harness):
@@ -96,9 +95,9 @@ def test_server_start_creates_and_reuses_admin_key(tmp_path):
     import json
     import stat
 
-    from chaser.service.container import build_services
     from chaser.cli.commands.server import ensure_admin_key
-    from tests.unit.test_api_fakes import make_settings
+    from chaser.service.container import build_services
+    from tests.support import make_settings
 
     settings = make_settings(tmp_path)
     services = build_services(settings)

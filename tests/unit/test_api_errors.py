@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_api_fakes import harness  # noqa: F401 - fixture
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"code", "message"}, body
-    assert body["code"] == code, body
-    assert response.headers.get("x-request-id")
-    return body
+from tests.support import assert_error
 
 
 def test_request_id_is_echoed_or_generated(harness):
@@ -113,6 +104,7 @@ def test_openapi_documents_every_endpoint(harness):
             assert "400" in operation["responses"], (path, method)
     json_schema = paths["/v1/sessions"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert json_schema == {"$ref": "#/components/schemas/SessionPublic"}
-    assert "text/event-stream" in paths["/v1/sessions/{session_id}/commands/{command_id}/stream"]["get"]["responses"]["200"]["content"]
+    stream = paths["/v1/sessions/{session_id}/commands/{command_id}/stream"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
     assert "multipart/form-data" in paths["/v1/sessions/{session_id}/upload"]["post"]["requestBody"]["content"]
     assert spec["components"]["schemas"]["ErrorPublic"]["required"] == ["code", "message"]

@@ -7,8 +7,7 @@ import time
 
 from chaser import errors
 from chaser.client._sse import iter_sse
-from tests.unit.test_api_errors import assert_error
-from tests.unit.test_api_fakes import Harness, harness  # noqa: F401 - fixture
+from tests.support import assert_error, wait_until
 
 
 def test_create_ephemeral_session_shape(harness):
@@ -19,7 +18,7 @@ def test_create_ephemeral_session_shape(harness):
     assert session["created_at"].endswith("Z") and session["expires_at"].endswith("Z")
     assert session["image"] == "chaser/base" and session["workspace_id"] is None
     spec = harness.runtime.started[0].spec
-    assert spec.writable_disk is None and spec.image_disk == harness.runtime.assets.base_rootfs
+    assert spec.writable_disk is None and spec.image_disk == harness.runtime.base_image_disk
     listed = harness.client.get("/v1/sessions").json()
     assert listed["total"] == 1 and listed["sessions"][0]["id"] == session["id"]
     assert harness.client.get(f"/v1/sessions/{session['id']}").json()["status"] == "running"
@@ -44,15 +43,12 @@ def test_create_rules(harness):
     assert harness.runtime.started  # only valid requests reached the runtime
 
 
-def test_default_workspace_setting(tmp_path):
-    h = Harness(tmp_path, default_workspace="default")
-    try:
-        session = h.client.post("/v1/sessions", json={}).json()
-        assert session["persistence"] is True
-        workspace = h.client.get("/v1/workspaces/default").json()
-        assert workspace["id"] == session["workspace_id"] and workspace["active_session_id"] == session["id"]
-    finally:
-        h.close()
+def test_default_workspace_setting(make_harness):
+    h = make_harness(default_workspace="default")
+    session = h.client.post("/v1/sessions", json={}).json()
+    assert session["persistence"] is True
+    workspace = h.client.get("/v1/workspaces/default").json()
+    assert workspace["id"] == session["workspace_id"] and workspace["active_session_id"] == session["id"]
 
 
 def test_start_failure_is_503_and_recorded(harness):
@@ -101,6 +97,9 @@ def test_exec_results(harness):
     timed = run(command="sleep 10", timeout_ms=100)
     assert timed["status"] == "timed_out" and timed["exit_code"] == 137
     assert run(command="printenv FOO", env={"FOO": "bar"})["output"] == "bar\n"
+    assert_error(harness.client.post(f"/v1/sessions/{sid}/exec", json={"command": "pwd", "cwd": "sub"}), 400,
+                 "invalid_request")  # no such directory
+    harness.run(harness.vm(sid).mkdir, "/workspace/sub")
     assert run(command="pwd", cwd="sub")["output"] == "/workspace/sub\n"
     assert run(command="binary")["output"] == "\ufffd\ufffdok"
     background = run(command="cat", background=True)
@@ -156,7 +155,8 @@ def test_self_test(harness):
     assert result["kind"] == "sandbox_self_test" and result["status"] == "ok" and result["session_id"] == sid
     runtime = result["runtime"]
     assert runtime["chaser_mode"] == "sandbox" and runtime["chaser_exec"] and runtime["chaser_agent"]
-    assert runtime["cwd"] == "/workspace" and runtime["path_entries"] == ["/usr/bin", "/bin"]
+    facts = harness.run(harness.vm(sid).selftest)  # what the agent reported, passed on
+    assert runtime["cwd"] == facts["cwd"] == "/workspace" and runtime["path_entries"] == facts["path_entries"]
     assert runtime["proxy"]["http_proxy"] == "http://proxy.local:3128"
     assert runtime["chaser"]["runtime_env"] == "microvm" and runtime["chaser"]["agent_impl"].startswith("chaser-agent/")
     assert runtime["chaser"]["workspace_root"] == "/workspace" and runtime["chaser"]["image"] == "chaser/base"
@@ -199,30 +199,27 @@ def test_file_part_before_path_is_accepted(harness):
     assert response.json() == {"path": "/workspace/late", "size": 4}
 
 
-def test_upload_limits(tmp_path):
-    h = Harness(tmp_path, max_transfer_bytes=100_000)
-    try:
-        sid = h.session()["id"]
-        too_big = b"x" * 300_000
-        assert_error(upload(h.client, sid, "/workspace/big", too_big), 413, "payload_too_large")
+def test_upload_limits(make_harness):
+    h = make_harness(max_transfer_bytes=100_000)
+    sid = h.session()["id"]
+    too_big = b"x" * 300_000
+    assert_error(upload(h.client, sid, "/workspace/big", too_big), 413, "payload_too_large")
 
-        def chunks():  # no Content-Length: counted while streaming
-            for _ in range(30):
-                yield b"--B\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\n/workspace/big\r\n" if _ == 0 else b""
-                if _ == 0:
-                    yield b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n"
-                yield b"y" * 10_000
-            yield b"\r\n--B--\r\n"
+    def chunks():  # no Content-Length: counted while streaming
+        for _ in range(30):
+            yield b"--B\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\n/workspace/big\r\n" if _ == 0 else b""
+            if _ == 0:
+                yield b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n"
+            yield b"y" * 10_000
+        yield b"\r\n--B--\r\n"
 
-        response = h.client.post(f"/v1/sessions/{sid}/upload", content=chunks(),
-                                 headers={"Content-Type": "multipart/form-data; boundary=B"})
-        assert_error(response, 413, "payload_too_large")
-        assert "/workspace/big" not in h.vm(sid).files
-        h.vm(sid).files["/workspace/huge"] = b"z" * 100_001
-        assert_error(h.client.get(f"/v1/sessions/{sid}/download", params={"path": "/workspace/huge"}), 413,
-                     "payload_too_large")
-    finally:
-        h.close()
+    response = h.client.post(f"/v1/sessions/{sid}/upload", content=chunks(),
+                             headers={"Content-Type": "multipart/form-data; boundary=B"})
+    assert_error(response, 413, "payload_too_large")
+    assert "/workspace/big" not in h.vm(sid).files
+    h.vm(sid).files["/workspace/huge"] = b"z" * 100_001
+    assert_error(h.client.get(f"/v1/sessions/{sid}/download", params={"path": "/workspace/huge"}), 413,
+                 "payload_too_large")
 
 
 def test_workspaces(harness):
@@ -282,39 +279,35 @@ def test_crashed_vm_marks_session_failed(harness):
     assert harness.client.get(f"/v1/sessions/{sid2}").json()["end_reason"] == "vm_crashed"
 
 
-def test_reaper_idle_and_lifetime(tmp_path):
-    h = Harness(tmp_path, session_idle_timeout_s=60)
-    try:
-        idle = h.session()["id"]
-        short = h.session(ttl_seconds=1)["id"]
-        busy = h.session()["id"]
-        h.services.sessions.live[idle].last_activity -= 120
-        h.services.sessions.live[busy].last_activity -= 120
-        h.services.sessions.live[busy].active_requests = 1
-        time.sleep(1.1)
-        ended = h.client.portal.call(h.services.reaper.reap_once)
-        assert sorted(ended) == sorted([(idle, "idle_timeout"), (short, "max_lifetime")])
-        assert h.client.get(f"/v1/sessions/{idle}").json()["end_reason"] == "idle_timeout"
-        assert h.client.get(f"/v1/sessions/{busy}").json()["status"] == "running"
-    finally:
-        h.close()
+def test_reaper_idle_and_lifetime(make_harness):
+    h = make_harness(session_idle_timeout_s=60)
+    idle = h.session()["id"]
+    short = h.session(ttl_seconds=1)["id"]
+    busy = h.session()["id"]
+    h.services.sessions.live[idle].last_activity -= 120
+    h.services.sessions.live[busy].last_activity -= 120
+    h.services.sessions.live[busy].active_requests = 1
+    expires = h.services.sessions.live[short].expires_at.timestamp()
+    wait_until(lambda: time.time() >= expires, timeout=5, message="the 1 s lifetime did not run out")
+    ended = h.client.portal.call(h.services.reaper.reap_once)
+    assert sorted(ended) == sorted([(idle, "idle_timeout"), (short, "max_lifetime")])
+    assert h.client.get(f"/v1/sessions/{idle}").json()["end_reason"] == "idle_timeout"
+    assert h.client.get(f"/v1/sessions/{short}").json()["end_reason"] == "max_lifetime"
+    assert h.client.get(f"/v1/sessions/{busy}").json()["status"] == "running"
 
 
-def test_restart_marks_open_sessions_terminated(tmp_path):
-    first = Harness(tmp_path)
+def test_restart_marks_open_sessions_terminated(make_harness, tmp_path):
+    first = make_harness(tmp_path)
     sid = first.session()["id"]
     first.services.sessions.live.clear()  # as if the process died with its VMs
     first.close()
-    second = Harness(tmp_path)
-    try:
-        row = second.client.get(f"/v1/sessions/{sid}").json()
-        assert row["status"] == "terminated" and row["end_reason"] == "server_restart"
-    finally:
-        second.close()
+    second = make_harness(tmp_path)  # the same home: the same database
+    row = second.client.get(f"/v1/sessions/{sid}").json()
+    assert row["status"] == "terminated" and row["end_reason"] == "server_restart"
 
 
-def test_shutdown_stops_vms(tmp_path):
-    h = Harness(tmp_path)
+def test_shutdown_stops_vms(make_harness):
+    h = make_harness()
     sid = h.session()["id"]
     vm = h.vm(sid)
     h.close()
@@ -327,7 +320,7 @@ def test_shutdown_stops_vms(tmp_path):
 
 def test_concurrent_terminate_and_exec(harness):
     sid = harness.session()["id"]
-    harness.vm(sid).exec_delay = 0.2
+    harness.vm(sid).hold_exec = True  # the exec lasts until the VM stops: the terminates overlap it
     principal = harness.services.keys.authenticate(harness.admin_key)
 
     async def race():

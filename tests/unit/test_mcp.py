@@ -435,7 +435,7 @@ def live_api(tmp_path):
     import uvicorn
 
     from chaser.assembly import create_app
-    from tests.unit.test_api_fakes import FakeRuntime, make_settings
+    from tests.support import FakeRuntime, make_settings
 
     app = create_app(make_settings(tmp_path), FakeRuntime(), reaper_interval=3600)
     key = app.state.services.keys.create(name="admin", full_access=True).key

@@ -11,10 +11,9 @@ import pytest
 from chaser import errors
 from chaser.client import ChaserClient
 from chaser.mcp.server import call_tool, parse_terminal_arguments
-from chaser.store import SessionRow, Workspace
 from chaser.runtime.egress import EgressPolicy
-from tests.unit.test_api_errors import assert_error
-from tests.unit.test_api_fakes import Harness, harness  # noqa: F401 - fixture
+from chaser.store import SessionRow, Workspace
+from tests.support import Harness, assert_error
 from tests.unit.test_cli import cli, config_file, fake  # noqa: F401 - fixtures
 
 

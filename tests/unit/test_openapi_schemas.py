@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from chaser.models.common import COMMAND_SCHEMA, ENV_SCHEMA, IMAGE_REF_PATTERN, check_command, check_env
 from chaser.models.network import NETWORK_ENTRY_PATTERN
 from chaser.models.sessions import PROXY_PATTERN
+from chaser.runtime.egress import normalise_entry
 from chaser.service.images import check_image_ref
 from chaser.service.sessions import check_proxy
-from chaser.runtime.egress import normalise_entry
-from tests.unit.test_api_fakes import harness  # noqa: F401 - fixture
 
 SOME = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 

@@ -1,6 +1,7 @@
 """PTY and port forwarding without QEMU: the helpers, and the real server
 (uvicorn in a thread) talking to the real agent running on this host
-(tests/unit/conftest.py `agent`, sandbox root `/`) through a VM stand-in."""
+(tests/unit/conftest.py `agent`, sandbox root `/`) through the runtime seam
+(tests/support/agent_vm.py: AgentRuntime, AgentVM)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import hashlib
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -22,6 +22,10 @@ import pytest
 from chaser import errors
 from chaser.service import forward as fwd
 from chaser.service import pty as ptys
+from tests.support import free_port, wait_until
+from tests.support.agent_vm import AgentRuntime
+from tests.support.net import listening
+from tests.support.servers import SANDBOX_SERVERS
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -81,7 +85,8 @@ def test_upstream_headers_strip_auth_cookie_and_hop_by_hop():
     raw = [(b"host", b"api:8080"), (b"authorization", b"Bearer sk_secret"), (b"connection", b"keep-alive, x-foo"),
            (b"x-foo", b"1"), (b"keep-alive", b"5"), (b"transfer-encoding", b"chunked"), (b"te", b"trailers"),
            (b"cookie", b"a=1; chaser_token=sk_secret; b=2"), (b"accept", b"*/*"), (b"content-length", b"3")]
-    out = fwd.upstream_request_headers(raw, port=3000, client_host="10.0.0.1", scheme="http", prefix="/s/x/forward/3000")
+    out = fwd.upstream_request_headers(raw, port=3000, client_host="10.0.0.1", scheme="http",
+                                       prefix="/s/x/forward/3000")
     names = [n for n, _ in out]
     assert ("host", "localhost:3000") in out and ("cookie", "a=1; b=2") in out and ("accept", "*/*") in out
     for gone in ("authorization", "connection", "x-foo", "keep-alive", "transfer-encoding", "te", "content-length"):
@@ -120,7 +125,9 @@ def test_host_routing_middleware_rewrites_path():
     async def app(scope, receive, send):
         seen.update(scope)
 
-    mw = fwd.HostRoutingMiddleware(app, base_domain="localhost")
+    from chaser.api.host_routing import HostRoutingMiddleware
+
+    mw = HostRoutingMiddleware(app, base_domain="localhost")
     scope = {"type": "http", "path": "/forward/3000/a", "raw_path": b"/forward/3000/a",
              "headers": [(b"host", b"ses_1.localhost:8080")]}
     asyncio.run(mw(scope, None, None))
@@ -134,70 +141,25 @@ def test_host_routing_middleware_rewrites_path():
 # --- the real server against the host's agent ------------------------------------------------
 
 
-class HostVM:
-    """A VM stand-in whose agent is the real agent process on this host."""
-
-    def __init__(self, agent_proc, spec) -> None:
-        from chaser.vm.agent_client import AgentClient
-
-        self.id = "host-" + secrets.token_hex(3)
-        self.session_id = spec.session_id
-        self.boot_method = "host"
-        self.agent = AgentClient(agent_proc.port, agent_proc.token)
-        self.crashed = False
-        self.alive = True
-        self.exit_reason = None
-
-    async def call(self, method, *args, **kwargs):
-        return await getattr(self.agent, method)(*args, **kwargs)
-
-    async def guard(self, awaitable):
-        return await awaitable
-
-    async def stop(self, *, graceful=True, timeout=15.0):
-        self.alive = False
-        await self.agent.close()
-
-
-class HostRuntime:
-    class assets:  # noqa: N801 - what SessionManager reads
-        base_rootfs = Path("/nonexistent/base.erofs")
-
-    def __init__(self, agent_proc) -> None:
-        self.agent_proc = agent_proc
-
-    async def start(self, spec):
-        return HostVM(self.agent_proc, spec)
-
-    async def stop_all(self, *, graceful=False):
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     def __init__(self, tmp_path: Path, agent_proc) -> None:
         import uvicorn
 
-        from chaser.api import create_app
+        from chaser.assembly import create_app
         from chaser.config import Settings
 
         self.settings = Settings(home=tmp_path / "home", config_file=tmp_path / "config.json", base_domain="localhost")
-        self.app = create_app(self.settings, HostRuntime(agent_proc), reaper_interval=3600)
+        self.runtime = AgentRuntime(agent_proc)
+        self.app = create_app(self.settings, self.runtime, reaper_interval=3600)
         self.key = self.app.state.services.keys.create(name="admin", full_access=True).key
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout=20,
+                   message="server did not start")
+        assert self.server.started, "uvicorn exited at start-up"
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
         self.session = self.http.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
 
@@ -224,8 +186,6 @@ def host_servers(tmp_path_factory):
     base = tmp_path_factory.mktemp("servers")
     (base / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     ports = {"http": free_port(), "echo": free_port(), "ws": free_port(), "tcp": free_port()}
-    from tests.integration.test_pty_forward import SANDBOX_SERVERS
-
     here = base / "servers.py"
     here.write_text(SANDBOX_SERVERS)
     procs = [
@@ -236,14 +196,7 @@ def host_servers(tmp_path_factory):
         subprocess.Popen([sys.executable, str(here), "line-echo", str(ports["tcp"])], stderr=subprocess.DEVNULL),
     ]
     for port in ports.values():
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        wait_until(lambda port=port: listening(port), timeout=10, message=f"nothing listens on port {port}")
     yield ports, base
     for p in procs:
         p.kill()
@@ -304,7 +257,8 @@ def test_pty_exec_mode(live):
 
 
 def test_pty_agent_mode(live):
-    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty?mode=agent", {"Authorization": f"Bearer {live.key}"}) as ws:
+    auth = {"Authorization": f"Bearer {live.key}"}
+    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/pty?mode=agent", auth) as ws:
         ws.send(b"echo $TERM $NO_COLOR $PAGER $GIT_PAGER\n")
         read_until(ws, b"dumb 1 cat cat")
 
@@ -341,10 +295,8 @@ def test_dropped_socket_ends_its_shell(live):
         ws.send(b"echo ready\n")
         read_until(ws, b"ready")
         assert len(live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"]) >= 1
-    deadline = time.monotonic() + 10
-    while live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: live.http.get(f"/v1/sessions/{live.session}/ptys").json()["ptys"] == [], timeout=10,
+               message="the shell of the dropped socket is still open")
 
 
 def test_gateway_http(live, host_servers):
@@ -380,7 +332,7 @@ def test_gateway_errors(live):
     assert r.status_code == 502 and r.json()["code"] == "port_not_listening"
     assert live.http.get(f"{prefix}/0/").status_code == 400
     assert live.http.get(f"{prefix}/70000/").status_code == 400
-    assert live.http.get(f"/s/ses_nope/forward/80/").status_code == 404
+    assert live.http.get("/s/ses_nope/forward/80/").status_code == 404
     assert httpx.get(f"{live.url}{prefix}/80/").status_code == 401
 
 
@@ -392,7 +344,8 @@ def test_gateway_cookie_login_and_public_port(live, host_servers):
         r = browser.get(f"{path}?a=1&token={live.key}", follow_redirects=False)
         assert r.status_code == 302 and r.headers["location"] == f"{path}?a=1"
         cookie = r.headers["set-cookie"]
-        assert "HttpOnly" in cookie and f"Path=/s/{live.session}/" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+        assert "HttpOnly" in cookie and f"Path=/s/{live.session}/" in cookie
+        assert "SameSite=lax" in cookie.replace("Lax", "lax")
         r = browser.get(r.headers["location"])
         assert r.status_code == 200 and "chaser_token" not in r.json().get("cookie", "")
     url = f"/v1/sessions/{live.session}/ports/{ports['echo']}/public"

@@ -6,6 +6,7 @@ through the TestClient, or (for what only a real socket shows) to uvicorn."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import threading
@@ -19,8 +20,7 @@ from chaser_sdk.errors import ChaserApiError
 from chaser.api.body import DrainBodyMiddleware
 from chaser.api.routes.unavailable import UNAVAILABLE, not_available_message
 from chaser.models import SessionCreate
-from tests.unit.test_api_errors import assert_error
-from tests.unit.test_api_fakes import FakeRuntime, Harness, harness, make_settings  # noqa: F401 - fixture
+from tests.support import FakeRuntime, Harness, assert_error, async_wait_until, free_port, make_settings, wait_until
 
 MiB = 1024 * 1024
 
@@ -155,21 +155,18 @@ class LiveServer:
     def __init__(self, tmp_path) -> None:
         import uvicorn
 
-        from chaser.api import create_app
+        from chaser.assembly import create_app
 
         self.runtime = FakeRuntime()
         self.app = create_app(make_settings(tmp_path), self.runtime, reaper_interval=3600)
         self.key = self.app.state.services.keys.create(name="admin", full_access=True).key
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout=20,
+                   message="uvicorn did not start")
+        assert self.server.started, "uvicorn exited at start-up"
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
@@ -192,7 +189,8 @@ def read_response(sock: socket.socket) -> tuple[str, bytes]:
         assert chunk, f"connection closed before the answer: {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
     while len(body) < length:
         chunk = sock.recv(65536)
         assert chunk, "connection closed inside the answer"
@@ -302,15 +300,21 @@ def test_the_default_workspace_is_reused_too(tmp_path):
 
 def test_concurrent_creates_share_one_vm_and_say_which_started(harness):
     harness.client.post("/v1/workspaces", json={"name": "dev"})
-    harness.runtime.start_delay = 0.2
     principal = harness.services.keys.authenticate(harness.admin_key)
     sessions = harness.services.sessions
 
     async def both():
-        return await asyncio.gather(*(sessions.create(principal, SessionCreate(workspace="dev")) for _ in range(3)))
+        harness.runtime.hold_starts()  # the first create's boot waits until all three are under way
+        creates = [asyncio.ensure_future(sessions.create(principal, SessionCreate(workspace="dev"))) for _ in range(3)]
+        await async_wait_until(lambda: harness.runtime.starts_held == 1 and all(
+            inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_SUSPENDED for task in creates),
+            message="the creates did not all get under way")
+        harness.runtime.release_starts()
+        return await asyncio.gather(*creates)
 
     results = harness.client.portal.call(both)
-    assert len({row.id for row, _ in results}) == 1 and sorted(started for _, started in results) == [False, False, True]
+    assert len({row.id for row, _ in results}) == 1
+    assert sorted(started for _, started in results) == [False, False, True]
     assert len(harness.runtime.started) == 1
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from chaser.service.workspaces import _python_sparse_copy, copy_disk
-from tests.unit.test_api_errors import assert_error
-from tests.unit.test_api_fakes import harness  # noqa: F401 - fixture
+from tests.support import assert_error
 
 MIB = 1 << 20
 
@@ -32,19 +31,11 @@ def disk(harness, workspace_id: str) -> Path:
     return harness.services.workspaces.disk_path(workspace_id)
 
 
-class FakeQMP:
-    """Records QMP commands; checks that the copy happens while the VM is stopped."""
-
-    def __init__(self, watch: Path) -> None:
-        self.commands: list[str] = []
-        self.watch = watch
-        self.snapshot_files_at_cont: list[str] = []
-
-    async def execute(self, command: str, arguments=None):
-        self.commands.append(command)
-        if command == "cont":
-            self.snapshot_files_at_cont = sorted(p.name for p in self.watch.glob("*.img"))
-        return {}
+def files_at_thaw(vm, directory: Path, pattern: str) -> list[list[str]]:
+    """At each thaw of `vm`, the files under `directory` matching `pattern` (what was copied while frozen)."""
+    seen: list[list[str]] = []
+    vm.on_thaw = lambda: seen.append(sorted(str(p.relative_to(directory)) for p in directory.glob(pattern)))
+    return seen
 
 
 # --- copy helper -------------------------------------------------------------
@@ -147,11 +138,12 @@ def test_clone_from_a_running_workspace_freezes_it(harness):
     write_disk(disk(harness, source["id"]), b"live data")
     session = client.post("/v1/sessions", json={"workspace": "src"}).json()
     vm = harness.vm(session["id"])
-    vm.qmp = FakeQMP(disk(harness, source["id"]).parent)
+    disks_at_thaw = files_at_thaw(vm, harness.settings.workspaces_dir, "*/disk.img")
     clone = client.post("/v1/workspaces", json={"clone_from": "src"}).json()
     assert read_disk(disk(harness, clone["id"]), 9) == b"live data"
-    assert vm.qmp.commands == ["stop", "cont"]
-    assert "sync" in [p.command for p in vm.processes.values()]
+    assert vm.freeze_events == ["freeze", "thaw"]
+    assert f"{clone['id']}/disk.img" in disks_at_thaw[0]  # copied while frozen
+    assert "sync" in [p.command for p in vm.procs.values()]
 
 
 # --- snapshots -----------------------------------------------------------------
@@ -230,11 +222,11 @@ def test_snapshot_while_running_freezes_the_vm(harness):
     write_disk(path, b"running")
     session = client.post("/v1/sessions", json={"workspace": "dev"}).json()
     vm = harness.vm(session["id"])
-    vm.qmp = FakeQMP(path.parent / "snapshots")
+    snapshots_at_thaw = files_at_thaw(vm, path.parent / "snapshots", "*.img")
     snap = client.post("/v1/workspaces/dev/snapshots").json()
-    assert vm.qmp.commands == ["stop", "cont"]
-    assert vm.qmp.snapshot_files_at_cont == [f"{snap['id']}.img"]  # copied while stopped
-    assert [p.command for p in vm.processes.values()] == ["sync"]  # synced before the stop
+    assert vm.freeze_events == ["freeze", "thaw"]
+    assert snapshots_at_thaw == [[f"{snap['id']}.img"]]  # copied while frozen
+    assert [p.command for p in vm.procs.values()] == ["sync"]  # synced before the freeze
     assert client.get(f"/v1/sessions/{session['id']}").json()["status"] == "running"
 
     # Restore while the session runs: 409, the disk is in use; force terminates it first.
@@ -338,13 +330,12 @@ def test_cli_over_the_app(harness, monkeypatch):
     """`chaser workspaces …` with our client, its HTTP served by the test app."""
     import json
 
+    import httpx
     from typer.testing import CliRunner
 
     from chaser.cli import main
     from chaser.cli.commands import workspaces as commands
     from chaser.client import ChaserClient
-
-    import httpx
 
     class AppTransport(httpx.BaseTransport):
         def handle_request(self, request: httpx.Request) -> httpx.Response:
