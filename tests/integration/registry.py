@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -23,14 +22,11 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.net import free_port
+
 BUSYBOX = "/bin/busybox"
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -72,7 +68,7 @@ http:
   addr: 127.0.0.1:{self.port}
 {auth_cfg}""")
 
-    def start(self) -> "Registry":
+    def start(self) -> Registry:
         self.log = open(self.dir / "registry.log", "wb")
         self.proc = subprocess.Popen(
             [REGISTRY_BIN, "serve", str(self.dir / "config.yml")],

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,17 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.net import free_port
+
 pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parents[2]
 CHASER = [sys.executable, "-m", "chaser.cli.main"]
 SERVER_START_TIMEOUT_S = 600  # may have to (re)build the template snapshot first
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ChaserServer:

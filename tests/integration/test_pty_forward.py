@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import ServerProcess, qemu_pids_under
+from tests.support.net import free_port
 from tests.support.servers import SANDBOX_SERVERS
 
 pytestmark = pytest.mark.vm
@@ -30,11 +31,6 @@ CHASER = [sys.executable, "-m", "chaser.cli.main"]
 # Ports inside the sandbox.
 HTTP_ANY, HTTP_LOCAL, ECHO, WS, TCP_ECHO, CLOSED = 8000, 8001, 8002, 8003, 8004, 8009
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
