@@ -9,7 +9,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils 
 	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd
 PYTEST_ARGS ?=
 
-.PHONY: setup guest serve test unit bench
+.PHONY: setup guest serve lint test unit bench
 
 setup: .stamps/apt $(VENV)/.installed guest
 
@@ -36,10 +36,17 @@ guest: $(VENV)/.installed
 serve: setup
 	$(CHASER) server
 
-test: setup
+# Style and bugs (ruff), types (mypy; strict for service, vm, api, client, runtime) and the
+# architecture (import-linter's contracts): all configured in pyproject.toml, a few seconds.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check chaser tests bench
+	$(VENV)/bin/mypy chaser
+	$(VENV)/bin/lint-imports
+
+test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: $(VENV)/.installed
+unit: lint
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 bench: setup
