@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.conftest import ServerProcess  # noqa: E402
+from tests.integration.conftest import ServerProcess
 
 GUEST_PORT = 8000
 
@@ -43,7 +43,7 @@ print(json.dumps({"lat": lat, "big_s": time.perf_counter() - t, "size": size}))
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary_ms(values: list[float]) -> dict:
@@ -59,7 +59,7 @@ async def keystroke_latency(ws_url: str, headers: dict, count: int) -> list[floa
         while True:
             try:
                 await asyncio.wait_for(ws.recv(), quiet)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async with connect(ws_url, additional_headers=headers, max_size=None, compression=None) as ws:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
-from chaser import errors
+from chaser.api.auth import principal_from
 from chaser.config import Settings
 from chaser.service.commands import CommandService
 from chaser.service.files import FileService
@@ -30,7 +31,14 @@ class Services:
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    """The services, from a WebSocket (where `ServicesDep` does not apply) or a request."""
+    services: Services = connection.app.state.services
+    return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -42,18 +50,11 @@ async def current_principal(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    if credentials is None:
-        header = request.headers.get("authorization")
-        raise errors.Unauthorized("missing API key: send 'Authorization: Bearer sk_…'" if not header
-                                  else "the Authorization header must be 'Bearer <API key>'")
-    principal = services.keys.authenticate(credentials.credentials)
-    account = request.headers.get("x-chaser-account")
-    if account is not None and account.strip() and account.strip() != principal.account_id:
-        raise errors.Forbidden(f"this API key has no access to account {account.strip()!r}")
-    return principal
+    del credentials  # declared for the OpenAPI security scheme; principal_from reads the header itself
+    return principal_from(services.keys, request.headers)
 
 
-def require(scope: str):
+def require(scope: str) -> Any:  # a `Depends(...)` marker, for `Annotated`
     async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         principal.require(scope)
         return principal

@@ -1,5 +1,6 @@
-"""Interactive terminals: the modes, and the bridge between a client WebSocket
-and the agent's `/pty` WebSocket.
+"""Interactive terminals: the modes, the bridge between a client WebSocket and
+the agent's PTY WebSocket (`SandboxVM.pty`), and the service (`Terminals`) that
+opens terminals and resizes and lists them.
 
 Framing (both hops): binary frames carry terminal bytes; text frames carry JSON
 control messages — client → server `{"type":"resize","rows","cols"}`,
@@ -22,10 +23,16 @@ import json
 import logging
 import secrets
 import shlex
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from chaser import errors
+from chaser.aio import first_to_finish
+from chaser.runtime.interface import AgentSocket
+from chaser.service.client_socket import ClientClosed, ClientSocket
+from chaser.service.live import LiveSession
+from chaser.service.sessions import SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,7 @@ AGENT_TERM = "dumb"
 AGENT_SHELL = "if [ -x /bin/bash ]; then exec /bin/bash --norc --noprofile -i; else exec /bin/sh -i; fi"
 EXEC_TERM = "dumb"
 MARKER_SEARCH_LIMIT = 64 * 1024
+EXEC_FRAME_TIMEOUT_S = 60.0  # exec mode: how long the first frame (the command) may take
 
 
 def check_size(rows: Any, cols: Any) -> tuple[int, int]:
@@ -131,17 +139,18 @@ class MarkerFilter:
             self.found.set()
 
     def feed(self, data: bytes) -> bytes:
-        if self.found.is_set():
+        marker = self.marker
+        if self.found.is_set() or marker is None:  # no marker: found from the start
             return data
         self.buffer += data
-        at = self.buffer.find(self.marker)
+        at = self.buffer.find(marker)
         if at < 0:
             if len(self.buffer) > MARKER_SEARCH_LIMIT:  # something else is going on: show everything
                 data, self.buffer = self.buffer, b""
                 self.found.set()
                 return data
             return b""
-        rest = self.buffer[at + len(self.marker):]
+        rest = self.buffer[at + len(marker):]
         if rest in (b"", b"\r"):
             return b""  # the marker's newline has not arrived yet
         if rest.startswith(b"\r\n"):
@@ -157,9 +166,10 @@ class MarkerFilter:
         if self.found.is_set():
             return b""
         data, self.buffer = self.buffer, b""
-        at = data.find(self.marker) if self.marker else -1
-        if at >= 0:
-            data = data[at + len(self.marker):].lstrip(b"\r\n")
+        marker = self.marker
+        at = data.find(marker) if marker else -1
+        if marker and at >= 0:
+            data = data[at + len(marker):].lstrip(b"\r\n")
         return data
 
 
@@ -170,9 +180,10 @@ class BridgeResult:
     agent_closed: bool = False
 
 
-async def bridge(client, agent_ws, *, output_filter: MarkerFilter | None = None) -> BridgeResult:
-    """Pump frames between a Starlette WebSocket (`client`, accepted) and the
-    agent's PTY WebSocket until one side ends; then close the other.
+async def bridge(client: ClientSocket, agent_ws: AgentSocket, *,
+                 output_filter: MarkerFilter | None = None) -> BridgeResult:
+    """Pump frames between the client's WebSocket (accepted) and the agent's
+    PTY WebSocket until one side ends; then close the other.
 
     Client gone first → the agent socket is closed, and the agent hangs up the
     shell (SIGHUP, then SIGKILL): no process outlives its socket."""
@@ -183,57 +194,53 @@ async def bridge(client, agent_ws, *, output_filter: MarkerFilter | None = None)
 
     async def agent_to_client() -> None:
         try:
-            async for message in agent_ws:
-                if isinstance(message, bytes):
-                    data = filt.feed(message)
-                    if data:
-                        await client.send_bytes(data)
-                    continue
-                try:
-                    control = json.loads(message)
-                except ValueError:
-                    continue
-                if isinstance(control, dict) and control.get("type") == "exit":
-                    rest = filt.finish()
-                    if rest:
-                        await client.send_bytes(rest)
-                    result.exit_code = control.get("exit_code")
-                    await client.send_text(json.dumps({"type": "exit", "exit_code": result.exit_code}))
-        except ConnectionClosed:
-            pass
-        result.agent_closed = True
+            try:
+                while True:
+                    message = await agent_ws.recv()
+                    if isinstance(message, bytes):
+                        data = filt.feed(message)
+                        if data:
+                            await client.send(data)
+                        continue
+                    try:
+                        control = json.loads(message)
+                    except ValueError:
+                        continue
+                    if isinstance(control, dict) and control.get("type") == "exit":
+                        rest = filt.finish()
+                        if rest:
+                            await client.send(rest)
+                        result.exit_code = control.get("exit_code")
+                        await client.send(json.dumps({"type": "exit", "exit_code": result.exit_code}))
+            except ConnectionClosed:
+                pass
+            result.agent_closed = True
+        except Exception as exc:  # noqa: BLE001 - the bridge ends either way; only its cause differs
+            if _is_disconnect(exc):
+                result.client_closed = True
+            else:
+                log.debug("pty bridge: %r", exc)
 
     async def client_to_agent() -> None:
-        await filt.found.wait()  # exec mode: hold input until the command runs
-        while True:
-            message = await client.receive()
-            if message["type"] == "websocket.disconnect":
-                result.client_closed = True
-                return
-            if message.get("bytes") is not None:
-                await agent_ws.send(message["bytes"])
-            elif message.get("text") is not None:
-                control = parse_control(message["text"])
-                if control is not None and control["type"] in ("resize", "signal"):
-                    await agent_ws.send(json.dumps(control))
-
-    out_task = asyncio.create_task(agent_to_client(), name="pty-agent-to-client")
-    in_task = asyncio.create_task(client_to_agent(), name="pty-client-to-agent")
-    try:
-        done, _ = await asyncio.wait({out_task, in_task}, return_when=asyncio.FIRST_COMPLETED)
-        if in_task in done:
-            result.client_closed = True
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                if task is in_task or _is_disconnect(exc):
-                    result.client_closed = True
+        try:
+            await filt.found.wait()  # exec mode: hold input until the command runs
+            while True:
+                message = await client.receive()
+                if isinstance(message, ClientClosed):
+                    break
+                if isinstance(message, bytes):
+                    await agent_ws.send(message)
                 else:
-                    log.debug("pty bridge: %r", exc)
+                    control = parse_control(message)
+                    if control is not None and control["type"] in ("resize", "signal"):
+                        await agent_ws.send(json.dumps(control))
+        except Exception:  # noqa: BLE001 - whatever broke this direction, the client counts as gone
+            pass
+        result.client_closed = True  # not reached when cancelled: the agent side ended first
+
+    try:
+        await first_to_finish(agent_to_client(), client_to_agent(), name="pty")
     finally:
-        for task in (out_task, in_task):
-            task.cancel()
-        await asyncio.gather(out_task, in_task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await agent_ws.close()
         if not result.client_closed:
@@ -244,6 +251,76 @@ async def bridge(client, agent_ws, *, output_filter: MarkerFilter | None = None)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
-    from starlette.websockets import WebSocketDisconnect
+    # ClientGone is an OSError; RuntimeError: the server refuses to send on a closed socket.
+    return isinstance(exc, (OSError, RuntimeError))
 
-    return isinstance(exc, (WebSocketDisconnect, OSError, RuntimeError))
+
+async def send_error_and_close(client: ClientSocket, exc: errors.ChaserError, code: int = 1011) -> None:
+    """After the upgrade: an `{"type":"error"}` frame, then a close with `code`."""
+    with contextlib.suppress(Exception):
+        await client.send(json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
+    with contextlib.suppress(Exception):
+        await client.close(code=code, reason=exc.code[:120])
+
+
+# --- the service -----------------------------------------------------------------------
+class Terminals:
+    """The PTYs of running sessions: the WebSocket terminal, and the REST resize/list."""
+
+    def __init__(self, sessions: SessionManager) -> None:
+        self.sessions = sessions
+
+    async def serve(self, live: LiveSession, mode: str, rows: int, cols: int, client: ClientSocket) -> None:
+        """A terminal on the client's WebSocket (not accepted yet): in human and
+        agent mode the upgrade is refused if the agent's PTY cannot be opened; in
+        exec mode it is accepted first, as the command comes in the first frame."""
+        if mode == "exec":
+            await self._serve_exec(live, rows, cols, client)
+            return
+        terminal = plan(mode, rows, cols)
+        async with AsyncExitStack() as stack:
+            try:
+                vm = await stack.enter_async_context(self.sessions.using(live))
+                agent_ws = await stack.enter_async_context(vm.pty(terminal.params))
+            except Exception as exc:  # noqa: BLE001 - every refusal is an HTTP answer
+                await client.deny(exc)
+                return
+            await client.accept()
+            await bridge(client, agent_ws)
+
+    async def _serve_exec(self, live: LiveSession, rows: int, cols: int, client: ClientSocket) -> None:
+        async with self.sessions.using(live) as vm:
+            await client.accept()
+            try:
+                first = await asyncio.wait_for(client.receive(), EXEC_FRAME_TIMEOUT_S)
+            except TimeoutError:
+                await send_error_and_close(client, errors.InvalidRequest("no exec frame received"), 1008)
+                return
+            if isinstance(first, ClientClosed):
+                return
+            control = parse_control(first) if isinstance(first, str) else None
+            command = control.get("command") if control and control.get("type") == "exec" else None
+            if control is None or not isinstance(command, str) or not command:
+                await send_error_and_close(client, errors.InvalidRequest(
+                    'exec mode: the first frame must be {"type":"exec","command":"…"}'), 1008)
+                return
+            env = control.get("env") if isinstance(control.get("env"), dict) else None
+            cwd = control.get("cwd") if isinstance(control.get("cwd"), str) else None
+            try:
+                terminal = plan("exec", rows, cols, command=command, cwd=cwd, env=env)
+                async with vm.pty(terminal.params) as agent_ws:
+                    await bridge(client, agent_ws, output_filter=MarkerFilter(terminal.marker))
+            except errors.ChaserError as exc:
+                await send_error_and_close(client, exc, 1008 if exc.status < 500 else 1011)
+
+    async def open_ptys(self, live: LiveSession) -> list[dict[str, Any]]:
+        """The session's open terminals, as the agent lists them."""
+        async with self.sessions.using(live) as vm:
+            return await vm.ptys()
+
+    async def resize(self, live: LiveSession, rows: int, cols: int) -> list[Any]:
+        """Resize every open terminal; what was resized (the agent's list)."""
+        async with self.sessions.using(live) as vm:
+            result = await vm.resize_ptys(rows, cols)
+        resized: list[Any] = result.get("resized", [])
+        return resized

@@ -38,7 +38,8 @@ def error_responses(*statuses: int | tuple[int, str] | tuple[int, str, dict[str,
     for item in statuses:
         status, description, headers = (item, ERROR_DESCRIPTIONS[item], None) if isinstance(item, int) else (
             item[0], item[1], item[2] if len(item) > 2 else None)
-        entries[status] = {"model": ErrorPublic, "description": description, **({"headers": headers} if headers else {})}
+        entries[status] = {"model": ErrorPublic, "description": description,
+                           **({"headers": headers} if headers else {})}
     return entries
 
 

@@ -29,7 +29,8 @@ async def list_commands(session_id: str, services: ServicesDep, principal: Sessi
 
 
 @router.get("/{command_id}", response_model=CommandPublic, summary="Get a command with the tail of its output")
-async def get_command(session_id: str, command_id: str, services: ServicesDep, principal: SessionsRead) -> CommandPublic:
+async def get_command(session_id: str, command_id: str, services: ServicesDep,
+                      principal: SessionsRead) -> CommandPublic:
     live = await services.sessions.live_session(principal, session_id)
     return await services.commands.get(live, command_id)
 

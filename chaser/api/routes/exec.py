@@ -6,7 +6,10 @@ from fastapi import APIRouter
 
 from chaser.api.deps import ExecWrite, ServicesDep
 from chaser.api.routes import (
-    AUTH_ERROR_RESPONSES, IMAGE_ERROR_RESPONSES, SESSION_ERROR_RESPONSES, START_ERROR_RESPONSES,
+    AUTH_ERROR_RESPONSES,
+    IMAGE_ERROR_RESPONSES,
+    SESSION_ERROR_RESPONSES,
+    START_ERROR_RESPONSES,
 )
 from chaser.models import ExecCreate, ExecPublic, SessionExecCreate
 

@@ -13,74 +13,79 @@ the gateway (a missing site), unlike the API's 409.
 
 from __future__ import annotations
 
-import logging
-from contextlib import AsyncExitStack
-
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request, WebSocket
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
+from starlette.requests import HTTPConnection
 
-from chaser import errors
-from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
+from chaser.api.auth import principal_from, uses_query_token
+from chaser.api.client_socket import StarletteClientSocket
+from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url, services_of
+from chaser.api.forward_response import ProxiedResponse
 from chaser.api.routes import ERROR_DESCRIPTIONS, SESSION_ERROR_RESPONSES
-from chaser.api.routes.pty import as_chaser_error, connection_principal, deny, services_of
 from chaser.service import forward as fwd
 from chaser.service.keys import Principal
+from chaser.service.live import LiveSession
 
 # Taken as text so a bad port gets our own 400 message (fwd.check_port); documented as what it must be.
 PortParam = Annotated[str, Path(json_schema_extra={"type": "integer", "minimum": 1, "maximum": 65535})]
 
-log = logging.getLogger("chaser.api.forward")
 router = APIRouter(tags=["forwarding"])
 api_router = APIRouter(prefix="/v1/sessions", tags=["forwarding"], responses=SESSION_ERROR_RESPONSES)
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 SCOPE = "exec.write"
 
 
-def public_ports(connection) -> fwd.PublicPorts:
+def forwarding_of(connection: HTTPConnection) -> fwd.ForwardService:
     state = connection.app.state
-    ports = getattr(state, "public_ports", None)
-    if ports is None:
-        ports = state.public_ports = fwd.PublicPorts(state.services.sessions)
-    return ports
+    forwarding: fwd.ForwardService | None = getattr(state, "forwarding", None)
+    if forwarding is None:
+        forwarding = state.forwarding = fwd.ForwardService(services_of(connection).sessions)
+    return forwarding
 
 
-def prefix_of(connection, session_id: str, port: int) -> tuple[str, str]:
+def prefix_of(connection: HTTPConnection, session_id: str, port: int) -> tuple[str, str]:
     """(URL prefix of this forward, cookie path) for path or host style."""
     if connection.scope.get("chaser_host_style"):
         return f"/forward/{port}", "/"
     return f"/s/{session_id}/forward/{port}", f"/s/{session_id}/"
 
 
-def upstream_target(connection, *, drop_token: bool) -> str:
+def upstream_target(connection: HTTPConnection, *, drop_token: bool) -> str:
     """The path (still percent-encoded) and query after `/s/{id}/forward/{port}`."""
-    raw = connection.scope.get("raw_path") or connection.scope["path"].encode()
+    raw: bytes = connection.scope.get("raw_path") or connection.scope["path"].encode()
     parts = raw.split(b"?", 1)[0].split(b"/", 5)  # '', 's', id, 'forward', port, rest
     target = "/" + (parts[5].decode("latin-1") if len(parts) > 5 else "")
-    query = connection.scope.get("query_string", b"").decode("latin-1")
+    query: str = connection.scope.get("query_string", b"").decode("latin-1")
     if drop_token and query:
         query = fwd.query_without(query, "token")
     return target + (f"?{query}" if query else "")
 
 
-async def gateway_live(connection, session_id: str, port: int):
+async def gateway_live(connection: HTTPConnection, session_id: str, port: int) -> tuple[LiveSession, bool]:
     """(live session, token-from-query used) after the gateway's access rules."""
-    services = services_of(connection)
-    if public_ports(connection).is_public(session_id, port):
-        live = services.sessions.live.get(session_id)
-        principal = Principal(key_id="public", account_id=live.account_id)
-        token_used = False
-    else:
-        cookie = fwd.cookie_value(connection.headers.get("cookie"))
-        token_used = connection.headers.get("authorization") is None and bool(connection.query_params.get("token"))
-        principal = connection_principal(connection, SCOPE, query_token=True, extra_key=cookie)
-    try:
-        live = await services.sessions.live_session(principal, session_id)
-    except errors.Conflict as exc:
-        raise errors.NotFound(exc.message, code=exc.code) from None
-    return live, token_used
+    keys = services_of(connection).keys
+    forwarding = forwarding_of(connection)
+
+    def authenticate() -> Principal:
+        return principal_from(keys, connection.headers, query=connection.query_params, cookie=fwd.COOKIE_NAME,
+                              scope=SCOPE)
+
+    token_used = (not forwarding.public.is_public(session_id, port)
+                  and uses_query_token(connection.headers, connection.query_params))
+    return await forwarding.gateway_session(session_id, port, authenticate), token_used
+
+
+def forwarded_request(connection: HTTPConnection, session_id: str, port: int, *, token_used: bool, method: str,
+                      scheme: str, request: Request | None = None) -> fwd.ForwardedRequest:
+    prefix, _ = prefix_of(connection, session_id, port)
+    return fwd.ForwardedRequest(
+        method=method, target=upstream_target(connection, drop_token=token_used),
+        headers=list(connection.scope.get("headers", [])), scheme=scheme,
+        client_host=connection.client.host if connection.client else None,
+        body=request.stream() if request is not None else None, prefix=prefix)
 
 
 # --- HTTP -------------------------------------------------------------------------------
@@ -94,27 +99,21 @@ async def forward_root(session_id: str, port: str, request: Request) -> Response
 async def forward_http(session_id: str, port: PortParam, path: str, request: Request) -> Response:
     port_number = fwd.check_port(port)
     live, token_used = await gateway_live(request, session_id, port_number)
-    prefix, cookie_path = prefix_of(request, session_id, port_number)
     if token_used and request.method in ("GET", "HEAD"):
         # One-time login link: keep the key in an HttpOnly cookie, drop it from the URL.
+        _, cookie_path = prefix_of(request, session_id, port_number)
         query = fwd.query_without(request.url.query, "token")
         location = request.scope.get("chaser_original_path", request.url.path) + (f"?{query}" if query else "")
         response = RedirectResponse(location, status_code=302)
         response.set_cookie(fwd.COOKIE_NAME, request.query_params["token"], httponly=True, path=cookie_path,
                             samesite="lax", secure=request.url.scheme == "https")
         return response
-    services = services_of(request)
-    stack = AsyncExitStack()
-    try:
-        vm = await stack.enter_async_context(services.sessions.using(live))
-    except BaseException:
-        await stack.aclose()
-        raise
-    return await fwd.proxy_http(request, vm, port_number, upstream_target(request, drop_token=token_used),
-                                prefix=prefix, stack=stack)
+    forwarded = forwarded_request(request, session_id, port_number, token_used=token_used, method=request.method,
+                                  scheme=request.url.scheme, request=request)
+    return ProxiedResponse(await forwarding_of(request).http(live, port_number, forwarded))
 
 
-def _relayed(description: str) -> dict:
+def _relayed(description: str) -> dict[str, Any]:
     """A gateway answer: its own refusal (`{"code", "message"}`), or whatever the sandboxed server answered."""
     return {"description": description, "content": {
         "application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/ErrorPublic"},
@@ -123,7 +122,7 @@ def _relayed(description: str) -> dict:
 
 
 RELAYED = " (or the sandboxed server's own answer with this status, relayed as is)"
-GATEWAY_RESPONSES: dict = {
+GATEWAY_RESPONSES: dict[int | str, Any] = {
     200: _relayed("The sandboxed server's answer, relayed as is"),
     302: {"description": "A one-time login link (`?token=<key>`, GET and HEAD): to the same URL without `token`, "
                          "with the key in an HttpOnly `chaser_token` cookie" + RELAYED,
@@ -149,66 +148,32 @@ for _method in ALL_METHODS:  # one route per method: distinct OpenAPI operation 
 # --- WebSocket through the gateway ---------------------------------------------------------
 @router.websocket("/s/{session_id}/forward/{port}/{path:path}")
 async def forward_websocket(websocket: WebSocket, session_id: str, port: str, path: str) -> None:
-    services = services_of(websocket)
+    client = StarletteClientSocket(websocket)
     try:
         port_number = fwd.check_port(port)
         live, token_used = await gateway_live(websocket, session_id, port_number)
-    except Exception as exc:  # noqa: BLE001
-        await deny(websocket, as_chaser_error(exc))
+    except Exception as exc:  # noqa: BLE001 - every refusal is an HTTP answer
+        await client.deny(exc)
         return
-    prefix, _ = prefix_of(websocket, session_id, port_number)
-    async with services.sessions.using(live) as vm:
-        try:
-            async with fwd.open_relay(vm, port_number) as relay:
-                upstream = fwd.UpstreamWebSocket(relay)
-                headers = fwd.upstream_request_headers(
-                    websocket.scope.get("headers", []), port=port_number, prefix=prefix, websocket=True,
-                    scheme="https" if websocket.url.scheme == "wss" else "http",
-                    client_host=websocket.client.host if websocket.client else None)
-                subprotocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
-                                if p.strip()]
-                try:
-                    response = await upstream.handshake(port_number, upstream_target(websocket, drop_token=token_used),
-                                                        headers, subprotocols)
-                except Exception as exc:  # noqa: BLE001
-                    await deny(websocket, as_chaser_error(exc))
-                    return
-                await websocket.accept(subprotocol=response.headers.get("Sec-WebSocket-Protocol"))
-                await upstream.pump(websocket)
-        except errors.ChaserError as exc:  # the relay could not be opened
-            if websocket.client_state.name == "CONNECTING":
-                await deny(websocket, exc)
-            else:
-                raise
+    forwarded = forwarded_request(websocket, session_id, port_number, token_used=token_used, method="GET",
+                                  scheme="https" if websocket.url.scheme == "wss" else "http")
+    await forwarding_of(websocket).websocket(live, port_number, forwarded, client)
 
 
 # --- raw TCP tunnel (chaser forward) --------------------------------------------------------
 @api_router.websocket("/{session_id}/tunnel/{port}")
 async def tunnel(websocket: WebSocket, session_id: str, port: str) -> None:
     """A raw TCP connection to 127.0.0.1:{port} in the sandbox: binary frames = bytes."""
+    client = StarletteClientSocket(websocket)
     services = services_of(websocket)
     try:
-        principal = connection_principal(websocket, SCOPE)
+        principal = principal_from(services.keys, websocket.headers, query=websocket.query_params, scope=SCOPE)
         port_number = fwd.check_port(port)
         live = await services.sessions.live_session(principal, session_id)
-    except Exception as exc:  # noqa: BLE001
-        await deny(websocket, as_chaser_error(exc))
+    except Exception as exc:  # noqa: BLE001 - every refusal is an HTTP answer
+        await client.deny(exc)
         return
-    async with services.sessions.using(live) as vm:
-        relay_cm = fwd.open_relay(vm, port_number)
-        try:
-            relay = await relay_cm.__aenter__()
-        except Exception as exc:  # noqa: BLE001
-            await deny(websocket, as_chaser_error(exc))
-            return
-        try:
-            await websocket.accept()
-            await fwd.pipe_websocket_to_relay(websocket, relay)
-        finally:
-            try:
-                await relay_cm.__aexit__(None, None, None)
-            except Exception:  # noqa: BLE001
-                pass
+    await forwarding_of(websocket).tunnel(live, port_number, client)
 
 
 # --- public ports -----------------------------------------------------------------------------
@@ -218,19 +183,18 @@ class PublicBody(BaseModel):
 
 @api_router.post("/{session_id}/ports/{port}/public",
                  summary="Open (or close) a forwarded port to requests without an API key")
-async def set_public(session_id: str, port: PortParam, request: Request, services: ServicesDep, principal: SessionsWrite,
-                     body: PublicBody | None = Body(default=None)) -> dict:
+async def set_public(session_id: str, port: PortParam, request: Request, services: ServicesDep,
+                     principal: SessionsWrite, body: PublicBody | None = Body(default=None)) -> dict[str, Any]:
     port_number = fwd.check_port(port)
-    await services.sessions.live_session(principal, session_id)
     public = True if body is None else body.public
-    public_ports(request).set(session_id, port_number, public)
+    await forwarding_of(request).set_public(principal, session_id, port_number, public)
     return {"session_id": session_id, "port": port_number, "public": public,
             "url": f"{base_url(request, services)}/s/{session_id}/forward/{port_number}/"}
 
 
 @api_router.get("/{session_id}/ports", summary="Ports opened to the public")
-async def list_ports(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead) -> dict:
-    await services.sessions.live_session(principal, session_id)
+async def list_ports(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead
+                     ) -> dict[str, Any]:
+    ports = await forwarding_of(request).public_ports(principal, session_id)
     url = base_url(request, services)
-    return {"ports": [{"port": p, "public": True, "url": f"{url}/s/{session_id}/forward/{p}/"}
-                      for p in public_ports(request).ports(session_id)]}
+    return {"ports": [{"port": p, "public": True, "url": f"{url}/s/{session_id}/forward/{p}/"} for p in ports]}

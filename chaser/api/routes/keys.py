@@ -34,7 +34,8 @@ async def create_key(services: ServicesDep, principal: KeysWrite,
                             scopes=list(row.scopes or []), full_access=row.full_access)
 
 
-@router.delete("/{key_id}", response_model=KeyRevokedPublic, responses=error_responses(404), summary="Revoke an API key")
+@router.delete("/{key_id}", response_model=KeyRevokedPublic, responses=error_responses(404),
+                summary="Revoke an API key")
 async def revoke_key(key_id: str, services: ServicesDep, principal: KeysWrite) -> KeyRevokedPublic:
     row = services.keys.revoke(principal, key_id)
     return KeyRevokedPublic(id=row.id, revoked=True)

@@ -8,11 +8,23 @@ from fastapi import APIRouter, Body, Query, Request, Response
 
 from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
 from chaser.api.routes import (
-    AUTH_ERROR_RESPONSES, IMAGE_ERROR_RESPONSES, SESSION_ERROR_RESPONSES, START_ERROR_RESPONSES, error_responses,
+    AUTH_ERROR_RESPONSES,
+    IMAGE_ERROR_RESPONSES,
+    SESSION_ERROR_RESPONSES,
+    START_ERROR_RESPONSES,
+    error_responses,
 )
 from chaser.models import (
-    BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic, Endpoints, NetworkPolicyCreate,
-    NetworkPolicyPublic, SelfTestPublic, SessionCreate, SessionPublic, SessionsPublic,
+    BulkTerminateCreate,
+    BulkTerminateFailure,
+    BulkTerminatePublic,
+    Endpoints,
+    NetworkPolicyCreate,
+    NetworkPolicyPublic,
+    SelfTestPublic,
+    SessionCreate,
+    SessionPublic,
+    SessionsPublic,
 )
 from chaser.service.network import policy_public
 from chaser.service.records import SessionRecord
@@ -54,14 +66,16 @@ async def list_sessions(
 
 
 @router.post("/bulk-terminate", response_model=BulkTerminatePublic, summary="Terminate many sessions")
-async def bulk_terminate(services: ServicesDep, principal: SessionsWrite, body: BulkTerminateCreate) -> BulkTerminatePublic:
+async def bulk_terminate(services: ServicesDep, principal: SessionsWrite,
+                         body: BulkTerminateCreate) -> BulkTerminatePublic:
     terminated, failed = await services.sessions.bulk_terminate(principal, body)
     return BulkTerminatePublic(terminated=terminated, failed=[
         BulkTerminateFailure(id=item_id, code=code, message=message) for item_id, code, message in failed])
 
 
 @router.get("/{session_id}", response_model=SessionPublic, summary="Get a session", responses=error_responses(404))
-async def get_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead) -> SessionPublic:
+async def get_session(session_id: str, request: Request, services: ServicesDep,
+                      principal: SessionsRead) -> SessionPublic:
     row = services.sessions.get(principal, session_id)
     if row.status == "running":
         await services.sessions.check_crashed(session_id)

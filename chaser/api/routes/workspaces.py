@@ -8,14 +8,22 @@ from chaser.api.deps import ServicesDep, WorkspacesRead, WorkspacesWrite
 from chaser.api.routes import AUTH_ERROR_RESPONSES, error_responses
 from chaser.models import WorkspaceCreate, WorkspaceDeletedPublic, WorkspacePublic
 from chaser.models.workspaces import (
-    BulkDeleteWorkspaceItem, BulkDeleteWorkspacesCreate, BulkDeleteWorkspacesPublic, SnapshotCreate,
-    SnapshotDeletedPublic, SnapshotRestore, WorkspaceNamePublic, WorkspaceRename, WorkspaceSnapshotPublic,
-    WorkspaceTemplatePublic, WorkspaceTemplateSet,
+    BulkDeleteWorkspaceItem,
+    BulkDeleteWorkspacesCreate,
+    BulkDeleteWorkspacesPublic,
+    SnapshotCreate,
+    SnapshotDeletedPublic,
+    SnapshotRestore,
+    WorkspaceNamePublic,
+    WorkspaceRename,
+    WorkspaceSnapshotPublic,
+    WorkspaceTemplatePublic,
+    WorkspaceTemplateSet,
 )
 from chaser.service.images import DEFAULT_IMAGE
 from chaser.service.network import policy_public, stored_policy
-from chaser.service.workspaces import WorkspaceManager
 from chaser.service.records import SnapshotRecord, WorkspaceRecord
+from chaser.service.workspaces import WorkspaceManager
 
 router = APIRouter(prefix="/v1/workspaces", tags=["workspaces"], responses=AUTH_ERROR_RESPONSES)
 # Copying the disk of a workspace whose session runs (clone, snapshot) freezes its VM: 503 if that VM is gone.

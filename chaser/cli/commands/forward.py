@@ -12,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import typer
 
+from chaser.aio import first_to_finish
 from chaser.cli.commands._common import api_command, fail, make_client, resolve_session
 
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ws) -> None:
+    from chaser.client import ChaserClient
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ws: ClientConnection) -> None:
     """Bytes both ways between a local TCP connection and a tunnel WebSocket."""
     from websockets.exceptions import ConnectionClosed
 
@@ -40,16 +46,11 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ws) -
         except ConnectionClosed:
             pass
 
-    tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):  # either side failing just ends this connection
+        await first_to_finish(up(), down(), name="forward")
 
 
-async def serve(client, session_id: str, port: int, local_port: int, *, open_browser: bool,
+async def serve(client: ChaserClient, session_id: str, port: int, local_port: int, *, open_browser: bool,
                 ready: asyncio.Event | None = None) -> None:
     from chaser.client import ChaserClientError
     from chaser.client._websocket import connect_tunnel
@@ -84,8 +85,8 @@ async def serve(client, session_id: str, port: int, local_port: int, *, open_bro
 @api_command
 def forward_command(
     port: int = typer.Argument(..., help="Port inside the sandbox (1-65535)."),
-    local_port: Optional[int] = typer.Argument(None, help="Local port on 127.0.0.1 (default: PORT; 0: any free port)."),
-    session: Optional[str] = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
+    local_port: int | None = typer.Argument(None, help="Local port on 127.0.0.1 (default: PORT; 0: any free port)."),
+    session: str | None = typer.Option(None, "--session", "-s", help="Session id (default: the current session)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the local address in a web browser."),
 ) -> None:
     """Forward a local TCP port to a port inside the sandbox (any TCP protocol)."""

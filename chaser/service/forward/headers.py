@@ -1,0 +1,139 @@
+"""Header rewriting between the client and the server in the sandbox: hop-by-hop
+headers, our own credentials (API key, `chaser_token` cookie) and Host stay out
+of the upstream request; X-Forwarded-* go in; redirects point back into the
+forward prefix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, urlencode
+
+__all__ = [
+    "COOKIE_NAME", "HOP_BY_HOP", "WS_HANDSHAKE_HEADERS", "RawHeaders", "cookie_value", "downstream_response_headers",
+    "header_value", "is_chaser_authorization", "query_without", "rewrite_location", "strip_cookie",
+    "upstream_request_headers",
+]
+
+# ASGI's form: lower-case names, latin-1 bytes.
+RawHeaders = list[tuple[bytes, bytes]]
+
+COOKIE_NAME = "chaser_token"
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Handled by the websockets client itself when we open the upstream WebSocket.
+WS_HANDSHAKE_HEADERS = frozenset({
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-accept",
+    "sec-websocket-protocol",
+})
+
+
+def header_value(raw: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
+    """The first `name` header (case-insensitive), decoded; None if absent."""
+    wanted = name.lower().encode("latin-1")
+    for key, value in raw:
+        if key.lower() == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def _connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.decode("latin-1").split(",") if t.strip())
+    return tokens
+
+
+def strip_cookie(value: str, name: str = COOKIE_NAME) -> str:
+    parts = [p.strip() for p in value.split(";")]
+    return "; ".join(p for p in parts if p and p.split("=", 1)[0].strip() != name)
+
+
+def is_chaser_authorization(value: str) -> bool:
+    scheme, _, credentials = value.strip().partition(" ")
+    return scheme.lower() == "bearer" and credentials.strip().startswith("sk_")
+
+
+def upstream_request_headers(
+    raw: Sequence[tuple[bytes, bytes]], *, port: int, client_host: str | None, scheme: str, prefix: str,
+    websocket: bool = False,
+) -> list[tuple[str, str]]:
+    """The client's headers as they go upstream: hop-by-hop headers, Host, our
+    API key and our cookie removed; X-Forwarded-* added."""
+    drop = HOP_BY_HOP | _connection_tokens(raw) | {"host", "content-length"}
+    if websocket:
+        drop = drop | WS_HANDSHAKE_HEADERS
+    out: list[tuple[str, str]] = [("host", f"localhost:{port}")]
+    original_host = ""
+    forwarded_for = ""
+    for name_b, value_b in raw:
+        name = name_b.decode("latin-1").lower()
+        value = value_b.decode("latin-1")
+        if name == "host":
+            original_host = value
+        if name == "x-forwarded-for":
+            forwarded_for = value
+            continue
+        if name in drop or name.startswith("x-forwarded-"):
+            continue
+        if name == "authorization" and is_chaser_authorization(value):
+            continue
+        if name == "cookie":
+            value = strip_cookie(value)
+            if not value:
+                continue
+        out.append((name, value))
+    if client_host:
+        out.append(("x-forwarded-for", f"{forwarded_for}, {client_host}" if forwarded_for else client_host))
+    if original_host:
+        out.append(("x-forwarded-host", original_host))
+    out.append(("x-forwarded-proto", scheme))
+    out.append(("x-forwarded-prefix", prefix))
+    return out
+
+
+def downstream_response_headers(raw: Sequence[tuple[bytes, bytes]], *, port: int, prefix: str) -> RawHeaders:
+    """The upstream's response headers for the client: hop-by-hop removed,
+    Location/Content-Location rewritten into the forward prefix."""
+    drop = HOP_BY_HOP | _connection_tokens(raw)
+    out: RawHeaders = []
+    for name, value in raw:
+        lname = name.lower()
+        if lname.decode("latin-1") in drop:
+            continue
+        if lname in (b"location", b"content-location"):
+            value = rewrite_location(value.decode("latin-1"), port=port, prefix=prefix).encode("latin-1")
+        out.append((lname, value))
+    return out
+
+
+def rewrite_location(value: str, *, port: int, prefix: str) -> str:
+    for origin in (f"http://localhost:{port}", f"http://127.0.0.1:{port}", f"http://0.0.0.0:{port}"):
+        if value == origin or value.startswith(origin + "/"):
+            return prefix + (value[len(origin):] or "/")
+    if value.startswith("/") and not value.startswith("//"):
+        return prefix + value
+    return value
+
+
+def query_without(query: str, name: str) -> str:
+    return urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != name])
+
+
+def cookie_value(cookie_header: str | None, name: str = COOKIE_NAME) -> str | None:
+    if not cookie_header:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(cookie_header)
+    except Exception:  # noqa: BLE001 - a malformed Cookie header is just no cookie
+        for part in cookie_header.split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == name:
+                return value
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel else None
