@@ -52,8 +52,7 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ws: C
 
 async def serve(client: ChaserClient, session_id: str, port: int, local_port: int, *, open_browser: bool,
                 ready: asyncio.Event | None = None) -> None:
-    from chaser.client import ChaserClientError
-    from chaser.client._websocket import connect_tunnel
+    from chaser.client import ChaserClientError, connect_tunnel
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
