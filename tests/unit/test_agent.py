@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support import async_wait_until
+
 
 @pytest.fixture
 async def http():
@@ -39,13 +41,11 @@ async def run(http, agent, command, **kw):
 
 
 async def wait_status(http, agent, pid, wanted, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    async def reached():
         _, info = await call(http, agent, "GET", f"/processes/{pid}")
-        if info["status"] in wanted:
-            return info
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"process {pid} still {info['status']}")
+        return info if info["status"] in wanted else None
+
+    return await async_wait_until(reached, timeout, message=f"process {pid} never {sorted(wanted)}")
 
 
 def live_members_of_group(pgid: int) -> list:
@@ -63,6 +63,32 @@ def live_members_of_group(pgid: int) -> list:
         if pgrp == pgid and state not in ("Z", "X"):
             members.append(int(entry))
     return members
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def foreground_commands(pid: int) -> set[str]:
+    """Command names in the foreground process group of `pid`'s terminal (where a
+    terminal signal goes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            foreground = int(f.read().rsplit(")", 1)[1].split()[5])  # tpgid
+    except OSError:
+        return set()
+    names = set()
+    for member in live_members_of_group(foreground) if foreground > 0 else []:
+        try:
+            with open(f"/proc/{member}/comm") as f:
+                names.add(f.read().strip())
+        except OSError:
+            continue
+    return names
 
 
 # ----- authentication, health, init -----
@@ -151,11 +177,9 @@ async def test_exec_timeout_kills_the_whole_group(http, agent):
     assert time.monotonic() - start < 5
     assert out["status"] == "timed_out" and out["exit_code"] == -9
     grandchild = int(out["text"])
-    deadline = time.monotonic() + 3
-    while live_members_of_group(out["pid"]) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert live_members_of_group(out["pid"]) == []
-    assert grandchild not in live_members_of_group(out["pid"])
+    await async_wait_until(lambda: live_members_of_group(out["pid"]) == [], 3,
+                           message=f"members of group {out['pid']} survived the timeout")
+    assert not alive(grandchild)  # wherever it went, the background child is dead too
     _, info = await call(http, agent, "GET", f"/processes/{out['id']}")
     assert info["status"] == "timed_out" and info["signal"] == 9
 
@@ -279,7 +303,9 @@ async def test_pty_command_and_interrupt(http, agent):
     await ws.close()
     # Ctrl-C via a control message reaches the foreground job.
     ws = await http.ws_connect(agent.url + "/pty?command=sleep%2030", headers=agent.headers)
-    await asyncio.sleep(0.3)
+    _, body = await call(http, agent, "GET", "/ptys")
+    await async_wait_until(lambda: "sleep" in foreground_commands(body["ptys"][0]["pid"]), 10,
+                           message="sleep is not running in the terminal's foreground job")
     await ws.send_str(json.dumps({"type": "signal", "signal": "INT"}))
     assert await read_exit(ws) == {"type": "exit", "exit_code": -2}
     await ws.close()
@@ -290,10 +316,8 @@ async def test_pty_client_disconnect_kills_child(http, agent):
     _, body = await call(http, agent, "GET", "/ptys")
     pid = body["ptys"][0]["pid"]
     await ws.close()
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not os.path.exists(f"/proc/{pid}")  # killed and reaped (no zombie)
+    await async_wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 5,
+                           message=f"pty child {pid} not killed and reaped")  # no zombie either
 
 
 # ----- files -----
@@ -431,7 +455,5 @@ async def test_shutdown_kills_processes_and_exits(http, make_agent):
     status, body = await call(http, a, "POST", "/shutdown")
     assert (status, body) == (202, {"status": "shutting_down"})
     a.proc.wait(10)
-    deadline = time.monotonic() + 5
-    while live_members_of_group(bg["pid"]) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert live_members_of_group(bg["pid"]) == []
+    await async_wait_until(lambda: live_members_of_group(bg["pid"]) == [], 5,
+                           message="a user process outlived the agent's shutdown")
