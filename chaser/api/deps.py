@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -10,24 +9,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from chaser.api.auth import principal_from
-from chaser.config import Settings
-from chaser.service.commands import CommandService
-from chaser.service.files import FileService
-from chaser.service.keys import KeyManager, Principal
-from chaser.service.sessions import SessionManager
-from chaser.service.workspaces import WorkspaceManager
-from chaser.store import Database
-
-
-@dataclass
-class Services:
-    settings: Settings
-    db: Database
-    keys: KeyManager
-    workspaces: WorkspaceManager
-    sessions: SessionManager
-    commands: CommandService
-    files: FileService
+from chaser.service.container import Services
+from chaser.service.keys import Principal
 
 
 def get_services(request: Request) -> Services:
