@@ -134,3 +134,40 @@ def make_harness(tmp_path):
 @pytest.fixture
 def harness(make_harness) -> Harness:
     return make_harness()
+
+
+# --- the CLI against a fake API (tests/support/fake_chaser.py) -------------------------------
+
+@pytest.fixture
+def fake():
+    from tests.support.fake_chaser import FakeChaser, serving
+
+    with serving(FakeChaser()) as state:
+        yield state
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    return tmp_path / "chaser" / "config.json"
+
+
+@pytest.fixture
+def cli(fake, config_file, monkeypatch):
+    """Run `chaser ARGS…` in-process against the fake server; the config file holds URL and key."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from chaser.cli import main
+
+    config_file.parent.mkdir()
+    config_file.write_text(json.dumps({"api_url": fake.url, "api_key": "test-key"}))
+    monkeypatch.setenv("CHASER_CONFIG", str(config_file))
+    monkeypatch.delenv("CHASER_API_URL", raising=False)
+    monkeypatch.delenv("CHASER_API_KEY", raising=False)
+    runner = CliRunner()
+
+    def run(*args: str, input: bytes | str | None = None, env: dict | None = None):
+        return runner.invoke(main.app, list(args), input=input, env=env)
+
+    return run

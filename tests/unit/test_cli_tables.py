@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from tests.unit.test_cli import FakeChaser, cli, config_file, fake  # noqa: F401 - fixtures
 
 LONG_IMAGE = "ghcr.io/an-organisation/a-rather-long-image-name-for-tests:2026.12.01-build.1234"
 
 
 def iso(delta: timedelta) -> str:
     """A timestamp `delta` from now (now at the call: the suite may have run for minutes)."""
-    return (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def sid(n: int) -> str:
@@ -108,7 +106,7 @@ def test_ids_with_the_same_short_prefix_are_shown_in_full(cli, fake, data):
     twin = "ses_3f9a1c2b7d4e5f60ffffffff"  # the same 16 first characters as sessions[0]
     fake.sessions[twin] = {**fake.sessions[data["sessions"][0]["id"]], "id": twin, "image": "chaser/base"}
     result = cli("sessions", "list", env=COLUMNS_80)
-    lines = assert_fits(result.stdout)
+    assert_fits(result.stdout)
     assert on_one_line(result.stdout, twin) and on_one_line(result.stdout, data["sessions"][0]["id"])
     assert data["sessions"][2]["id"] not in result.stdout  # the others stay short
 
@@ -197,7 +195,8 @@ def test_keys_fit(cli, data):
     assert "full" in row(lines, "k0").split() and "sk_1a2b3c4d" in key and re.search(r"\b\d\ds ago", key)
     assert "LAST USED" in lines[0] and "CREATED" not in lines[0]
     wide = cli("keys", "list", "--wide", env=COLUMNS_80)
-    assert "FULL" in wide.stdout and "CREATED" in wide.stdout and "sessions.read, sessions.write, exec.write, files.read, files.write" in wide.stdout
+    assert "FULL" in wide.stdout and "CREATED" in wide.stdout
+    assert "sessions.read, sessions.write, exec.write, files.read, files.write" in wide.stdout
 
 
 def test_images_list_fits(cli, monkeypatch):
@@ -244,7 +243,7 @@ def test_piped_output_is_80_columns_unless_columns_says_otherwise(cli, data, mon
 def test_age():
     from chaser.cli.commands._common import age
 
-    now = datetime(2026, 1, 10, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 10, tzinfo=UTC)
     assert [age(now - timedelta(seconds=s), now) for s in (0, 59, 60, 3599, 3600, 47 * 3600, 48 * 3600)] == [
         "0s ago", "59s ago", "1m ago", "59m ago", "1h ago", "47h ago", "2d ago"]
     assert age(now + timedelta(hours=5, seconds=1), now) == "in 5h"

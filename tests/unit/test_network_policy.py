@@ -14,7 +14,6 @@ from chaser.mcp.server import call_tool, parse_terminal_arguments
 from chaser.runtime.egress import EgressPolicy
 from chaser.store import SessionRow, Workspace
 from tests.support import Harness, assert_error
-from tests.unit.test_cli import cli, config_file, fake  # noqa: F401 - fixtures
 
 
 def stored(h: Harness, table, row_id: str):
