@@ -9,8 +9,10 @@ from chaser.runtime import Runtime
 from chaser.service.commands import CommandService
 from chaser.service.disks import WorkspaceDisks
 from chaser.service.files import FileService
+from chaser.service.forward import ForwardService
 from chaser.service.images import ImageService
 from chaser.service.keys import KeyManager
+from chaser.service.pty import Terminals
 from chaser.service.reaper import Reaper
 from chaser.service.sessions import SessionManager
 from chaser.service.workspaces import WorkspaceManager
@@ -29,6 +31,8 @@ class Services:
     images: ImageService
     commands: CommandService
     files: FileService
+    terminals: Terminals
+    forwarding: ForwardService
 
 
 def build_services(settings: Settings, runtime: Runtime | None = None) -> Services:
@@ -46,4 +50,5 @@ def build_services(settings: Settings, runtime: Runtime | None = None) -> Servic
     sessions = SessionManager(db, settings, runtime, workspaces, images=images)
     return Services(settings=settings, db=db, keys=keys, workspaces=workspaces, sessions=sessions,
                     disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
-                    commands=CommandService(sessions, settings), files=FileService(sessions, settings))
+                    commands=CommandService(sessions, settings), files=FileService(sessions, settings),
+                    terminals=Terminals(sessions), forwarding=ForwardService(sessions))

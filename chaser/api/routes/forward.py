@@ -39,11 +39,7 @@ SCOPE = "exec.write"
 
 
 def forwarding_of(connection: HTTPConnection) -> fwd.ForwardService:
-    state = connection.app.state
-    forwarding: fwd.ForwardService | None = getattr(state, "forwarding", None)
-    if forwarding is None:
-        forwarding = state.forwarding = fwd.ForwardService(services_of(connection).sessions)
-    return forwarding
+    return services_of(connection).forwarding
 
 
 def prefix_of(connection: HTTPConnection, session_id: str, port: int) -> tuple[str, str]:

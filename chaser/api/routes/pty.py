@@ -24,11 +24,7 @@ router = APIRouter(prefix="/v1/sessions", tags=["pty"], responses=SESSION_ERROR_
 
 
 def terminals_of(connection: HTTPConnection) -> ptys.Terminals:
-    state = connection.app.state
-    terminals: ptys.Terminals | None = getattr(state, "terminals", None)
-    if terminals is None:
-        terminals = state.terminals = ptys.Terminals(services_of(connection).sessions)
-    return terminals
+    return services_of(connection).terminals
 
 
 # --- PTY --------------------------------------------------------------------------------
