@@ -2,6 +2,7 @@
 
 Modules only needed for some requests (files, PTYs, relay, sandbox set-up,
 self-test) are imported on first use: under TCG every import costs start-up time.
+This module is the part every boot imports, hence one file of about 400 lines.
 """
 
 import asyncio

@@ -4,6 +4,9 @@
     vm = await runtime.start(VMSpec(image_disk=..., session_id="s-1"))
     result = await vm.exec("echo hi")
     await vm.stop()
+
+About 400 lines, kept whole: the template build, restore and cold boot paths share
+the launch, the sealed template memory and the fallback from one to the next.
 """
 
 from __future__ import annotations
