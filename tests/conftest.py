@@ -15,7 +15,6 @@ import pytest
 
 from chaser.config import Settings
 
-
 RUN_MARKER = "CHASER_TEST_RUN"
 VM_DIRS_BEFORE = pytest.StashKey[set]()
 

@@ -21,6 +21,7 @@ import pytest
 
 from chaser.config import Settings
 from tests.support.net import free_port
+from tests.support.wait import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,17 +75,16 @@ class ServerProcess:
             [sys.executable, "-m", "chaser.cli.commands.server", "--port", str(self.port)],
             cwd=REPO, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start: {self.log()}")
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+
+        try:
+            wait_until(healthy, timeout, interval=0.1, ignore=(httpx.HTTPError,))
+        except WaitTimeout:
+            raise RuntimeError(f"server did not start: {self.log()}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path and self.log_path.exists() else ""

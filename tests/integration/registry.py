@@ -16,17 +16,16 @@ import signal
 import subprocess
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.net import free_port
+from tests.support.wait import WaitTimeout, wait_until
 
 BUSYBOX = "/bin/busybox"
 REGISTRY_BIN = "/usr/bin/docker-registry"
-
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -69,23 +68,27 @@ http:
 {auth_cfg}""")
 
     def start(self) -> Registry:
-        self.log = open(self.dir / "registry.log", "wb")
+        self.log = open(self.dir / "registry.log", "wb")  # noqa: SIM115 - open while the registry runs; closed in stop()
         self.proc = subprocess.Popen(
             [REGISTRY_BIN, "serve", str(self.dir / "config.yml")],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited: {(self.dir / 'registry.log').read_text()[-2000:]}")
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
-                return self
+                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1):
+                    return True
             except urllib.error.HTTPError:  # 401 from the auth registry: it is up
-                return self
+                return True
             except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("registry did not start")
+                return False
+
+        try:
+            wait_until(up, 20, interval=0.1)
+        except WaitTimeout:
+            raise RuntimeError("registry did not start") from None
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -108,7 +111,7 @@ http:
         cmd = ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]
         if self.auth:
             cmd.append(f"--dest-creds={self.auth[0]}:{self.auth[1]}")
-        run(cmd + [f"oci:{layout}:{tag}", f"docker://{ref}"])
+        run([*cmd, f"oci:{layout}:{tag}", f"docker://{ref}"])
         return ref
 
 

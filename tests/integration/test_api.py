@@ -7,15 +7,15 @@ import hashlib
 import json
 import os
 import socket
-import time
 
 import httpx
 import pytest
 from chaser_sdk import ChaserClient
 from chaser_sdk.errors import ChaserApiError
-from chaser.client._sse import iter_sse
 
+from chaser.client._sse import iter_sse
 from tests.integration.conftest import qemu_pids_under
+from tests.support import wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -171,10 +171,9 @@ def test_upload_download(sdk, http, session, server):
     response = http.post(f"/v1/sessions/{sid}/upload", content=body(),
                          headers={"Content-Type": "multipart/form-data; boundary=B"})
     assert_error(response, 413, "payload_too_large")
-    deadline = time.monotonic() + 10  # the agent discards its partial temp file once the connection drops
-    while (listing := sdk.exec.in_session(sid, command="ls -a /workspace")["output"].split()) != [".", "..", "data"]:
-        assert time.monotonic() < deadline, listing
-        time.sleep(0.5)
+    # The agent discards its partial temp file once the connection drops.
+    wait_until(lambda: sdk.exec.in_session(sid, command="ls -a /workspace")["output"].split() == [".", "..", "data"],
+               10, interval=0.5, message="a partial upload was left in /workspace")
 
 
 def test_bad_inputs(http, session):
@@ -240,7 +239,9 @@ def test_workspace_persists_across_sessions(sdk, http):
     reused = sdk.exec.run(command="true", workspace="persist")
     assert reused["session_id"] == again["session_id"] and reused["workspace_id"] == workspace["id"]
     assert sdk.files.download(again["session_id"], "/workspace/up.bin") == b"\x00\x01uploaded"
-    assert sdk.workspaces.list()[0]["active_session_id"] == again["session_id"] or True
+    listed = {w["name"]: w for w in sdk.workspaces.list()}
+    assert listed["persist"]["active_session_id"] == again["session_id"]  # the session /v1/exec started
+    assert listed["persist"]["last_session_id"] == again["session_id"]
     assert_error(http.delete("/v1/workspaces/persist"), 409, "workspace_busy")
     sdk.workspaces.delete("persist", force=True)
     assert sdk.sessions.get(again["session_id"])["status"] == "terminated"
@@ -268,10 +269,8 @@ def test_server_restart_with_open_session(server_factory):
     with second.client() as client:
         row = client.get(f"/v1/sessions/{session['id']}").json()
     assert row["status"] == "terminated" and row["end_reason"] == "server_restart"
-    deadline = time.monotonic() + 20
-    while qemu_pids_under(first.home) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert qemu_pids_under(first.home) == []
+    wait_until(lambda: qemu_pids_under(first.home) == [], 20, interval=0.2,
+               message="the dead server's QEMUs still run")
     assert f"API key: {second.api_key}" in second.log() and "stored in" in second.log()
     with second.client() as client:
         open_session = client.post("/v1/sessions", json={"ephemeral": True}).json()
@@ -292,13 +291,12 @@ def test_idle_timeout_and_crash_detection(server_factory):
         # Kill one QEMU (either session): one ends vm_crashed, the other idle_timeout.
         owner = json.loads(next((srv.home / "vms").glob("*/owner.json")).read_text())["qemu_pid"]
         os.kill(owner, 9)
-        deadline = time.monotonic() + 30
-        states = {}
-        while time.monotonic() < deadline:
+
+        def ended() -> dict | None:
             states = {sid: client.get(f"/v1/sessions/{sid}").json() for sid in (idle, crashing)}
-            if all(state["status"] != "running" for state in states.values()):
-                break
-            time.sleep(0.5)
+            return states if all(state["status"] != "running" for state in states.values()) else None
+
+        states = wait_until(ended, 30, interval=0.5, message="a session still runs")
         reasons = sorted(state["end_reason"] for state in states.values())
         assert reasons == ["idle_timeout", "vm_crashed"], states
         assert sorted(state["status"] for state in states.values()) == ["failed", "terminated"]

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.support.net import free_port
+from tests.support.wait import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -45,7 +45,7 @@ class ChaserServer:
         }
         for name in ("CHASER_API_URL", "CHASER_API_KEY"):
             self.env.pop(name, None)
-        self.log = open(self.dir / "server.log", "wb")
+        self.log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - open while the server runs; closed in stop()
         self.proc = subprocess.Popen(
             [*CHASER, "server", "--port", str(self.port)],
             cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -58,21 +58,20 @@ class ChaserServer:
             raise
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"chaser server exited with {self.proc.returncode}:\n{self.log_tail()}")
             settings = self.settings()
-            if settings.get("api_key"):
-                try:
-                    response = httpx.get(f"{self.api_url}/v1/sessions",
-                                         headers={"Authorization": f"Bearer {settings['api_key']}"}, timeout=5)
-                    if response.status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.5)
-        raise RuntimeError(f"chaser server not ready after {SERVER_START_TIMEOUT_S}s:\n{self.log_tail()}")
+            if not settings.get("api_key"):
+                return False  # not written yet
+            response = httpx.get(f"{self.api_url}/v1/sessions",
+                                 headers={"Authorization": f"Bearer {settings['api_key']}"}, timeout=5)
+            return response.status_code == 200
+
+        try:
+            wait_until(ready, SERVER_START_TIMEOUT_S, interval=0.5, ignore=(httpx.HTTPError,))
+        except WaitTimeout:
+            raise RuntimeError(f"chaser server not ready after {SERVER_START_TIMEOUT_S}s:\n{self.log_tail()}") from None
 
     def settings(self) -> dict:
         try:
@@ -207,10 +206,8 @@ def test_background_command_stdin_logs_and_kill(chaser, current):
 
     sleeper = chaser.json("exec", "--background", "--", "sleep 300")["command_id"]
     chaser("commands", "kill", sleeper, "--signal", "KILL")
-    deadline = time.monotonic() + 60
-    while chaser.json("commands", "get", sleeper)["status"] == "running":
-        assert time.monotonic() < deadline, "killed command still running"
-        time.sleep(0.5)
+    wait_until(lambda: chaser.json("commands", "get", sleeper)["status"] != "running", 60, interval=0.5,
+               message="killed command still running")
 
     closer = chaser.json("exec", "--background", "--", "wc -c")["command_id"]
     chaser("commands", "stdin", closer, "12345", "--close")

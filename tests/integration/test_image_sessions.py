@@ -79,7 +79,7 @@ def test_session_env_overrides_image_env(api, feature_image):
 
 
 def test_pull_by_digest_and_cache_hit(api, feature_image):
-    reg, ref, digest = feature_image
+    reg, _ref, digest = feature_image
     before = {row["digest"]: row for row in api.get("/v1/images").json()["images"]}
     by_digest = f"{reg.host}/test/feature@{digest}"
     result = api.post("/v1/exec", json={"ephemeral": True, "image": by_digest, "command": "cat /marker"})

@@ -25,7 +25,12 @@ from chaser.config import Settings
 from chaser.images import ImageStore
 from chaser.images.unpack import REQUIRED_DIRS
 from tests.integration.registry import (
-    Registry, build_feature_image, build_tiny_image, hostile_tar, run, umoci_image,
+    Registry,
+    build_feature_image,
+    build_tiny_image,
+    hostile_tar,
+    run,
+    umoci_image,
 )
 
 # `make setup` installs skopeo, umoci, erofs-utils, docker-registry and apache2-utils; tests run as root.
@@ -417,7 +422,7 @@ async def test_disk_full_fails_cleanly(tmp_path, reg, feature):
     home = tmp_path / "home"
     images = home / "images"
     images.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(images)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(images)], check=True)  # noqa: ASYNC221 - set-up
     try:
         store = ImageStore(make_settings(tmp_path, reg.host))
         with pytest.raises(errors.ChaserError) as ei:
@@ -425,7 +430,7 @@ async def test_disk_full_fails_cleanly(tmp_path, reg, feature):
         assert ei.value.status in (500, 502) and "no space left on device" in ei.value.message.lower()
         assert leftovers(images) == [] and await store.list() == []
     finally:
-        subprocess.run(["umount", str(images)], check=True)
+        subprocess.run(["umount", str(images)], check=True)  # noqa: ASYNC221 - tear-down
 
 
 # --------------------------------------------------------------------------- the default image

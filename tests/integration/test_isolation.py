@@ -22,6 +22,7 @@ import pytest
 
 from tests.integration.conftest import ServerProcess, qemu_pids_under
 from tests.integration.testnet import DNS_ADDRESS, INTERNET_NET, PRIVATE_NET, LabNetwork
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -157,9 +158,8 @@ def test_host_private_hosts_and_other_sandboxes_are_unreachable(http, server, sa
         started = run(http, other, "nohup python3 -m http.server 3000 >/dev/null 2>&1 &")
         assert started["exit_code"] == 0
         # The other sandbox listens (checked from inside it), so a refusal below is the fence.
-        deadline = time.monotonic() + 30
-        while probe(http, other, ["127.0.0.1:3000"])["127.0.0.1:3000"] != "open":
-            assert time.monotonic() < deadline, "the other sandbox's server did not start"
+        wait_until(lambda: probe(http, other, ["127.0.0.1:3000"])["127.0.0.1:3000"] == "open", 30, interval=0.2,
+                   message="the other sandbox's server did not start")
         loopback_canary, any_canary = canaries
         targets = [f"10.0.2.2:{server.port}", f"10.0.2.2:{any_canary}", f"127.0.0.1:{loopback_canary}",
                    f"{PRIVATE_NET}.10:80"]
@@ -316,10 +316,8 @@ def test_sigkill_leaves_nothing_after_restart(tmp_path, testnet):
             assert not (ours_ns & namespaces()), "a namespace of the killed server is left"
             assert not (ours_veth & host_veths()), "a veth of the killed server is left"
             # SIGKILLed by the kernel (parent-death signal); a zombie waiting for PID 1 to reap it is dead.
-            deadline = time.monotonic() + 15
-            while running := [pid for pid in pids if process_running(pid)]:
-                assert time.monotonic() < deadline, f"QEMUs of the killed server still run: {running}"
-                time.sleep(0.05)
+            wait_until(lambda: not any(process_running(pid) for pid in pids), 15,
+                       message=f"QEMUs of the killed server still run (of {pids})")
         finally:
             restarted.stop()
     finally:
@@ -358,7 +356,7 @@ def test_network_none_leaves_only_the_agent_channel(tmp_path, testnet, canaries)
         assert "sandboxes get no network beyond the agent channel" in srv.log()
         with srv.client() as http:
             session_id = create(http)
-            loopback_canary, any_canary = canaries
+            _loopback_canary, any_canary = canaries
             targets = [f"10.0.2.2:{srv.port}", f"10.0.2.2:{any_canary}", f"{INTERNET_NET}.10:80", f"{PRIVATE_NET}.10:80"]
             result = probe(http, session_id, targets)
             assert not [t for t, state in result.items() if state == "open"], result
@@ -382,10 +380,8 @@ def test_a_vm_over_its_memory_limit_ends_as_vm_oom(tmp_path):
             hog = http.post(f"/v1/sessions/{victim}/exec", json={
                 "command": "python3 -c \"b = b'x' * (460 * 1024**2); input()\"", "timeout_ms": 120_000})
             assert hog.status_code in (409, 503), hog.text  # the VM died under the request
-            deadline = time.monotonic() + 30
-            while (row := http.get(f"/v1/sessions/{victim}").json())["status"] != "failed":
-                assert time.monotonic() < deadline, row
-                time.sleep(0.2)
+            row = wait_until(lambda: (found := http.get(f"/v1/sessions/{victim}").json())["status"] == "failed"
+                             and found, 30, interval=0.2, message="the victim's session did not fail")
             assert row["end_reason"] == "vm_oom", row
             assert run(http, bystander, "echo still here")["output"] == "still here\n"
             assert http.get("/health").status_code == 200

@@ -88,7 +88,7 @@ def test_missing_key_is_401(server):
 
 async def test_sdk_client_initialize_list_and_xml_round_trip(server, dev):
     headers = {"Authorization": f"Bearer {server.api_key}"}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(900, connect=10)) as http:
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(900, connect=10)) as http:  # noqa: SIM117 - each context takes the one before
         async with streamable_http_client(f"{server.url}/v1/mcp", http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
                 init = await session.initialize()
@@ -131,7 +131,7 @@ async def test_sdk_client_ephemeral_session_serves_follow_up_calls(server):
     """`terminal` with `ephemeral: true` leaves its session running: the session_id it returns
     works in a follow-up call (which sees the first call's file) until session_terminate."""
     headers = {"Authorization": f"Bearer {server.api_key}"}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(900, connect=10)) as http:
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(900, connect=10)) as http:  # noqa: SIM117 - each context takes the one before
         async with streamable_http_client(f"{server.url}/v1/mcp", http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
                 await session.initialize()

@@ -22,6 +22,7 @@ import pytest
 from tests.integration.conftest import ServerProcess, qemu_pids_under
 from tests.support.net import free_port
 from tests.support.servers import SANDBOX_SERVERS
+from tests.support.wait import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -41,10 +42,7 @@ def server(tmp_path_factory):
                         extra_env={"CHASER_BASE_DOMAIN": "localhost"}).start(timeout=600)
     yield srv
     srv.stop()
-    deadline = time.monotonic() + 30
-    while qemu_pids_under(srv.home):
-        assert time.monotonic() < deadline, f"QEMU left behind: {qemu_pids_under(srv.home)}"
-        time.sleep(0.2)
+    wait_until(lambda: not qemu_pids_under(srv.home), 30, interval=0.2, message="QEMU left behind")
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +124,18 @@ def read_exit(ws, timeout: float = 30.0) -> tuple[bytes, int]:
 
 
 def wait_no_ptys(api, sid: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        ptys = api.get(f"/v1/sessions/{sid}/ptys").json()["ptys"]
-        if not ptys:
-            return
-        assert time.monotonic() < deadline, f"PTYs left behind: {ptys}"
-        time.sleep(0.2)
+    wait_until(lambda: api.get(f"/v1/sessions/{sid}/ptys").json()["ptys"] == [], timeout, interval=0.2,
+               message="PTYs left behind")
+
+
+def sandbox_runs(api, sid: str, argv: str) -> bool:
+    """A process whose command line is `argv` (words joined by spaces) runs in the sandbox."""
+    listing = run(api, sid, "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done")
+    return f"{argv} " in listing.splitlines()
+
+
+def pty_sizes(api, sid: str) -> list[tuple[int, int]]:
+    return [(p["rows"], p["cols"]) for p in api.get(f"/v1/sessions/{sid}/ptys").json()["ptys"]]
 
 
 # --- PTY over the WebSocket ------------------------------------------------------------------
@@ -151,8 +154,9 @@ def test_shell_echo_resize_exit(server, api, session):
         assert r.status_code == 200 and r.json()["resized"]
         ws.send(b"stty size\n")
         read_until(ws, b"40 100")
-        ws.send(b"sleep 30\n")
-        time.sleep(0.5)
+        ws.send(b"sleep 31\n")
+        wait_until(lambda: sandbox_runs(api, session, "sleep 31"), 30, interval=0.2,
+                   message="the shell never started sleep 31")  # the foreground job the INT is for
         ws.send(json.dumps({"type": "signal", "signal": "INT"}))
         ws.send(b"echo after-$((6*7))\n")
         read_until(ws, b"after-42", timeout=15)  # well before the sleep would end
@@ -275,13 +279,14 @@ def test_shell_in_tmux(server, api, session, tmp_path):
             return subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
 
         def wait_for(text: str, timeout: float = 60) -> str:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            def shown() -> str | None:
                 content = pane()
-                if text in content:
-                    return content
-                time.sleep(0.2)
-            raise AssertionError(f"{text!r} not on screen:\n{pane()}")
+                return content if text in content else None
+
+            try:
+                return wait_until(shown, timeout, interval=0.2)
+            except WaitTimeout:
+                raise AssertionError(f"{text!r} not on screen:\n{pane()}") from None
 
         wait_for("#")  # the root prompt
         subprocess.run(["tmux", "send-keys", "-t", name, "echo hi-$((1+1))", "Enter"], check=True)
@@ -289,19 +294,21 @@ def test_shell_in_tmux(server, api, session, tmp_path):
         subprocess.run(["tmux", "send-keys", "-t", name, "stty size", "Enter"], check=True)
         wait_for("40 120")
         subprocess.run(["tmux", "resize-window", "-t", name, "-x", "100", "-y", "30"], check=False)
-        time.sleep(1)
+        wait_until(lambda: (30, 100) in pty_sizes(api, session), 30, interval=0.2,
+                   message="the new window size never reached the sandbox's terminal")  # SIGWINCH -> resize
         subprocess.run(["tmux", "send-keys", "-t", name, "clear; stty size", "Enter"], check=True)
         wait_for("30 100")
-        subprocess.run(["tmux", "send-keys", "-t", name, "sleep 100", "Enter"], check=True)
-        time.sleep(1)
+        subprocess.run(["tmux", "send-keys", "-t", name, "sleep 101", "Enter"], check=True)
+        wait_until(lambda: sandbox_runs(api, session, "sleep 101"), 30, interval=0.2,
+                   message="the shell never started sleep 101")
         subprocess.run(["tmux", "send-keys", "-t", name, "C-c"], check=True)  # to the sandbox, not the CLI
         subprocess.run(["tmux", "send-keys", "-t", name, "echo still-$((3*3))", "Enter"], check=True)
         wait_for("still-9")
         subprocess.run(["tmux", "send-keys", "-t", name, "exit 3", "Enter"], check=True)
-        deadline = time.monotonic() + 60
-        while not code_file.exists():
-            assert time.monotonic() < deadline, pane()
-            time.sleep(0.2)
+        try:
+            wait_until(code_file.exists, 60, interval=0.2)
+        except WaitTimeout:
+            raise AssertionError(f"chaser shell did not exit:\n{pane()}") from None
         assert code_file.read_text().strip() == "3"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)

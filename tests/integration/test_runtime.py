@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,12 +17,28 @@ import pytest
 from chaser import errors
 from chaser.vm.runtime import VMSpec
 from tests.integration.vm_fixtures import pid_alive, qemu_pids_for, runtime, settings, vm  # noqa: F401
+from tests.support import async_wait_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="session")]
 
 
 def text(result: dict) -> str:
     return base64.b64decode(result["output"]).decode()
+
+
+async def ended(vm, process_id: str) -> dict:
+    """The process's info once it is no longer running."""
+    async def info() -> dict | None:
+        found = await vm.process(process_id)
+        return found if found["status"] != "running" else None
+
+    return await async_wait_until(info, 10, interval=0.1, message=f"process {process_id} still running")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def test_restored_vm_runs_commands(vm):
@@ -73,62 +90,56 @@ async def test_background_stdin_round_trip_and_stream_offsets(vm):
     started = await vm.exec("cat", background=True)
     process_id = started["id"]
     assert started["status"] == "running"
-    await vm.call("write_stdin", process_id, b"first line\n")
-    chunk = await vm.call("output", process_id, offset=0, wait_ms=10_000)
+    await vm.write_stdin(process_id, b"first line\n")
+    chunk = await vm.output(process_id, offset=0, wait_ms=10_000)
     assert chunk["data"] == b"first line\n"
-    await vm.call("write_stdin", process_id, b"second\n", close=True)
-    rest = await vm.call("output", process_id, offset=chunk["next_offset"], wait_ms=10_000)
+    await vm.write_stdin(process_id, b"second\n", close=True)
+    rest = await vm.output(process_id, offset=chunk["next_offset"], wait_ms=10_000)
     assert rest["data"] == b"second\n"
-    for _ in range(100):
-        info = await vm.call("process", process_id)
-        if info["status"] != "running":
-            break
-        await asyncio.sleep(0.1)
+    info = await ended(vm, process_id)
     assert info["status"] == "completed" and info["exit_code"] == 0
     with pytest.raises(errors.Conflict):
-        await vm.call("write_stdin", process_id, b"late")
+        await vm.write_stdin(process_id, b"late")
 
 
 async def test_signal_to_background_process(vm):
-    started = await vm.exec("trap 'echo got-term; exit 7' TERM; while true; do sleep 0.2; done", background=True)
-    await asyncio.sleep(1.0)
-    await vm.call("signal", started["id"], "TERM")
-    for _ in range(100):
-        info = await vm.call("process", started["id"])
-        if info["status"] != "running":
-            break
-        await asyncio.sleep(0.1)
+    started = await vm.exec("trap 'echo got-term; exit 7' TERM; echo trapped; while true; do sleep 0.2; done",
+                            background=True)
+    ready = await vm.output(started["id"], offset=0, wait_ms=20_000)  # the trap is set once this is printed
+    assert ready["data"] == b"trapped\n"
+    await vm.signal(started["id"], "TERM")
+    info = await ended(vm, started["id"])
     assert info["exit_code"] == 7
-    output = await vm.call("output", started["id"], offset=0)
+    output = await vm.output(started["id"], offset=0)
     assert b"got-term" in output["data"]
     with pytest.raises(errors.InvalidRequest):
-        await vm.call("signal", started["id"], "NOPE")
+        await vm.signal(started["id"], "NOPE")
 
 
 async def test_binary_file_round_trip_16_mib(vm):
     payload = os.urandom(16 * 1024 * 1024 + 123)
-    await vm.call("write_file", "/workspace/data/blob.bin", payload)
-    back = await vm.agent.read_file("/workspace/data/blob.bin")
+    await vm.write_file("/workspace/data/blob.bin", payload)
+    back = b"".join([chunk async for chunk in vm.stream_file("/workspace/data/blob.bin")])
     assert hashlib.sha256(back).hexdigest() == hashlib.sha256(payload).hexdigest()
     inside = await vm.exec("sha256sum /workspace/data/blob.bin")
     assert text(inside).split()[0] == hashlib.sha256(payload).hexdigest()
-    stat = await vm.call("stat", "/workspace/data/blob.bin")
+    stat = await vm.stat("/workspace/data/blob.bin")
     assert stat["size"] == len(payload) and stat["type"] == "file"
     with pytest.raises(errors.FileNotFound):
-        await vm.call("stat", "/workspace/nope")
+        await vm.stat("/workspace/nope")
 
 
 async def test_writes_through_symlinks_and_dotdot_stay_in_the_sandbox(vm):
     await vm.exec("ln -sfn / /workspace/to-root && ln -sfn ../../../../.. /workspace/up")
-    await vm.call("write_file", "/workspace/up/../../escaped-1", b"one")
-    await vm.call("write_file", "/workspace/to-root/escaped-2", b"two")
+    await vm.write_file("/workspace/up/../../escaped-1", b"one")
+    await vm.write_file("/workspace/to-root/escaped-2", b"two")
     # Both resolved inside the sandbox root: visible from inside the sandbox at /.
     result = await vm.exec("cat /escaped-1 /escaped-2")
     assert text(result) == "onetwo"
 
 
 async def test_pty_echo_resize_and_exit_code(vm):
-    async with vm.agent.websocket("/pty", {"rows": 24, "cols": 80}) as ws:
+    async with vm.pty({"rows": 24, "cols": 80}) as ws:
         await ws.send(b"echo pty-$((40+2))\n")
         seen = b""
         while b"pty-42" not in seen:
@@ -148,12 +159,13 @@ async def test_pty_echo_resize_and_exit_code(vm):
 
 async def test_relay_reaches_a_server_inside_the_guest(vm):
     await vm.exec("python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1", background=True)
-    for _ in range(100):
+
+    async def serving() -> bool:
         check = await vm.exec("python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000))\"")
-        if check["exit_code"] == 0:
-            break
-        await asyncio.sleep(0.2)
-    async with vm.agent.websocket("/relay", {"port": 8000}) as ws:
+        return check["exit_code"] == 0
+
+    await async_wait_until(serving, 60, interval=0.2, message="the guest's HTTP server never listened")
+    async with vm.relay(8000) as ws:
         await ws.send(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
         response = b""
         try:
@@ -163,7 +175,7 @@ async def test_relay_reaches_a_server_inside_the_guest(vm):
             pass
     assert response.startswith(b"HTTP/1.0 200") and b"Directory listing" in response
     with pytest.raises(errors.PortNotListening):
-        async with vm.agent.websocket("/relay", {"port": 8999}):
+        async with vm.relay(8999):
             pass
 
 
@@ -175,7 +187,7 @@ async def test_agent_rejects_wrong_or_missing_token(vm):
 
 
 async def test_selftest_facts(vm):
-    facts = await vm.call("selftest")
+    facts = await vm.selftest()
     assert facts["cwd"] == "/workspace" and facts["user"] == "root"
     assert "/usr/bin" in facts["path_entries"]
     assert {"python3", "git", "node"} <= set(facts["tools"])
@@ -183,7 +195,7 @@ async def test_selftest_facts(vm):
 
 
 async def test_two_vms_are_isolated(runtime, vm):
-    other = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="other", hostname="other"))
+    other = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, session_id="other", hostname="other"))
     try:
         await vm.exec("echo mine > /workspace/secret")
         result = await other.exec("cat /workspace/secret; hostname")
@@ -195,12 +207,15 @@ async def test_two_vms_are_isolated(runtime, vm):
 
 
 async def test_memory_hog_and_fork_bomb_stay_inside_their_vm(runtime, vm):
-    victim = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="victim"))
+    victim = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, session_id="victim"))
     try:
         hog = await victim.exec("python3 -c 'a = bytearray(4 * 1024**3)'", timeout_ms=60_000)
         assert hog["exit_code"] != 0  # MemoryError or OOM kill inside the guest
+        busy_from = cpu_seconds(victim.pid)
         await victim.exec("bomb() { bomb | bomb & }; bomb", background=True)
-        await asyncio.sleep(2)
+        # The bomb is under way once the victim's QEMU has burnt a second of CPU on it.
+        await async_wait_until(lambda: cpu_seconds(victim.pid) - busy_from >= 1.0, 120, interval=0.1,
+                               message="the fork bomb never loaded the victim's vCPU")
         result = await vm.exec("echo unaffected")  # another VM keeps working
         assert text(result).strip() == "unaffected"
     finally:
@@ -209,10 +224,14 @@ async def test_memory_hog_and_fork_bomb_stay_inside_their_vm(runtime, vm):
 
 
 async def test_qemu_killed_from_outside_raises_vm_crashed(runtime):
-    doomed = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="doomed"))
+    doomed = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, session_id="doomed"))
     try:
         pending = asyncio.ensure_future(doomed.exec("sleep 600"))
-        await asyncio.sleep(0.5)
+
+        async def in_flight() -> bool:  # the agent runs the command: the exec is waiting on it
+            return any(p["command"] == "sleep 600" and p["status"] == "running" for p in await doomed.processes())
+
+        await async_wait_until(in_flight, 60, interval=0.1, message="the exec never started")
         os.kill(doomed.pid, signal.SIGKILL)
         started = time.monotonic()
         with pytest.raises(errors.VMCrashed):
@@ -228,11 +247,11 @@ async def test_qemu_killed_from_outside_raises_vm_crashed(runtime):
 
 async def test_graceful_stop_flushes_a_persistent_disk(runtime, tmp_path):
     disk = tmp_path / "disk.img"
-    first = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, writable_disk=disk))
+    first = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, writable_disk=disk))
     await first.exec("echo kept > /workspace/note && mkdir -p /opt/extra")
     await first.stop()
     assert disk.exists()
-    second = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, writable_disk=disk))
+    second = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, writable_disk=disk))
     try:
         assert text(await second.exec("cat /workspace/note; test -d /opt/extra && echo dir")).split() == ["kept", "dir"]
     finally:
@@ -241,12 +260,8 @@ async def test_graceful_stop_flushes_a_persistent_disk(runtime, tmp_path):
 
 async def test_warm_pool_hands_out_a_prepared_vm_with_its_own_identity(runtime, vm):
     # The shared VM's start named the default image; the pool fills in the background.
-    for _ in range(600):
-        if runtime.pool.ready:
-            break
-        await asyncio.sleep(0.1)
-    assert runtime.pool.ready, "the warm pool never filled"
-    pooled = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="from-pool",
+    await async_wait_until(lambda: runtime.pool.ready, 60, interval=0.1, message="the warm pool never filled")
+    pooled = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, session_id="from-pool",
                                         hostname="poolhost", env={"X": "1"}))
     try:
         assert pooled.pooled and pooled.boot_method == "template"
@@ -254,8 +269,8 @@ async def test_warm_pool_hands_out_a_prepared_vm_with_its_own_identity(runtime, 
         result = await pooled.exec(command)
         assert text(result).split() == ["poolhost", "poolhost", "1", "from-pool", "/workspace", "0"]
         # The pool's warm-up process is not the session's business.
-        assert [p["command"] for p in await pooled.call("processes")] == [command]
+        assert [p["command"] for p in await pooled.processes()] == [command]
     finally:
         await pooled.stop()
     # A spec the pool cannot serve (own disk) is booted for itself.
-    assert not runtime.pool.eligible(VMSpec(image_disk=runtime.assets.base_rootfs, writable_disk=vm.dir / "x"))
+    assert not runtime.pool.eligible(VMSpec(image_disk=runtime.base_image_disk, writable_disk=vm.dir / "x"))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from chaser_sdk.client import UrllibTransport
 from chaser_sdk.errors import ChaserApiError
 
 from tests.integration.conftest import qemu_pids_under
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -49,16 +49,6 @@ def session(sdk):
     info = sdk.sessions.create(session_type="sandbox", ephemeral=True)
     yield info
     sdk.sessions.terminate(info["id"], force=True)
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def read_head_and_body(sock: socket.socket) -> tuple[str, bytes]:
@@ -128,7 +118,7 @@ def test_creating_a_session_for_a_busy_workspace_returns_it(server, sdk, transpo
         assert len(qemu_pids_under(disk_dir)) == 1
     finally:
         sdk.workspaces.delete("sdk-reuse", force=True)
-    wait_for(lambda: not qemu_pids_under(disk_dir), what="the workspace's QEMU to exit")
+    wait_until(lambda: not qemu_pids_under(disk_dir), 60, interval=0.2, message="the workspace's QEMU did not exit")
 
 
 # --- 6. deliberate answers for what a self-hosted server does not serve -------------------

@@ -33,14 +33,14 @@ async def test_corrupt_snapshot_falls_back_to_cold_boot_then_rebuilds(private_se
         template = await runtime.ensure_template()
         template.state_file.write_bytes(b"not a migration stream")
 
-        vm = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs))
+        vm = await runtime.start(VMSpec(image_disk=runtime.base_image_disk))
         assert vm.boot_method == "cold"
         result = await vm.exec("echo cold-ok")
         assert base64.b64decode(result["output"]) == b"cold-ok\n"
         assert load_template(template.dir) is None  # the bad snapshot was discarded
         await vm.stop()
 
-        vm = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs))
+        vm = await runtime.start(VMSpec(image_disk=runtime.base_image_disk))
         assert vm.boot_method == "template"  # rebuilt on demand
         assert load_template(template.dir) is not None
         result = await vm.exec("echo warm-ok")

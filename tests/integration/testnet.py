@@ -17,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from tests.support.wait import wait_until
+
 INTERNET_NET = "198.51.100"
 PRIVATE_NET = "10.250.77"
 DNS_ADDRESS = f"{INTERNET_NET}.53"
@@ -115,19 +117,14 @@ class LabNetwork:
     def wait_ready(self, timeout: float = 20) -> None:
         """Poll the test servers from the host until they answer (by their own route)."""
         deadline = time.monotonic() + timeout
-        pending = [f"{INTERNET_NET}.10", f"{PRIVATE_NET}.10"]
-        while pending:
-            address = pending[0]
-            result = sh("curl", "-s", "-m", "1", f"http://{address}/", check=False)
-            if result.stdout.startswith("hello from"):
-                pending.pop(0)
-                continue
-            assert time.monotonic() < deadline, f"test server {address} did not start"
-            time.sleep(0.1)
-        while f"{DNS_ADDRESS}:53" not in sh("ip", "netns", "exec", self.internet.namespace, "ss", "-lnu",
-                                            check=False).stdout:
-            assert time.monotonic() < deadline, "test DNS server did not start"
-            time.sleep(0.1)
+        for address in (f"{INTERNET_NET}.10", f"{PRIVATE_NET}.10"):
+            wait_until(lambda address=address: sh("curl", "-s", "-m", "1", f"http://{address}/",
+                                                   check=False).stdout.startswith("hello from"),
+                       max(0.0, deadline - time.monotonic()), interval=0.1,
+                       message=f"test server {address} did not start")
+        wait_until(lambda: f"{DNS_ADDRESS}:53" in sh("ip", "netns", "exec", self.internet.namespace, "ss", "-lnu",
+                                                     check=False).stdout,
+                   max(0.0, deadline - time.monotonic()), interval=0.1, message="test DNS server did not start")
 
     def stop(self) -> None:
         for host in (self.internet, self.private):

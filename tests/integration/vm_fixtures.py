@@ -54,7 +54,7 @@ def our_qemu_children() -> list[int]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def vm(runtime):
     """One restored VM shared by the tests of a module."""
-    machine = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs, session_id="shared"))
+    machine = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, session_id="shared"))
     yield machine
     await machine.stop()
     assert not qemu_pids_for(machine.dir), "QEMU outlived its VM"

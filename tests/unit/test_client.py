@@ -231,7 +231,7 @@ def test_sse_parser_rules():
     events = list(iter_sse(lines))
     assert [(e.event, e.data, e.id) for e in events] == [("a", "one\ntwo", None), ("message", "x", "7"), ("tail", "{}", "7")]
     assert list(iter_sse(["event: only", ""])) == []  # no data: nothing dispatched
-    assert list(iter_sse(["data: crlf\r", "\r"]))[0].data == "crlf"
+    assert next(iter(iter_sse(["data: crlf\r", "\r"]))).data == "crlf"
 
 
 # --- files ---

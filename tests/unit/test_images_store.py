@@ -80,7 +80,7 @@ def test_ensure_dirs_replaces_symlinks_and_files(tmp_path):
     (root / "proc").mkdir()
     (root / "proc" / "keep").write_text("kept")
     ensure_dirs(root)
-    for name, mode in REQUIRED_DIRS.items():
+    for name, _mode in REQUIRED_DIRS.items():
         st = os.lstat(root / name)
         assert stat.S_ISDIR(st.st_mode), name
     assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o1777
@@ -96,7 +96,7 @@ def _fake_entry(store: ImageStore, n: int, size: int, last_used: float) -> str:
     entry = store.entry_dir(digest)
     entry.mkdir(parents=True)
     (entry / "rootfs.erofs").write_bytes(b"\0" * size)
-    (entry / "config.json").write_text(json.dumps({"config": {"Env": ["N=%d" % n]}}))
+    (entry / "config.json").write_text(json.dumps({"config": {"Env": [f"N={n}"]}}))
     (entry / "meta.json").write_text(json.dumps({"digest": digest, "size_bytes": size, "created": last_used}))
     (entry / "last_used").touch()
     os.utime(entry / "last_used", (last_used, last_used))

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from chaser.client import ChaserClient
-from chaser.mcp.asgi import MCPEndpoint, bearer_token, loopback_base_url, normalize_accept
 from chaser.mcp.arguments import parse_terminal_arguments
+from chaser.mcp.asgi import MCPEndpoint, bearer_token, loopback_base_url, normalize_accept
 from chaser.mcp.files import EditError, FileOp, XmlOpsError, apply_edits, parse_xml_ops
 from chaser.mcp.registry import call_tool
 
@@ -514,7 +514,7 @@ async def test_sdk_client_against_the_real_app(live_api):
     from mcp.client.streamable_http import streamable_http_client
 
     base, key, _services = live_api
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:  # noqa: SIM117 - each context takes the one before
         async with streamable_http_client(f"{base}/v1/mcp", http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
                 await session.initialize()

@@ -13,12 +13,12 @@ import subprocess
 import pytest
 
 from chaser import errors
+from chaser.runtime.egress import EgressPolicy, normalise_entry
 from chaser.vm import memory
 from chaser.vm.console import ConsoleLog
 from chaser.vm.jail import PassedFiles
 from chaser.vm.network.dns import dnsmasq_argv, upstream_servers
 from chaser.vm.network.nftables import BLOCKED_V4, host_ruleset, namespace_ruleset
-from chaser.runtime.egress import EgressPolicy, normalise_entry
 
 
 def nft_check(script: str) -> subprocess.CompletedProcess:
