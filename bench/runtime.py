@@ -112,10 +112,10 @@ async def main(restores: int, idle_vms: int) -> dict:
 
     payload = os.urandom(16 * 1024 * 1024)
     started = time.monotonic()
-    await vm.call("write_file", "/workspace/bench.bin", payload)
+    await vm.write_file("/workspace/bench.bin", payload)
     upload_s = time.monotonic() - started
     started = time.monotonic()
-    back = await vm.agent.read_file("/workspace/bench.bin")
+    back = b"".join([chunk async for chunk in vm.stream_file("/workspace/bench.bin")])
     download_s = time.monotonic() - started
     assert back == payload
     result["file_write_mb_s"] = round(16 / upload_s, 1)
