@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.runtime import idle_cost, summary
 from chaser.config import Settings
-from chaser.vm.runtime import Runtime, VMSpec
+from chaser.runtime import VMSpec
+from chaser.vm.runtime import Runtime
 from tests.integration.testnet import INTERNET_NET, LabNetwork
 
 BULK_PORT = 9000

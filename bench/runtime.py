@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from chaser.config import Settings
-from chaser.vm.runtime import Runtime, VMSpec
+from chaser.runtime import VMSpec
+from chaser.vm.runtime import Runtime
 
 
 def percentile(values: list[float], fraction: float) -> float:

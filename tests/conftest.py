@@ -44,6 +44,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # resolver forwards to its own loopback (refused) unless a test names the
     # resolver of a test namespace it created.
     os.environ.setdefault("CHASER_NETWORK_DNS_SERVERS", '["127.0.0.1"]')
+    # Tests stop `chaser forward`/`shell` with SIGINT, as a terminal's Ctrl-C would. A suite started
+    # in the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and so would
+    # every process it starts (an ignored signal stays ignored across exec): restore the default.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def dead_namespaces() -> list[str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from chaser.config import Settings
-from chaser.vm.runtime import Runtime, VMSpec
+from chaser.runtime import VMSpec
+from chaser.vm.runtime import Runtime
 from chaser.vm.template import load_template
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="session")]

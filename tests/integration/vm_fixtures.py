@@ -10,7 +10,8 @@ import pytest
 import pytest_asyncio
 
 from chaser.config import Settings
-from chaser.vm.runtime import Runtime, VMSpec
+from chaser.runtime import VMSpec
+from chaser.vm.runtime import Runtime
 
 
 def qemu_pids_for(directory: Path) -> list[int]:
