@@ -152,6 +152,8 @@ class VirtualMachine:
                     raise errors.VMCrashed(self.exit_reason or "the VM stopped") from None
                 raise
         task.cancel()
+        # It may have failed in the same instant (the connection dropped with the VM): that is this crash.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         raise errors.VMCrashed(self.exit_reason or "the VM stopped")
 
     async def exec(
