@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -46,11 +45,6 @@ class CreatedKey:
 
 
 LAST_USED_RESOLUTION_S = 60.0
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; ours are UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class KeyManager:
@@ -116,7 +110,7 @@ class KeyManager:
             last = row.last_used_at
             # At most one write a minute per key: a write per request would serialise every
             # request on the database (SQLite: one writer) for a value read at minute precision.
-            if last is None or (now - _aware(last)).total_seconds() >= LAST_USED_RESOLUTION_S:
+            if last is None or (now - last).total_seconds() >= LAST_USED_RESOLUTION_S:
                 row.last_used_at = now
             return Principal(key_id=row.id, account_id=row.account_id,
                              scopes=frozenset(row.scopes or []), full_access=row.full_access)

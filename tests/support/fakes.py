@@ -39,7 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from chaser import errors
+from chaser.agent.errors import ApiError
+from chaser.agent.processes import parse_signal as agent_parse_signal
 from chaser.agent.protocol import DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_WORKDIR, SANDBOX_PATH
+from chaser.agent.safepath import normalize as agent_normalize
 from chaser.runtime.egress import EgressPolicy
 from chaser.runtime.spec import VMSpec
 from chaser.vm.agent_client import error_from_agent
@@ -66,32 +69,22 @@ def file_not_found(path: str) -> errors.ChaserError:
     return agent_error(404, "file_not_found", f"{path}: no such file or directory")
 
 
+def _agent_rule(rule: Callable[[Any], Any], value: Any) -> Any:
+    """Apply one of the agent's own validation rules; its error as the host client sees it."""
+    try:
+        return rule(value)
+    except ApiError as exc:
+        raise agent_error(exc.status, exc.code, exc.message) from None
+
+
 def normalize(path: Any) -> str:
-    """The agent's path rule: absolute, no NUL, normalised lexically."""
-    if not isinstance(path, str) or not path:
-        raise bad_request("path is required")
-    if "\0" in path:
-        raise bad_request("path contains a NUL byte")
-    if not path.startswith("/"):
-        raise bad_request("path must be absolute")
-    return posixpath.normpath(path).replace("//", "/")
+    """The agent's path rule (chaser/agent/safepath.py)."""
+    return str(_agent_rule(agent_normalize, path))
 
 
 def parse_signal(value: str | int) -> int:
-    """The agent's signal rule: a number or a name, with or without SIG."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return int(signals.Signals(value))
-        except ValueError:
-            pass
-    elif isinstance(value, str):
-        name = value.strip().upper()
-        if name.isdigit():
-            return parse_signal(int(name))
-        found = getattr(signals.Signals, name if name.startswith("SIG") else "SIG" + name, None)
-        if found is not None:
-            return int(found)
-    raise bad_request(f"invalid signal {value!r}", code="invalid_signal")
+    """The agent's signal rule (chaser/agent/processes.py)."""
+    return int(_agent_rule(agent_parse_signal, value))
 
 
 class FakeProcess:
