@@ -32,10 +32,16 @@ _FIRST_COMPONENT = "[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*"  # a first part with '.'
 _HOST_PART = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _HOST = (f"(?:{_HOST_PART}(?:\\.{_HOST_PART})+(?::[0-9]+)?|{_HOST_PART}:[0-9]+|localhost(?::[0-9]+)?"
          "|\\[[0-9a-fA-F]*:[0-9a-fA-F:]*\\](?::[0-9]+)?)")
+_TAG_DIGEST = "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
+# The repository name is at most 255 characters once normalised (docker.io/ and, for one
+# component, library/ prepended; a Hub alias host with one component grows by 2), so each form
+# bounds its own length in a lookahead.
 IMAGE_REF_PATTERN = (
     "^(?:|(?!(?:oci|oci-archive|docker-archive|docker|dir)(?::|$))"
-    f"(?:{_HOST}/{_COMPONENT}(?:/{_COMPONENT})*|{_FIRST_COMPONENT}(?:/{_COMPONENT})+|{_COMPONENT})"
-    "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?)$"
+    f"(?:(?=.{{1,253}}{_TAG_DIGEST}$){_HOST}/{_COMPONENT}(?:/{_COMPONENT})*"
+    f"|(?=.{{1,245}}{_TAG_DIGEST}$){_FIRST_COMPONENT}(?:/{_COMPONENT})+"
+    f"|(?=.{{1,237}}{_TAG_DIGEST}$){_COMPONENT})"
+    f"{_TAG_DIGEST})$"
 )
 
 
