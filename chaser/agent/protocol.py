@@ -9,9 +9,17 @@ OS_DISK_SERIAL = "chaser-os"
 IMAGE_DISK_SERIAL = "chaser-image"
 WRITABLE_DISK_SERIAL = "chaser-data"
 
-# Kernel command-line keys read by the initramfs and the agent.
-CMDLINE_TOKEN = "chaser.token"
+# Kernel command-line keys read by the initramfs (never a secret: `ps` shows it on the host).
 CMDLINE_PROBE = "chaser.probe"
+# The agent's boot token reaches the guest as a QEMU fw_cfg file (from a memfd, so it is
+# neither on QEMU's command line nor in a file on the host), read by the agent from sysfs.
+# Every QEMU gets its own: a restored clone's fw_cfg holds a new token while its memory
+# still holds the template's, and the agent takes the new one (docs/agent-protocol.md).
+BOOT_TOKEN_FW_CFG = "opt/chaser/token"
+BOOT_TOKEN_SYSFS = f"/sys/firmware/qemu_fw_cfg/by_name/{BOOT_TOKEN_FW_CFG}/raw"
+# Fixed length: the guest's fw_cfg driver keeps each entry's size from when it probed
+# (the template's boot), so a clone's token must be exactly as long.
+BOOT_TOKEN_CHARS = 43
 PROBE_MARKER = "CHASER-PROBE-OK"
 AGENT_READY_MARKER = "CHASER-AGENT-READY"
 

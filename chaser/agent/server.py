@@ -75,8 +75,12 @@ def query_int(request, name, default, minimum=0, maximum=None):
 
 
 class Agent:
-    def __init__(self, token: str, sandbox_root=None):
+    def __init__(self, token: str, sandbox_root=None, boot_token_source=None):
         self.token = token
+        # In a VM: reads the current QEMU's boot token (fw_cfg). A restored clone or a
+        # resumed VM runs in a new QEMU with a new token: see _current_token.
+        self.boot_token_source = boot_token_source
+        self.boot_token = token
         self.dev_mode = sandbox_root is not None
         # Guest mode without disks runs commands in the guest OS itself.
         self.root = sandbox_root or "/"
@@ -123,9 +127,26 @@ class Agent:
     async def auth_middleware(self, request, handler):
         header = request.headers.get("Authorization", "")
         given = header[7:] if header.startswith("Bearer ") else ""
-        if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
+        if not given or not self._accepts(given):
             return error_response(401, "unauthorized", "missing or invalid bearer token")
         return await handler(request)
+
+    def _accepts(self, given: str) -> bool:
+        # Before /init (a fresh boot, a pooled clone) the fw_cfg is read on every request,
+        # so a clone never accepts the template's token, not even before the host's
+        # first call; after /init only when the session token does not match.
+        if self.initialized and hmac.compare_digest(given.encode(), self.token.encode()):
+            return True
+        self._take_new_boot_token()
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _take_new_boot_token(self) -> None:
+        if self.boot_token_source is None:
+            return
+        fresh = self.boot_token_source()
+        if fresh and fresh != self.boot_token:
+            # A new QEMU: every token of the old one (boot and session) is dead.
+            self.boot_token = self.token = fresh
 
     @web.middleware
     async def error_middleware(self, request, handler):
@@ -394,10 +415,10 @@ def announce_ready() -> None:
 WARM_MODULES = ("pty_session", "files", "relay", "selftest", "sandbox", "safepath")
 
 
-async def serve(token: str, port: int, sandbox_root=None) -> None:
+async def serve(token: str, port: int, sandbox_root=None, boot_token_source=None) -> None:
     for module in WARM_MODULES:
         importlib.import_module("." + module, __package__)
-    agent = Agent(token, sandbox_root)
+    agent = Agent(token, sandbox_root, boot_token_source)
     # Short keep-alive: an idle open connection keeps slirp timers (host CPU) busy.
     runner = web.AppRunner(agent.make_app(), access_log=None, keepalive_timeout=2.0)
     await runner.setup()

@@ -22,7 +22,8 @@ METAPACKAGE = "linux-image-cloud-amd64"
 
 # What init needs: virtio transport, disks, network, entropy, the OS/image
 # file system and the sandbox overlay. Dependencies are added automatically.
-WANTED_MODULES = ("virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "erofs", "overlay")
+# qemu_fw_cfg: the agent reads its boot token from fw_cfg (chaser/agent/protocol.py).
+WANTED_MODULES = ("virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "erofs", "overlay", "qemu_fw_cfg")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def kvm_boots(kernel: Path, initramfs: Path) -> bool:
             "-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1",
             "-display", "none", "-no-reboot",
             "-kernel", str(kernel), "-initrd", str(initramfs),
-            "-append", " ".join(kernel_args(token="probe", extra=["chaser.probe=1"])),
+            "-append", " ".join(kernel_args(extra=["chaser.probe=1"])),
             "-chardev", f"file,id=console,path={serial}", "-serial", "chardev:console",
         ]
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

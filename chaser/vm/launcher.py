@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import asyncio
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -16,9 +17,10 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from chaser import errors
-from chaser.agent.protocol import AGENT_PORT
+from chaser.agent.protocol import AGENT_PORT, BOOT_TOKEN_CHARS, BOOT_TOKEN_FW_CFG
 from chaser.config import Settings
 from chaser.guest.build import GuestAssets
+from chaser.vm import memory
 from chaser.vm.agent_client import AgentClient
 from chaser.vm.cgroup import Limits, VMCgroup
 from chaser.vm.console import ConsoleLog
@@ -51,12 +53,15 @@ class Launcher:
         accel: str,
         image: Path,
         writable: Path,
-        token: str,
         on_stopped: Callable[[VirtualMachine], None],
         memory_fd: int | None = None,
         shared_memory: bool = False,
         incoming: bool = False,
     ) -> VirtualMachine:
+        # Every QEMU gets a token of its own, a restored clone included (its memory still
+        # holds the template's, which its agent then refuses: chaser/agent/protocol.py).
+        boot_token = secrets.token_urlsafe(32)
+        assert len(boot_token) == BOOT_TOKEN_CHARS
         last_error = ""
         for _attempt in range(3):  # a slirp host port can be taken between probe and bind
             network: SandboxNetwork | None = None
@@ -85,6 +90,8 @@ class Launcher:
                     cgroup = VMCgroup(vm_id, version=self.cgroups)
                     cgroup.create(self._cgroup_limits())
                     confinement.cgroup_procs = cgroup.procs_files
+                # Registered at once: PassedFiles closes it whatever happens next.
+                token_file = files.fd_path(memory.secret_file("chaser-boot-token", boot_token.encode()))
                 command = QemuCommand(
                     kernel=files.path(assets.kernel),
                     initramfs=files.path(assets.initramfs),
@@ -96,7 +103,8 @@ class Launcher:
                     accel=accel,
                     memory_mib=self.settings.memory_mib,
                     vcpus=self.settings.vcpus,
-                    kernel_args=kernel_args(token=token),
+                    kernel_args=kernel_args(),
+                    fw_cfg={BOOT_TOKEN_FW_CFG: token_file},
                     memory_file=MemoryFile(files.fd_path(memory_fd), shared=shared_memory) if memory_fd else None,
                     incoming=incoming,
                     tcg_tb_size_mib=self.settings.tcg_tb_size_mib,
@@ -138,7 +146,7 @@ class Launcher:
                 raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}") from None
             return VirtualMachine(
                 vm_id=vm_id, vm_dir=vm_dir, process=process, qmp=qmp,
-                agent=AgentClient(agent_address[1], token, host=agent_address[0]), on_stopped=on_stopped,
+                agent=AgentClient(agent_address[1], boot_token, host=agent_address[0]), on_stopped=on_stopped,
                 network=network, cgroup=cgroup, console=console,
             )
         raise errors.VMCrashed(f"QEMU failed to start: {last_error.strip()}")

@@ -34,6 +34,19 @@ def new_memfd(name: str, size: int) -> int:
     return fd
 
 
+def secret_file(name: str, data: bytes) -> int:
+    """A sealed memfd holding `data`: passed to QEMU as /proc/self/fd/N, it is on no disk
+    and reachable only through the processes that hold it (the owner and root)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, data)
+        seal(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def seal(fd: int) -> None:
     fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)
 

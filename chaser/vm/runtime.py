@@ -254,7 +254,7 @@ class Runtime:
         log.info("building template snapshot in %s", directory)
         discard_template(directory)
         directory.mkdir(parents=True)
-        template = Template(dir=directory, token=secrets.token_urlsafe(24))
+        template = Template(dir=directory, created_at=time.time())
         create_sparse(template.image_placeholder, self.settings.image_slot_bytes)
         create_sparse(template.writable_placeholder, self.settings.writable_slot_bytes)
         vm_id = f"tpl-{secrets.token_hex(6)}"
@@ -266,7 +266,7 @@ class Runtime:
             vm = await self._launch_vm(
                 vm_id, vm_dir,
                 image=template.image_placeholder, writable=template.writable_placeholder,
-                token=template.token, memory_fd=ram, shared_memory=True,
+                memory_fd=ram, shared_memory=True,
             )
         except BaseException:
             os.close(ram)
@@ -293,7 +293,8 @@ class Runtime:
             raise
         self._forget_template_memory(directory)
         self._template_memory[directory] = ram
-        template.meta_file.write_text(json.dumps({"token": template.token, "created_at": time.time()}))
+        # Holds no token: the template's died with its QEMU; every clone gets its own.
+        template.meta_file.write_text(json.dumps({"created_at": template.created_at}))
         return template
 
     async def _sealed_template_memory(self, template: Template) -> int:
@@ -331,7 +332,7 @@ class Runtime:
         vm = None
         try:
             vm = await self._launch_vm(
-                vm_id, vm_dir, image=image, writable=writable, token=template.token,
+                vm_id, vm_dir, image=image, writable=writable,
                 memory_fd=await self._sealed_template_memory(template), shared_memory=False, incoming=True,
             )
             qmp = vm.qmp
@@ -361,8 +362,7 @@ class Runtime:
             return None
 
     async def _cold_boot(self, vm_id: str, vm_dir: Path, image: Path, writable: Path) -> VirtualMachine:
-        token = secrets.token_urlsafe(24)
-        vm = await self._launch_vm(vm_id, vm_dir, image=image, writable=writable, token=token)
+        vm = await self._launch_vm(vm_id, vm_dir, image=image, writable=writable)
         try:
             await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
         except BaseException:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from chaser.agent.protocol import AGENT_PROTOCOL_VERSION
 
-TEMPLATE_FORMAT = 3  # bump when the way templates are made changes
+TEMPLATE_FORMAT = 4  # bump when the way templates are made changes
 
 
 @dataclass(frozen=True)
 class Template:
     dir: Path
-    token: str
+    created_at: float  # tells a rebuilt template from the one a failed restore used
 
     @property
     def memory_file(self) -> Path:
@@ -70,7 +70,10 @@ def load_template(directory: Path) -> Template | None:
         meta = json.loads((directory / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    template = Template(dir=directory, token=meta["token"])
+    created_at = meta.get("created_at") if isinstance(meta, dict) else None
+    if not isinstance(created_at, (int, float)):
+        return None
+    template = Template(dir=directory, created_at=float(created_at))
     for path in (template.memory_file, template.state_file, template.image_placeholder, template.writable_placeholder):
         if not path.exists():
             return None
@@ -88,7 +91,7 @@ def discard_failed_template(template: Template) -> bool:
     replaced: several restores can fail on one bad snapshot, and a late one
     must not delete the rebuilt template. True when it was discarded."""
     current = load_template(template.dir)
-    if current is not None and current.token == template.token:
+    if current is not None and current.created_at == template.created_at:
         discard_template(template.dir)
         return True
     return False

@@ -274,3 +274,46 @@ async def test_warm_pool_hands_out_a_prepared_vm_with_its_own_identity(runtime, 
         await pooled.stop()
     # A spec the pool cannot serve (own disk) is booted for itself.
     assert not runtime.pool.eligible(VMSpec(image_disk=runtime.base_image_disk, writable_disk=vm.dir / "x"))
+
+
+def qemu_command_lines() -> list[bytes]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline:
+            lines.append(cmdline)
+    return lines
+
+
+async def test_every_vm_has_its_own_token_and_none_is_on_a_command_line(runtime, vm):
+    # A session VM, a pooled (restored, not yet claimed) VM and a cold-booted one.
+    await async_wait_until(lambda: runtime.pool.ready, 60, interval=0.1, message="the warm pool never filled")
+    cold = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, session_id="cold", boot="cold"))
+    try:
+        machines = list(runtime.vms.values())
+        assert {vm.id, cold.id} < {m.id for m in machines}
+        assert any(m.pooled and not m.session_id for m in machines)  # the pool's VM is among them
+        tokens = {m.id: m.agent.token for m in machines}
+        assert len(set(tokens.values())) == len(machines)
+        command_lines = qemu_command_lines()
+        assert len(command_lines) >= len(machines)
+        for cmdline in command_lines:
+            assert b"chaser.token" not in cmdline
+            assert not any(token.encode() in cmdline for token in tokens.values())
+        meta = json.loads((await runtime.ensure_template()).meta_file.read_text())
+        assert "token" not in meta  # the template's token died with its QEMU
+        async with httpx.AsyncClient() as client:
+            for machine in machines:
+                own = await client.get(f"{machine.agent.base_url}/health",
+                                       headers={"Authorization": f"Bearer {tokens[machine.id]}"})
+                assert own.status_code == 200
+                for other, token in tokens.items():
+                    if other != machine.id:
+                        refused = await client.get(f"{machine.agent.base_url}/health",
+                                                   headers={"Authorization": f"Bearer {token}"})
+                        assert refused.status_code == 401, (other, machine.id)
+    finally:
+        await cold.stop()

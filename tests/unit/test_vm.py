@@ -7,7 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from chaser import errors
+from chaser.vm import memory
 from chaser.vm.agent_client import error_from_agent
 from chaser.vm.process import process_start_time, reap_orphans
 from chaser.vm.qemu import MemoryFile, QemuCommand, host_tsc_khz, kernel_args, netdev_tap, netdev_user
@@ -62,7 +65,23 @@ def test_image_and_os_disks_are_read_only():
 def test_tsc_rate_from_cpuinfo():
     assert host_tsc_khz("processor: 0\ncpu MHz\t\t: 2596.138\n") == 2596138
     assert host_tsc_khz("nothing here") is None
-    assert any(arg.startswith("chaser.token=abc") for arg in kernel_args(token="abc"))
+
+
+def test_no_secret_on_the_command_line_only_a_descriptor_path():
+    assert not any("token" in arg for arg in kernel_args())
+    argv = command(fw_cfg={"opt/chaser/token": Path("/proc/self/fd/9")}).argv()
+    assert argv[argv.index("-fw_cfg") + 1] == "name=opt/chaser/token,file=/proc/self/fd/9"
+
+
+def test_a_secret_file_holds_its_bytes_sealed_and_on_no_disk():
+    fd = memory.secret_file("t", b"s3cret")
+    try:
+        assert os.pread(fd, 100, 0) == b"s3cret"
+        with pytest.raises(PermissionError):  # sealed: nobody rewrites it
+            os.pwrite(fd, b"x", 0)
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:t")
+    finally:
+        os.close(fd)
 
 
 def test_template_key_changes_with_every_input():
