@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import uuid
 from pathlib import Path
 
@@ -73,6 +74,24 @@ def dead_namespaces() -> list[str]:
         finally:
             os.close(fd)
     return found
+
+
+def dev_null_is_a_device() -> bool:
+    try:
+        return stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def dev_null_stays_a_device():
+    """/dev/null was once found replaced by a regular file after a run: name the test that does it."""
+    yield
+    if not dev_null_is_a_device():
+        Path("/dev/null").unlink(missing_ok=True)
+        os.mknod("/dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.chmod("/dev/null", 0o666)
+        pytest.fail("/dev/null was no longer a character device after this test (recreated)")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
