@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CHASER := $(VENV)/bin/chaser
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils mmdebstrap \
 	kmod xz-utils zstd cpio skopeo umoci docker-registry apache2-utils tmux python3-venv \
-	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd
+	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd chromium
 PYTEST_ARGS ?=
 
 .PHONY: setup guest serve lint test unit bench

@@ -1,15 +1,25 @@
 """Host-style forwarding: with `base_domain` set, `{id}.{domain}/forward/{port}/…`
 is served as `/s/{id}/forward/{port}/…` (the route sees `scope["chaser_host_style"]`
-and the path the client asked for in `scope["chaser_original_path"]`)."""
+and the path the client asked for in `scope["chaser_original_path"]`).
+
+A session's host is an origin of its own for that sandbox's content and serves
+nothing else: any other path there (`/v1/…`, `/s/{other}/…`, `/health`) is a 404,
+so a page of the sandbox cannot reach the API or another session same-origin."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
+from chaser import errors
+from chaser.api.client_socket import deny
+from chaser.api.errors import error_response
 from chaser.config import Settings
 from chaser.service.forward import host_session
 
 __all__ = ["HostRoutingMiddleware"]
+
+ONLY_FORWARDS = "{host} serves only the session's forwarded ports (/forward/{{port}}/…)"
 
 
 class HostRoutingMiddleware:
@@ -31,7 +41,14 @@ class HostRoutingMiddleware:
                     break
             session_id = host_session(host, domain)
             path = scope.get("path", "")
-            if session_id and (path == "/forward" or path.startswith("/forward/")):
+            if session_id and not (path == "/forward" or path.startswith("/forward/")):
+                error = errors.NotFound(ONLY_FORWARDS.format(host=host))
+                if scope["type"] == "http":
+                    await error_response(error.status, error.code, error.message)(scope, receive, send)
+                else:
+                    await deny(WebSocket(scope, receive, send), error)
+                return
+            if session_id:
                 new_path = f"/s/{session_id}{path}"
                 raw = scope.get("raw_path")
                 scope = {**scope, "path": new_path, "chaser_host_style": True, "chaser_original_path": path,

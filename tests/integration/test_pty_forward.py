@@ -366,15 +366,35 @@ def test_forward_errors(server, api, session):
 
 
 def test_forward_cookie_login(server, session):
+    """Browsers log in on the session's own host-style origin only; path style (the API's
+    origin) refuses the link and sandboxes what it serves."""
     path = f"/s/{session}/forward/{HTTP_ANY}/index.txt"
     with httpx.Client(base_url=server.url, timeout=60) as browser:
         r = browser.get(f"{path}?token={server.api_key}", follow_redirects=False)
-        assert r.status_code == 302 and r.headers["location"] == path
-        cookie = r.headers["set-cookie"]
-        assert cookie.startswith("chaser_token=") and "HttpOnly" in cookie and f"Path=/s/{session}/" in cookie
-        assert "samesite=lax" in cookie.lower()
-        r = browser.get(path)
-        assert r.status_code == 200 and r.text == "hello\n"
+        assert r.status_code == 400 and "host-style" in r.json()["message"] and "set-cookie" not in r.headers
+    host = {"Host": f"{session}.localhost:{server.port}"}
+    r = httpx.get(f"{server.url}/forward/{HTTP_ANY}/index.txt?token={server.api_key}", headers=host,
+                  follow_redirects=False, timeout=60)
+    assert r.status_code == 302 and r.headers["location"] == f"/forward/{HTTP_ANY}/index.txt"
+    cookie = r.headers["set-cookie"]
+    attributes = [a.strip().lower() for a in cookie.split(";")]
+    assert cookie.startswith(f"chaser_token=v1.{session}.") and server.api_key not in cookie
+    assert {"httponly", "path=/", "samesite=lax"} <= set(attributes)
+    assert not any(a.startswith("domain") for a in attributes)
+    token = cookie.split(";")[0].partition("=")[2]
+    r = httpx.get(f"{server.url}/forward/{HTTP_ANY}/index.txt", headers={**host, "Cookie": f"chaser_token={token}"},
+                  timeout=60)
+    assert r.status_code == 200 and r.text == "hello\n"
+    r = httpx.get(f"{server.url}{path}", headers={"Cookie": f"chaser_token={token}"}, timeout=60)
+    assert r.status_code == 401  # never on path style
+
+
+def test_forward_path_style_is_sandboxed(api, session):
+    r = api.get(f"/s/{session}/forward/{HTTP_ANY}/index.txt")
+    assert r.status_code == 200 and r.text == "hello\n"
+    assert r.headers["content-security-policy"].startswith("sandbox ")
+    assert "allow-same-origin" not in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
 
 
 def test_forward_public_port(server, api, session):

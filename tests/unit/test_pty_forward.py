@@ -78,6 +78,7 @@ def test_host_session():
     assert fwd.host_session("SES_ABC.Example.COM", "example.com") == "ses_abc"
     assert fwd.host_session("localhost:8080", "localhost") is None
     assert fwd.host_session("a.b.localhost", "localhost") is None
+    assert fwd.host_session("api.localhost", "localhost") is None  # only a session id names a session
     assert fwd.host_session("ses_abc.localhost", None) is None
 
 
@@ -100,18 +101,50 @@ def test_upstream_headers_strip_auth_cookie_and_hop_by_hop():
 
 def test_downstream_headers_and_location():
     raw = [(b"Content-Type", b"text/html"), (b"Connection", b"close"), (b"Transfer-Encoding", b"chunked"),
-           (b"Location", b"/dir/"), (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
-    out = fwd.downstream_response_headers(raw, port=8000, prefix="/s/x/forward/8000")
-    assert out == [(b"content-type", b"text/html"), (b"location", b"/s/x/forward/8000/dir/"),
-                   (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+           (b"Location", b"/dir/"), (b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2; Path=/; HttpOnly"),
+           (b"Set-Cookie", b"c=3; Domain=localhost"), (b"Set-Cookie", b"chaser_token=forged")]
+    out = fwd.downstream_response_headers(raw, port=8000, prefix="/forward/8000", api_origin=False)
+    assert out == [(b"content-type", b"text/html"), (b"location", b"/forward/8000/dir/"),
+                   (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2; Path=/; HttpOnly")]  # no parent domain, not ours
     assert fwd.rewrite_location("http://localhost:8000/a?b", port=8000, prefix="/p") == "/p/a?b"
     assert fwd.rewrite_location("https://example.com/", port=8000, prefix="/p") == "https://example.com/"
     assert fwd.rewrite_location("//cdn/x", port=8000, prefix="/p") == "//cdn/x"
 
 
+def test_path_style_responses_are_sandboxed():
+    """On the API's origin: our sandbox CSP (the sandbox's own `sandbox` directive removed,
+    its other directives kept), nosniff, and no header that reaches the whole origin."""
+    raw = [(b"Content-Type", b"text/html"), (b"Set-Cookie", b"a=1"), (b"Clear-Site-Data", b'"*"'),
+           (b"Service-Worker-Allowed", b"/"), (b"Strict-Transport-Security", b"max-age=1; includeSubDomains"),
+           (b"NEL", b"{}"), (b"Report-To", b"{}"), (b"Alt-Svc", b'h3=":443"'), (b"X-Content-Type-Options", b"x"),
+           (b"Content-Security-Policy", b"default-src 'self'; Sandbox allow-same-origin allow-scripts"),
+           (b"Content-Security-Policy", b"sandbox allow-same-origin, img-src *"), (b"Location", b"/a")]
+    out = fwd.downstream_response_headers(raw, port=8000, prefix="/s/x/forward/8000")
+    assert out == [(b"content-type", b"text/html"), (b"content-security-policy", b"default-src 'self'"),
+                   (b"content-security-policy", b"img-src *"), (b"location", b"/s/x/forward/8000/a"),
+                   (b"content-security-policy", fwd.SANDBOX_CSP.encode()),
+                   (b"x-content-type-options", b"nosniff")]
+    assert "allow-same-origin" not in fwd.SANDBOX_CSP and "allow-top-navigation" not in fwd.SANDBOX_CSP
+    only_sandbox = fwd.downstream_response_headers([(b"content-security-policy", b"sandbox allow-same-origin")],
+                                                   port=1, prefix="/p")
+    assert only_sandbox == [(b"content-security-policy", fwd.SANDBOX_CSP.encode()),
+                            (b"x-content-type-options", b"nosniff")]
+
+
+def test_sandbox_origins():
+    assert fwd.is_sandbox_origin("null", "localhost") and fwd.is_sandbox_origin("NULL", None)
+    assert fwd.is_sandbox_origin("http://ses_abc.localhost:8080", "localhost")
+    assert not fwd.is_sandbox_origin("http://localhost:8080", "localhost")
+    assert not fwd.is_sandbox_origin("http://api.localhost:8080", "localhost")  # not a session id
+    assert not fwd.is_sandbox_origin(None, "localhost")
+    assert not fwd.is_sandbox_origin("http://ses_abc.localhost", None)
+
+
 def test_query_and_cookie_helpers():
     assert fwd.query_without("token=sk_1&a=2&b=", "token") == "a=2&b="
     assert fwd.cookie_value("x=1; chaser_token=sk_abc") == "sk_abc"
+    assert fwd.cookie_values('chaser_token=a; x=1; chaser_token="b"; chaser_tokenx=c') == ["a", "b"]
+    assert fwd.cookie_values(None) == []
     assert fwd.cookie_value(None) is None
     assert fwd.check_port("443") == 443
     for bad in ("0", "70000", "x", "-1"):
@@ -134,8 +167,20 @@ def test_host_routing_middleware_rewrites_path():
     assert seen["path"] == "/s/ses_1/forward/3000/a" and seen["raw_path"] == b"/s/ses_1/forward/3000/a"
     assert seen["chaser_host_style"] is True
     seen.clear()
-    asyncio.run(mw({**scope, "path": "/v1/sessions", "raw_path": b"/v1/sessions"}, None, None))
+    api = {"type": "http", "path": "/v1/sessions", "raw_path": b"/v1/sessions", "headers": [(b"host", b"localhost")]}
+    asyncio.run(mw(api, None, None))
     assert seen["path"] == "/v1/sessions" and "chaser_host_style" not in seen
+    seen.clear()
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    for path in ("/v1/sessions", "/s/ses_2/forward/3000/", "/health", "/"):  # a session's origin serves only its forwards
+        sent.clear()
+        asyncio.run(mw({**scope, "path": path, "raw_path": path.encode()}, None, send))
+        assert not seen and sent[0]["status"] == 404, path
+        assert json.loads(sent[1]["body"])["code"] == "not_found"
 
 
 # --- the real server against the host's agent ------------------------------------------------
@@ -336,34 +381,133 @@ def test_gateway_errors(live):
     assert httpx.get(f"{live.url}{prefix}/80/").status_code == 401
 
 
-def test_gateway_cookie_login_and_public_port(live, host_servers):
+def test_path_style_has_no_login_and_is_sandboxed(live, host_servers):
     ports, _ = host_servers
     path = f"/s/{live.session}/forward/{ports['echo']}/headers"
     with httpx.Client(base_url=live.url) as browser:
-        assert browser.get(path).status_code == 401
-        r = browser.get(f"{path}?a=1&token={live.key}", follow_redirects=False)
-        assert r.status_code == 302 and r.headers["location"] == f"{path}?a=1"
-        cookie = r.headers["set-cookie"]
-        assert "HttpOnly" in cookie and f"Path=/s/{live.session}/" in cookie
-        assert "SameSite=lax" in cookie.replace("Lax", "lax")
-        r = browser.get(r.headers["location"])
-        assert r.status_code == 200 and "chaser_token" not in r.json().get("cookie", "")
+        r = browser.get(path)
+        assert r.status_code == 401 and "host-style" in r.json()["message"]
+        for method in ("GET", "POST"):  # the API's origin: no login link, the key would sit in the page's URL
+            r = browser.request(method, f"{path}?a=1&token={live.key}", follow_redirects=False)
+            assert r.status_code == 400 and r.json()["code"] == "invalid_request", r.text
+            assert "host-style" in r.json()["message"] and "set-cookie" not in r.headers
+    r = live.http.get(path)  # a Bearer client sees the same answer, sandboxed
+    assert r.status_code == 200 and "authorization" not in r.json()
+    assert r.headers["content-security-policy"] == fwd.SANDBOX_CSP and r.headers["x-content-type-options"] == "nosniff"
+    r = live.http.get(f"{path}?token=app-own")  # with a Bearer header `token` is the app's parameter
+    assert r.status_code == 200
     url = f"/v1/sessions/{live.session}/ports/{ports['echo']}/public"
     assert live.http.post(url, json={"public": True}).json()["public"] is True
-    assert httpx.get(live.url + path).status_code == 200
+    r = httpx.get(live.url + path + "?token=app-own")  # a public port needs nothing; `token` is the app's too
+    assert r.status_code == 200 and r.headers["content-security-policy"] == fwd.SANDBOX_CSP
     assert live.http.get(f"/v1/sessions/{live.session}/ports").json()["ports"][0]["port"] == ports["echo"]
     live.http.post(url, json={"public": False})
     assert httpx.get(live.url + path).status_code == 401
 
 
-def test_host_style(live, host_servers):
+def host_of(live, session: str) -> str:
+    return f"{session}.localhost:{live.port}"
+
+
+def login(live, session: str, port: int, key: str | None = None) -> str:
+    """The host-style login link: its cookie's value."""
+    r = httpx.get(f"{live.url}/forward/{port}/headers?a=1&token={key or live.key}",
+                  headers={"Host": host_of(live, session)}, follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"] == f"/forward/{port}/headers?a=1", r.text
+    cookie = r.headers["set-cookie"]
+    attributes = [a.strip().lower() for a in cookie.split(";")]
+    assert "httponly" in attributes and "path=/" in attributes and "samesite=lax" in attributes
+    assert not any(a.startswith("domain") for a in attributes) and "secure" not in attributes  # host-only, http
+    assert f"max-age={live.settings.session_max_lifetime_s}" in attributes
+    name, _, value = cookie.split(";")[0].partition("=")
+    assert name == "chaser_token" and value.startswith(f"v1.{session}.") and (key or live.key) not in value
+    return value
+
+
+def test_host_style_login_cookie(live, host_servers):
     ports, _ = host_servers
-    r = live.http.get(f"/forward/{ports['echo']}/headers", headers={"Host": f"{live.session}.localhost:{live.port}"})
-    assert r.status_code == 200 and r.json()["x-forwarded-prefix"] == f"/forward/{ports['echo']}"
-    r = httpx.get(f"{live.url}/forward/{ports['echo']}/headers?token={live.key}",
-                  headers={"Host": f"{live.session}.localhost:{live.port}"}, follow_redirects=False)
-    assert r.status_code == 302 and r.headers["location"] == f"/forward/{ports['echo']}/headers"
-    assert "Path=/;" in r.headers["set-cookie"]
+    echo = ports["echo"]
+    r = live.http.get(f"/forward/{echo}/headers", headers={"Host": host_of(live, live.session)})
+    assert r.status_code == 200 and r.json()["x-forwarded-prefix"] == f"/forward/{echo}"
+    assert "content-security-policy" not in r.headers  # an origin of its own: the sandbox's headers as they are
+    token = login(live, live.session, echo)
+
+    def get(session: str, path: str, **headers) -> httpx.Response:
+        return httpx.get(f"{live.url}{path}", headers={"Host": host_of(live, session),
+                                                       "Cookie": f"app=1; chaser_token={token}", **headers})
+
+    r = get(live.session, f"/forward/{echo}/headers")
+    assert r.status_code == 200 and r.json()["cookie"] == "app=1"  # the sandbox never sees the cookie
+    assert get(live.session, f"/forward/{ports['http']}/").status_code == 200  # any port of the session
+    assert get(live.session, f"/forward/{echo}/headers", Origin=f"http://{host_of(live, live.session)}").status_code \
+        == 200
+    other = live.http.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
+    try:
+        r = get(other, f"/forward/{echo}/headers")  # A's cookie on B's origin
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+        for origin in (f"http://{host_of(live, other)}", "null", "http://evil.example"):
+            r = get(live.session, f"/forward/{echo}/headers", Origin=origin)  # a foreign page riding on the cookie
+            assert r.status_code == 403 and r.json()["code"] == "forbidden", origin
+        r = httpx.get(f"{live.url}/v1/sessions", headers={"Cookie": f"chaser_token={token}"})
+        assert r.status_code == 401  # never the API
+        r = get(live.session, "/v1/sessions")  # nor the API on the session's origin: it serves only forwards
+        assert r.status_code == 404
+        r = httpx.get(f"{live.url}/s/{live.session}/forward/{echo}/headers", headers={"Cookie": f"chaser_token={token}"})
+        assert r.status_code == 401  # nor path style
+        tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        r = httpx.get(f"{live.url}/forward/{echo}/headers",
+                      headers={"Host": host_of(live, live.session), "Cookie": f"chaser_token={tampered}"})
+        assert r.status_code == 401
+    finally:
+        live.http.delete(f"/v1/sessions/{other}")
+    assert get(live.session, f"/forward/{echo}/headers", Origin="null").status_code == 403
+    r = httpx.post(f"{live.url}/forward/{echo}/echo?token={live.key}", content=b"x",
+                   headers={"Host": host_of(live, live.session)})
+    assert r.status_code == 400 and "GET or HEAD" in r.json()["message"]
+
+
+def test_login_cookie_dies_with_its_key(live, host_servers):
+    ports, _ = host_servers
+    created = live.http.post("/v1/keys", json={"name": "browser", "scopes": ["exec.write"]})
+    assert created.status_code in (200, 201), created.text
+    key, key_id = created.json()["key"], created.json()["id"]
+    token = login(live, live.session, ports["echo"], key)
+    headers = {"Host": host_of(live, live.session), "Cookie": f"chaser_token={token}"}
+    assert httpx.get(f"{live.url}/forward/{ports['echo']}/headers", headers=headers).status_code == 200
+    assert live.http.delete(f"/v1/keys/{key_id}").status_code == 200
+    r = httpx.get(f"{live.url}/forward/{ports['echo']}/headers", headers=headers)
+    assert r.status_code == 401 and "revoked" in r.json()["message"]
+
+
+def test_websocket_origin_rules(live, host_servers):
+    from websockets.exceptions import InvalidStatus
+
+    ports, _ = host_servers
+    token = login(live, live.session, ports["ws"])
+    own = f"http://{host_of(live, live.session)}"
+    url = f"ws://{host_of(live, live.session)}/forward/{ports['ws']}/echo"  # connected to 127.0.0.1 below
+
+    def connect(origin):
+        return ws_connect(url, {"Cookie": f"chaser_token={token}"}, origin=origin,
+                          sock=socket.create_connection(("127.0.0.1", live.port)))
+
+    with connect(own) as ws:
+        ws.send("cookie")
+        assert ws.recv(timeout=10) == "cookie"
+    for origin in ("null", "http://ses_0ther.localhost:1", "http://evil.example"):  # cross-site WebSocket hijacking
+        with pytest.raises(InvalidStatus) as info:
+            connect(origin)
+        assert info.value.response.status_code == 403, origin
+    for path in (f"/v1/sessions/{live.session}/pty?token={live.key}",
+                 f"/v1/sessions/{live.session}/tunnel/{ports['tcp']}?token={live.key}"):
+        for origin in ("null", own):  # a page a sandbox served never reaches the API's sockets
+            with pytest.raises(InvalidStatus) as info:
+                ws_connect(live.ws + path, origin=origin)
+            assert info.value.response.status_code == 403, (path, origin)
+    with ws_connect(f"{live.ws}/v1/sessions/{live.session}/tunnel/{ports['tcp']}?token={live.key}",
+                    origin=live.url) as ws:  # the API's own origin (the coming console) is fine
+        ws.send(b"x\n")
+        assert read_until(ws, b"\n") == b"x\n"
 
 
 def test_gateway_websocket(live, host_servers):

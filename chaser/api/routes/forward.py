@@ -4,23 +4,30 @@ host style `{id}.<base_domain>/forward/{port}/…`), raw TCP tunnels
 public ports `POST /v1/sessions/{id}/ports/{port}/public`.
 
 Gateway access: a public port needs nothing; otherwise an API key with
-`exec.write`, from `Authorization: Bearer`, or the `chaser_token` cookie that a
-one-time `?token=<key>` link sets (GET/HEAD answer with a 302 to the same URL
-without `token` and `Set-Cookie: chaser_token=…; HttpOnly; Path=/s/{id}/;
-SameSite=Lax`). A session that is unknown *or no longer running* is a 404 on
-the gateway (a missing site), unlike the API's 409.
+`exec.write` from `Authorization: Bearer`, or (WebSocket) `?token=<key>`.
+Browsers log in only on a session's own host-style origin: a GET/HEAD with
+`?token=<key>` there answers a 302 to the same URL without `token` and sets
+`chaser_token=<per-session token>; HttpOnly; Path=/; SameSite=Lax` (host-only;
+`Secure` over https), which then authorises that session's forwards only, and
+only from its own origin (a cookie request with a foreign `Origin` is 403).
+Path style is on the API's origin: no login link (400), no cookie, and every
+response sandboxed (`chaser/service/forward/headers.py`). A session that is
+unknown *or no longer running* is a 404 on the gateway (a missing site),
+unlike the API's 409.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Path, Request, WebSocket
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
-from chaser.api.auth import principal_from, uses_query_token
+from chaser import errors
+from chaser.api.auth import principal_from, refuse_sandbox_origin, uses_query_token
 from chaser.api.client_socket import StarletteClientSocket
 from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url, services_of
 from chaser.api.forward_response import ProxiedResponse
@@ -35,18 +42,29 @@ PortParam = Annotated[str, Path(json_schema_extra={"type": "integer", "minimum":
 router = APIRouter(tags=["forwarding"])
 api_router = APIRouter(prefix="/v1/sessions", tags=["forwarding"], responses=SESSION_ERROR_RESPONSES)
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-SCOPE = "exec.write"
+SCOPE = fwd.SCOPE
+PATH_STYLE_LINK = ("a ?token= login link works only on a session's own host-style address "
+                   "({id}.<base domain>/forward/{port}/, CHASER_BASE_DOMAIN): path-style forwards are served on the "
+                   "API's origin, where browsers get no login; send 'Authorization: Bearer <key>' or use "
+                   "`chaser forward`")
+LINK_METHODS = ("a ?token= login link is a GET or HEAD (it answers a redirect that sets the session's cookie); "
+                "send 'Authorization: Bearer <key>' with other methods")
+PATH_STYLE_MISSING = ("missing API key: send 'Authorization: Bearer sk_…' (path-style forwards take no cookie: "
+                      "browsers use the session's host-style address with ?token= once, or `chaser forward`)")
+HOST_STYLE_MISSING = "missing API key: send 'Authorization: Bearer sk_…', or open this address once with ?token=<key>"
 
 
 def forwarding_of(connection: HTTPConnection) -> fwd.ForwardService:
     return services_of(connection).forwarding
 
 
-def prefix_of(connection: HTTPConnection, session_id: str, port: int) -> tuple[str, str]:
-    """(URL prefix of this forward, cookie path) for path or host style."""
-    if connection.scope.get("chaser_host_style"):
-        return f"/forward/{port}", "/"
-    return f"/s/{session_id}/forward/{port}", f"/s/{session_id}/"
+def is_host_style(connection: HTTPConnection) -> bool:
+    return bool(connection.scope.get("chaser_host_style"))
+
+
+def prefix_of(connection: HTTPConnection, session_id: str, port: int) -> str:
+    """The URL prefix of this forward, path or host style."""
+    return f"/forward/{port}" if is_host_style(connection) else f"/s/{session_id}/forward/{port}"
 
 
 def upstream_target(connection: HTTPConnection, *, drop_token: bool) -> str:
@@ -60,28 +78,66 @@ def upstream_target(connection: HTTPConnection, *, drop_token: bool) -> str:
     return target + (f"?{query}" if query else "")
 
 
-async def gateway_live(connection: HTTPConnection, session_id: str, port: int) -> tuple[LiveSession, bool]:
-    """(live session, token-from-query used) after the gateway's access rules."""
+def check_own_origin(connection: HTTPConnection) -> None:
+    """A request carrying a session's login cookie must come from that session's own
+    origin: a browser sends `Origin` on every cross-origin fetch, form post and
+    WebSocket, and a page of a sibling session (same site!) would otherwise ride on
+    the cookie. No `Origin` (a link followed, a same-origin GET) is fine."""
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return
+    host = (connection.headers.get("host") or "").lower()
+    try:
+        netloc = urlsplit(origin.strip().lower()).netloc
+    except ValueError:
+        netloc = ""
+    if not host or netloc != host:
+        raise errors.Forbidden(f"this session's login cookie is not accepted from another origin (Origin: {origin})")
+
+
+async def gateway_live(connection: HTTPConnection, session_id: str, port: int, *,
+                       websocket: bool) -> tuple[LiveSession, Principal | None]:
+    """(live session, the principal of a `?token=` login link to exchange for the
+    cookie, if this is one) after the gateway's access rules."""
     keys = services_of(connection).keys
     forwarding = forwarding_of(connection)
+    host_style = is_host_style(connection)
+    headers, query = connection.headers, connection.query_params
+    token_used = not forwarding.public.is_public(session_id, port) and uses_query_token(headers, query)
+    if token_used and not websocket:
+        if not host_style:
+            raise errors.InvalidRequest(PATH_STYLE_LINK)
+        if connection.scope.get("method") not in ("GET", "HEAD"):
+            raise errors.InvalidRequest(LINK_METHODS)
+    link: list[Principal] = []
 
     def authenticate() -> Principal:
-        return principal_from(keys, connection.headers, query=connection.query_params, cookie=fwd.COOKIE_NAME,
-                              scope=SCOPE)
+        if headers.get("authorization") is not None or token_used:
+            principal = principal_from(keys, headers, query=query, scope=SCOPE)
+            if token_used:
+                link.append(principal)
+            return principal
+        if not host_style:
+            raise errors.Unauthorized(PATH_STYLE_MISSING)
+        tokens = fwd.cookie_values(headers.get("cookie"))
+        if not tokens:
+            raise errors.Unauthorized(HOST_STYLE_MISSING)
+        principal = forwarding.cookie_principal(tokens, session_id)
+        check_own_origin(connection)
+        return principal
 
-    token_used = (not forwarding.public.is_public(session_id, port)
-                  and uses_query_token(connection.headers, connection.query_params))
-    return await forwarding.gateway_session(session_id, port, authenticate), token_used
+    live = await forwarding.gateway_session(session_id, port, authenticate)
+    return live, (link[0] if link else None)
 
 
 def forwarded_request(connection: HTTPConnection, session_id: str, port: int, *, token_used: bool, method: str,
                       scheme: str, request: Request | None = None) -> fwd.ForwardedRequest:
-    prefix, _ = prefix_of(connection, session_id, port)
     return fwd.ForwardedRequest(
         method=method, target=upstream_target(connection, drop_token=token_used),
         headers=list(connection.scope.get("headers", [])), scheme=scheme,
         client_host=connection.client.host if connection.client else None,
-        body=request.stream() if request is not None else None, prefix=prefix)
+        body=request.stream() if request is not None else None, prefix=prefix_of(connection, session_id, port),
+        api_origin=not is_host_style(connection))
 
 
 # --- HTTP -------------------------------------------------------------------------------
@@ -94,17 +150,21 @@ async def forward_root(session_id: str, port: str, request: Request) -> Response
 
 async def forward_http(session_id: str, port: PortParam, path: str, request: Request) -> Response:
     port_number = fwd.check_port(port)
-    live, token_used = await gateway_live(request, session_id, port_number)
-    if token_used and request.method in ("GET", "HEAD"):
-        # One-time login link: keep the key in an HttpOnly cookie, drop it from the URL.
-        _, cookie_path = prefix_of(request, session_id, port_number)
+    live, link = await gateway_live(request, session_id, port_number, websocket=False)
+    if link is not None:
+        # One-time login link (host style, GET/HEAD): the key buys a per-session token in a
+        # host-only HttpOnly cookie, and leaves the URL before any page of the sandbox sees it.
+        forwarding = forwarding_of(request)
         query = fwd.query_without(request.url.query, "token")
         location = request.scope.get("chaser_original_path", request.url.path) + (f"?{query}" if query else "")
         response = RedirectResponse(location, status_code=302)
-        response.set_cookie(fwd.COOKIE_NAME, request.query_params["token"], httponly=True, path=cookie_path,
-                            samesite="lax", secure=request.url.scheme == "https")
+        response.set_cookie(fwd.COOKIE_NAME, forwarding.login_cookie(link, session_id), httponly=True, path="/",
+                            max_age=forwarding.cookies.ttl_s, samesite="lax", secure=request.url.scheme == "https")
+        response.headers["cache-control"] = "no-store"
+        response.headers["referrer-policy"] = "no-referrer"
         return response
-    forwarded = forwarded_request(request, session_id, port_number, token_used=token_used, method=request.method,
+    # Past the access rules a `token` parameter is not ours (public port, or a Bearer header): it stays.
+    forwarded = forwarded_request(request, session_id, port_number, token_used=False, method=request.method,
                                   scheme=request.url.scheme, request=request)
     return ProxiedResponse(await forwarding_of(request).http(live, port_number, forwarded))
 
@@ -120,12 +180,15 @@ def _relayed(description: str) -> dict[str, Any]:
 RELAYED = " (or the sandboxed server's own answer with this status, relayed as is)"
 GATEWAY_RESPONSES: dict[int | str, Any] = {
     200: _relayed("The sandboxed server's answer, relayed as is"),
-    302: {"description": "A one-time login link (`?token=<key>`, GET and HEAD): to the same URL without `token`, "
-                         "with the key in an HttpOnly `chaser_token` cookie" + RELAYED,
+    302: {"description": "A one-time login link on a host-style address (`?token=<key>`, GET and HEAD): to the "
+                         "same URL without `token`, with a per-session token (not the key) in an HttpOnly, host-only "
+                         "`chaser_token` cookie" + RELAYED,
           "headers": {"Location": {"schema": {"type": "string"}}, "Set-Cookie": {"schema": {"type": "string"}}}},
-    400: _relayed("`invalid_request`: `port` is not an integer in 1..65535" + RELAYED),
+    400: _relayed("`invalid_request`: `port` is not an integer in 1..65535, or a `?token=` login link on a "
+                  "path-style address or with a method other than GET/HEAD" + RELAYED),
     401: _relayed(ERROR_DESCRIPTIONS[401] + "; a public port needs no key" + RELAYED),
-    403: _relayed("The key lacks `exec.write`, or the account is not its own (`forbidden`)" + RELAYED),
+    403: _relayed("The key lacks `exec.write`, the account is not its own, or the session's login cookie came "
+                  "with another origin's `Origin` (`forbidden`)" + RELAYED),
     404: _relayed("`session_not_found`, or the session is not running (a missing site)" + RELAYED),
     502: _relayed("`port_not_listening`: nothing listens on that port inside the sandbox" + RELAYED),
     503: _relayed(ERROR_DESCRIPTIONS[503] + RELAYED),
@@ -147,10 +210,12 @@ async def forward_websocket(websocket: WebSocket, session_id: str, port: str, pa
     client = StarletteClientSocket(websocket)
     try:
         port_number = fwd.check_port(port)
-        live, token_used = await gateway_live(websocket, session_id, port_number)
+        live, _ = await gateway_live(websocket, session_id, port_number, websocket=True)
     except Exception as exc:  # noqa: BLE001 - every refusal is an HTTP answer
         await client.deny(exc)
         return
+    token_used = (not forwarding_of(websocket).public.is_public(session_id, port_number)
+                  and uses_query_token(websocket.headers, websocket.query_params))
     forwarded = forwarded_request(websocket, session_id, port_number, token_used=token_used, method="GET",
                                   scheme="https" if websocket.url.scheme == "wss" else "http")
     await forwarding_of(websocket).websocket(live, port_number, forwarded, client)
@@ -163,6 +228,7 @@ async def tunnel(websocket: WebSocket, session_id: str, port: str) -> None:
     client = StarletteClientSocket(websocket)
     services = services_of(websocket)
     try:
+        refuse_sandbox_origin(websocket.headers, services.settings.base_domain)
         principal = principal_from(services.keys, websocket.headers, query=websocket.query_params, scope=SCOPE)
         port_number = fwd.check_port(port)
         live = await services.sessions.live_session(principal, session_id)

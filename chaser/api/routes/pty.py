@@ -2,7 +2,8 @@
 
 WebSocket endpoints authenticate like the rest of the API (`Authorization:
 Bearer sk_…`), or with `?token=sk_…` for browsers, which cannot set headers on
-a WebSocket. Every refusal happens *before* the upgrade is accepted
+a WebSocket; never from a page a sandbox served (`Origin: null` or a session's
+host-style origin: 403). Every refusal happens *before* the upgrade is accepted
 (`chaser/api/client_socket.py`).
 """
 
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Body, Request, WebSocket
 from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
-from chaser.api.auth import principal_from
+from chaser.api.auth import principal_from, refuse_sandbox_origin
 from chaser.api.client_socket import StarletteClientSocket
 from chaser.api.deps import ExecWrite, ServicesDep, SessionsRead, services_of
 from chaser.api.routes import SESSION_ERROR_RESPONSES
@@ -35,6 +36,7 @@ async def pty_socket(websocket: WebSocket, session_id: str) -> None:
     services = services_of(websocket)
     query = websocket.query_params
     try:
+        refuse_sandbox_origin(websocket.headers, services.settings.base_domain)
         principal = principal_from(services.keys, websocket.headers, query=query, scope="exec.write")
         mode = ptys.check_mode(query.get("mode"))
         rows, cols = ptys.check_size(query.get("rows", ptys.DEFAULT_ROWS), query.get("cols", ptys.DEFAULT_COLS))

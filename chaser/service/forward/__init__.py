@@ -14,16 +14,21 @@ nothing accepts on the port). On top of it:
   client; messages are pumped both ways and close codes passed on.
 - Raw TCP (`relay`, `/v1/sessions/{id}/tunnel/{port}`): relay frames are piped as is.
 
-`headers` rewrites headers both ways, `ports` checks port numbers and keeps the
-public ports, `hosts` reads host-style addresses, `forwarding` holds the access
-rules and the three flows. Every pump awaits its send before reading more, so a
-slow reader anywhere stalls the writer instead of growing buffers.
+`headers` rewrites headers both ways (and sandboxes path-style responses),
+`cookies` signs the per-session login cookie of host-style origins, `ports`
+checks port numbers and keeps the public ports, `hosts` reads host-style
+addresses and origins, `forwarding` holds the access rules and the three
+flows. Every pump awaits its send before reading more, so a slow reader
+anywhere stalls the writer instead of growing buffers.
 """
 
-from chaser.service.forward.forwarding import ForwardService
+from chaser.service.forward.cookies import ForwardCookies, load_or_create_secret
+from chaser.service.forward.forwarding import SCOPE, ForwardService
 from chaser.service.forward.headers import (
     COOKIE_NAME,
+    SANDBOX_CSP,
     cookie_value,
+    cookie_values,
     downstream_response_headers,
     is_chaser_authorization,
     query_without,
@@ -31,15 +36,16 @@ from chaser.service.forward.headers import (
     strip_cookie,
     upstream_request_headers,
 )
-from chaser.service.forward.hosts import host_session
+from chaser.service.forward.hosts import host_session, is_sandbox_origin
 from chaser.service.forward.http_proxy import ForwardedRequest, UpstreamResponse
 from chaser.service.forward.ports import PublicPorts, check_port
 from chaser.service.forward.relay import RelayStream, UpstreamError, open_relay
 from chaser.service.forward.ws_proxy import UpstreamWebSocket, sendable_close_code
 
 __all__ = [
-    "COOKIE_NAME", "ForwardService", "ForwardedRequest", "PublicPorts", "RelayStream", "UpstreamError",
-    "UpstreamResponse", "UpstreamWebSocket", "check_port", "cookie_value", "downstream_response_headers",
-    "host_session", "is_chaser_authorization", "open_relay", "query_without", "rewrite_location",
-    "sendable_close_code", "strip_cookie", "upstream_request_headers",
+    "COOKIE_NAME", "SANDBOX_CSP", "SCOPE", "ForwardCookies", "ForwardService", "ForwardedRequest", "PublicPorts",
+    "RelayStream", "UpstreamError", "UpstreamResponse", "UpstreamWebSocket", "check_port", "cookie_value",
+    "cookie_values", "downstream_response_headers", "host_session", "is_chaser_authorization", "is_sandbox_origin",
+    "load_or_create_secret", "open_relay", "query_without", "rewrite_location", "sendable_close_code",
+    "strip_cookie", "upstream_request_headers",
 ]

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 from chaser import errors
 from chaser.service.client_socket import ClientSocket
+from chaser.service.forward.cookies import ForwardCookies, load_or_create_secret
 from chaser.service.forward.headers import header_value, upstream_request_headers
 from chaser.service.forward.http_proxy import ForwardedRequest, UpstreamResponse, proxy_http
 from chaser.service.forward.ports import PublicPorts
@@ -17,13 +18,21 @@ from chaser.service.forward.ws_proxy import UpstreamWebSocket
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession
 from chaser.service.sessions import SessionManager
+from chaser.store import ApiKey
 
 __all__ = ["ForwardService"]
 
 
+SCOPE = "exec.write"  # what reaching a forwarded port (or a tunnel) takes
+
+
 class ForwardService:
-    def __init__(self, sessions: SessionManager) -> None:
+    def __init__(self, sessions: SessionManager, cookies: ForwardCookies | None = None) -> None:
+        """`cookies` defaults to the server secret of `$CHASER_HOME` (read, or made, here: at
+        start-up, off the event loop), with cookies living as long as a session can."""
         self.sessions = sessions
+        settings = sessions.settings
+        self.cookies = cookies or ForwardCookies(load_or_create_secret(settings.home), settings.session_max_lifetime_s)
         self.public = PublicPorts(sessions)
 
     # --- access ----------------------------------------------------------------------
@@ -39,6 +48,35 @@ class ForwardService:
             return await self.sessions.live_session(principal, session_id)
         except errors.Conflict as exc:
             raise errors.NotFound(exc.message, code=exc.code) from None
+
+    def login_cookie(self, principal: Principal, session_id: str) -> str:
+        """The per-session token a host-style login link sets as its cookie (call it once
+        `gateway_session` has accepted `principal` for `session_id`)."""
+        return self.cookies.issue(session_id, principal.key_id)
+
+    def cookie_principal(self, tokens: list[str], session_id: str) -> Principal:
+        """The principal behind a login cookie of `session_id` (the first valid of `tokens`):
+        Unauthorized when none is authentic, unexpired and for this session, or its key is
+        revoked; Forbidden when the key lacks the scope."""
+        failure: errors.ChaserError = errors.Unauthorized("missing login cookie")
+        for token in tokens:
+            try:
+                principal = self._key_principal(self.cookies.key_id(token, session_id))
+            except errors.Unauthorized as exc:
+                failure = exc
+                continue
+            principal.require(SCOPE)
+            return principal
+        raise failure
+
+    def _key_principal(self, key_id: str) -> Principal:
+        """The principal of the key a login cookie names; Unauthorized once it is revoked or gone."""
+        with self.sessions.db.session() as s:
+            row = s.get(ApiKey, key_id)
+            if row is None or row.revoked_at is not None:
+                raise errors.Unauthorized("the API key behind this login cookie is revoked")
+            return Principal(key_id=row.id, account_id=row.account_id,
+                             scopes=frozenset(row.scopes or []), full_access=row.full_access)
 
     async def set_public(self, principal: Principal, session_id: str, port: int, public: bool) -> None:
         await self.sessions.live_session(principal, session_id)

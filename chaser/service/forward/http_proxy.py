@@ -33,6 +33,7 @@ class ForwardedRequest:
     client_host: str | None
     prefix: str  # the URL prefix of this forward, for X-Forwarded-Prefix and redirects
     body: AsyncIterator[bytes] | None = None  # read only when the headers announce a body
+    api_origin: bool = True  # path style: served on the API's origin, so the response is sandboxed
 
 
 class HTTPExchange:
@@ -152,7 +153,8 @@ async def proxy_http(relay: RelayStream, request: ForwardedRequest, *, port: int
         await exchange.start(request.method, request.target, headers, request.body if has_body else None,
                              content_length)
         head = await exchange.response_head()
-        response_headers = downstream_response_headers(head.headers, port=port, prefix=request.prefix)
+        response_headers = downstream_response_headers(head.headers, port=port, prefix=request.prefix,
+                                                       api_origin=request.api_origin)
         return UpstreamResponse(exchange, head.status_code, response_headers, stack,
                                 has_body=not (request.method == "HEAD" or head.status_code in (204, 304)))
     except BaseException:
