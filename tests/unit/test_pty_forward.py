@@ -429,6 +429,8 @@ def test_host_style_login_cookie(live, host_servers):
     echo = ports["echo"]
     r = live.http.get(f"/forward/{echo}/headers", headers={"Host": host_of(live, live.session)})
     assert r.status_code == 200 and r.json()["x-forwarded-prefix"] == f"/forward/{echo}"
+    r = live.http.get(f"/forward/{echo}?a=1", headers={"Host": host_of(live, live.session)}, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == f"/forward/{echo}/?a=1"  # stays on the session's host
     assert "content-security-policy" not in r.headers  # an origin of its own: the sandbox's headers as they are
     token = login(live, live.session, echo)
 
@@ -466,7 +468,7 @@ def test_host_style_login_cookie(live, host_servers):
     assert r.status_code == 400 and "GET or HEAD" in r.json()["message"]
 
 
-def test_login_cookie_dies_with_its_key(live, host_servers):
+def test_login_cookie_dies_with_its_key_and_session(live, host_servers):
     ports, _ = host_servers
     created = live.http.post("/v1/keys", json={"name": "browser", "scopes": ["exec.write"]})
     assert created.status_code in (200, 201), created.text
@@ -477,6 +479,13 @@ def test_login_cookie_dies_with_its_key(live, host_servers):
     assert live.http.delete(f"/v1/keys/{key_id}").status_code == 200
     r = httpx.get(f"{live.url}/forward/{ports['echo']}/headers", headers=headers)
     assert r.status_code == 401 and "revoked" in r.json()["message"]
+    ended = live.http.post("/v1/sessions", json={"ephemeral": True}).json()["id"]  # and with its session
+    token = login(live, ended, ports["echo"])
+    headers = {"Host": host_of(live, ended), "Cookie": f"chaser_token={token}"}
+    assert httpx.get(f"{live.url}/forward/{ports['echo']}/headers", headers=headers).status_code == 200
+    live.http.delete(f"/v1/sessions/{ended}")
+    r = httpx.get(f"{live.url}/forward/{ports['echo']}/headers", headers=headers)
+    assert r.status_code == 404 and r.json()["code"] in ("session_not_running", "session_not_found")
 
 
 def test_websocket_origin_rules(live, host_servers):

@@ -145,7 +145,8 @@ def forwarded_request(connection: HTTPConnection, session_id: str, port: int, *,
 async def forward_root(session_id: str, port: str, request: Request) -> Response:
     fwd.check_port(port)
     query = request.url.query
-    return RedirectResponse(request.url.path + "/" + (f"?{query}" if query else ""), status_code=307)
+    path = request.scope.get("chaser_original_path", request.url.path)  # host style: `/forward/{port}`
+    return RedirectResponse(path + "/" + (f"?{query}" if query else ""), status_code=307)
 
 
 async def forward_http(session_id: str, port: PortParam, path: str, request: Request) -> Response:
