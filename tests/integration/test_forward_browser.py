@@ -187,11 +187,16 @@ def test_a_sandbox_page_cannot_read_another_session_or_the_api(server, api, sand
     key = server.api_key
     with chromium(map_to_loopback=[f"*.{DOMAIN}"]) as browser:
         page = browser.new_page()
-        # The browser holds B's and A's login cookies (the worst case), each on its own origin.
-        for sid in (b, a):
-            response = page.goto(f"{host_origin(server, sid)}/forward/{PRIVATE}/index.html?token={key}")
-            assert response is not None and response.status == 200
-            assert page.url == f"{host_origin(server, sid)}/forward/{PRIVATE}/index.html"  # the key left the URL
+        # The browser holds B's and A's login cookies (the worst case), each on its own origin:
+        # B's from a link with the API key, A's from a 60 s login link (no key in the browser).
+        response = page.goto(f"{host_origin(server, b)}/forward/{PRIVATE}/index.html?token={key}")
+        assert response is not None and response.status == 200
+        assert page.url == f"{host_origin(server, b)}/forward/{PRIVATE}/index.html"  # the key left the URL
+        link = api.post(f"/v1/sessions/{a}/ports/{PRIVATE}/link")
+        assert link.status_code == 200 and link.json()["url"].startswith(f"{host_origin(server, a)}/forward/")
+        response = page.goto(link.json()["url"])
+        assert response is not None and response.status == 200 and page.inner_text("body") == markers["a"]
+        assert page.url == f"{host_origin(server, a)}/forward/{PRIVATE}/"
         cookies = {c["domain"]: c for c in browser.cookies()}
         assert set(cookies) == {f"{a}.{DOMAIN}", f"{b}.{DOMAIN}"}  # host-only, one per session origin
         assert all(c["httpOnly"] and key not in c["value"] for c in cookies.values())

@@ -83,3 +83,20 @@ def test_ids_with_separators_are_not_signed(cookies):
             cookies.issue(session, key, now=NOW)
     with pytest.raises(ValueError):
         ForwardCookies(b"short", ttl_s=60)
+
+
+def test_link_tokens_are_short_lived_and_not_cookies(cookies):
+    link = cookies.issue_link(SESSION, KEY, now=NOW)
+    assert cookies.is_link(link) and not cookies.is_link(cookies.issue(SESSION, KEY, now=NOW))
+    assert cookies.link_key_id(link, SESSION, now=NOW + 59) == KEY
+    with pytest.raises(errors.Unauthorized):
+        cookies.link_key_id(link, SESSION, now=NOW + 60)  # LINK_TTL_S
+    with pytest.raises(errors.Unauthorized):
+        cookies.link_key_id(link, OTHER, now=NOW)
+    with pytest.raises(errors.Unauthorized):  # a link is no cookie …
+        cookies.key_id(link, SESSION, now=NOW)
+    with pytest.raises(errors.Unauthorized):  # … even relabelled: the MAC names the purpose
+        cookies.key_id("v1" + link[2:], SESSION, now=NOW)
+    cookie = cookies.issue(SESSION, KEY, now=NOW)
+    with pytest.raises(errors.Unauthorized):  # and a cookie is no link
+        cookies.link_key_id("l1" + cookie[2:], SESSION, now=NOW)

@@ -488,6 +488,36 @@ def test_login_cookie_dies_with_its_key_and_session(live, host_servers):
     assert r.status_code == 404 and r.json()["code"] in ("session_not_running", "session_not_found")
 
 
+def test_login_link(live, host_servers):
+    """A short-lived link token instead of the API key in the browser's URL."""
+    ports, _ = host_servers
+    r = live.http.post(f"/v1/sessions/{live.session}/ports/{ports['echo']}/link")
+    assert r.status_code == 200, r.text
+    link = r.json()
+    assert link["expires_in"] == fwd.LINK_TTL_S and live.key not in link["url"]
+    assert link["url"].startswith(f"http://{host_of(live, live.session)}/forward/{ports['echo']}/?token=l1.")
+    path = link["url"].split(host_of(live, live.session), 1)[1]
+    r = httpx.get(live.url + path, headers={"Host": host_of(live, live.session)}, follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"] == f"/forward/{ports['echo']}/"
+    cookie = r.headers["set-cookie"].split(";")[0].partition("=")[2]
+    assert cookie.startswith(f"v1.{live.session}.")
+    r = httpx.get(f"{live.url}/forward/{ports['echo']}/headers",
+                  headers={"Host": host_of(live, live.session), "Cookie": f"chaser_token={cookie}"})
+    assert r.status_code == 200
+    other = live.http.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
+    try:  # A's link on B's host, or as a cookie, or on path style: refused
+        r = httpx.get(live.url + path, headers={"Host": host_of(live, other)}, follow_redirects=False)
+        assert r.status_code == 401 and "link" in r.json()["message"]
+    finally:
+        live.http.delete(f"/v1/sessions/{other}")
+    token = path.split("token=", 1)[1]
+    r = httpx.get(f"{live.url}/forward/{ports['echo']}/headers",
+                  headers={"Host": host_of(live, live.session), "Cookie": f"chaser_token={token}"})
+    assert r.status_code == 401
+    assert httpx.get(f"{live.url}/s/{live.session}/forward/{ports['echo']}/?token={token}").status_code == 400
+    assert live.http.post(f"/v1/sessions/ses_nope/ports/{ports['echo']}/link").status_code == 404
+
+
 def test_websocket_origin_rules(live, host_servers):
     from websockets.exceptions import InvalidStatus
 

@@ -6,7 +6,8 @@ public ports `POST /v1/sessions/{id}/ports/{port}/public`.
 Gateway access: a public port needs nothing; otherwise an API key with
 `exec.write` from `Authorization: Bearer`, or (WebSocket) `?token=<key>`.
 Browsers log in only on a session's own host-style origin: a GET/HEAD with
-`?token=<key>` there answers a 302 to the same URL without `token` and sets
+`?token=<key>` (or a 60 s link token from `POST /v1/sessions/{id}/ports/{port}/link`)
+there answers a 302 to the same URL without `token` and sets
 `chaser_token=<per-session token>; HttpOnly; Path=/; SameSite=Lax` (host-only;
 `Secure` over https), which then authorises that session's forwards only, and
 only from its own origin (a cookie request with a foreign `Origin` is 403).
@@ -29,7 +30,7 @@ from starlette.requests import HTTPConnection
 from chaser import errors
 from chaser.api.auth import principal_from, refuse_sandbox_origin, uses_query_token
 from chaser.api.client_socket import StarletteClientSocket
-from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url, services_of
+from chaser.api.deps import ExecWrite, ServicesDep, SessionsRead, SessionsWrite, base_url, services_of
 from chaser.api.forward_response import ProxiedResponse
 from chaser.api.routes import ERROR_DESCRIPTIONS, SESSION_ERROR_RESPONSES
 from chaser.service import forward as fwd
@@ -112,6 +113,11 @@ async def gateway_live(connection: HTTPConnection, session_id: str, port: int, *
     link: list[Principal] = []
 
     def authenticate() -> Principal:
+        link_token = query.get("token") if token_used and host_style else None
+        if link_token is not None and forwarding.cookies.is_link(link_token):
+            principal = forwarding.link_principal(link_token, session_id)
+            link.append(principal)
+            return principal
         if headers.get("authorization") is not None or token_used:
             principal = principal_from(keys, headers, query=query, scope=SCOPE)
             if token_used:
@@ -237,6 +243,32 @@ async def tunnel(websocket: WebSocket, session_id: str, port: str) -> None:
         await client.deny(exc)
         return
     await forwarding_of(websocket).tunnel(live, port_number, client)
+
+
+# --- login links ------------------------------------------------------------------------------
+class LoginLinkPublic(BaseModel):
+    session_id: str
+    port: int
+    url: str
+    expires_in: int
+
+
+@api_router.post("/{session_id}/ports/{port}/link", response_model=LoginLinkPublic,
+                 summary="A short-lived browser login link to a forwarded port (host style)")
+async def login_link(session_id: str, port: PortParam, request: Request, services: ServicesDep,
+                     principal: ExecWrite) -> LoginLinkPublic:
+    """`{id}.{CHASER_BASE_DOMAIN}/forward/{port}/?token=<link token>`: opening it within
+    60 s sets the session's login cookie, so a browser gets in without the API key in any
+    URL. 400 `invalid_request` when host-style forwarding is off (no `CHASER_BASE_DOMAIN`)."""
+    port_number = fwd.check_port(port)
+    domain = services.settings.base_domain
+    if not domain:
+        raise errors.InvalidRequest("login links need host-style forwarding: set CHASER_BASE_DOMAIN on the server")
+    token = await forwarding_of(request).login_link(principal, session_id)
+    base = urlsplit(base_url(request, services))
+    netloc = f"{session_id}.{domain.strip('.')}" + (f":{base.port}" if base.port else "")
+    return LoginLinkPublic(session_id=session_id, port=port_number, expires_in=fwd.LINK_TTL_S,
+                           url=f"{base.scheme}://{netloc}/forward/{port_number}/?token={token}")
 
 
 # --- public ports -----------------------------------------------------------------------------

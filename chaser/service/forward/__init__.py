@@ -22,7 +22,7 @@ flows. Every pump awaits its send before reading more, so a slow reader
 anywhere stalls the writer instead of growing buffers.
 """
 
-from chaser.service.forward.cookies import ForwardCookies, load_or_create_secret
+from chaser.service.forward.cookies import LINK_TTL_S, ForwardCookies, load_or_create_secret
 from chaser.service.forward.forwarding import SCOPE, ForwardService
 from chaser.service.forward.headers import (
     COOKIE_NAME,
@@ -43,7 +43,8 @@ from chaser.service.forward.relay import RelayStream, UpstreamError, open_relay
 from chaser.service.forward.ws_proxy import UpstreamWebSocket, sendable_close_code
 
 __all__ = [
-    "COOKIE_NAME", "SANDBOX_CSP", "SCOPE", "ForwardCookies", "ForwardService", "ForwardedRequest", "PublicPorts",
+    "COOKIE_NAME", "LINK_TTL_S", "SANDBOX_CSP", "SCOPE", "ForwardCookies", "ForwardService", "ForwardedRequest",
+    "PublicPorts",
     "RelayStream", "UpstreamError", "UpstreamResponse", "UpstreamWebSocket", "check_port", "cookie_value",
     "cookie_values", "downstream_response_headers", "host_session", "is_chaser_authorization", "is_sandbox_origin",
     "load_or_create_secret", "open_relay", "query_without", "rewrite_location", "sendable_close_code",

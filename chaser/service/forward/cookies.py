@@ -12,6 +12,11 @@ start), so any replica with the same file verifies it without shared in-process
 state. Each use also checks that the key still exists and is not revoked (the
 database), and the session has to be running: revoking the key or ending the
 session makes the cookie useless. Deleting the secret file logs every browser out.
+
+A *link token* (`l1.` + the same fields, another MAC purpose, `LINK_TTL_S` long) is
+what `POST /v1/sessions/{id}/ports/{port}/link` hands out, so that a browser is given
+a login link without the API key in it; it is accepted only as `?token=` of a login
+link, never as the cookie (nor the cookie as a link).
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ from pathlib import Path
 
 from chaser import errors
 
-__all__ = ["SECRET_FILE", "ForwardCookies", "load_or_create_secret"]
+__all__ = ["LINK_TTL_S", "SECRET_FILE", "ForwardCookies", "load_or_create_secret"]
 
 SECRET_FILE = Path("secrets") / "forward-cookie.key"
 SECRET_BYTES = 32
-VERSION = "v1"
+VERSION = "v1"  # the cookie
+LINK = "l1"  # a login link's token
+LINK_TTL_S = 60
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 INVALID = "invalid or expired login cookie for this session: open the link with ?token=<API key> again"
+INVALID_LINK = "invalid or expired login link for this session (a link lasts 60 s): ask for a new one"
 
 
 def load_or_create_secret(home: Path) -> bytes:
@@ -74,30 +82,50 @@ class ForwardCookies:
         self._secret = secret
         self.ttl_s = ttl_s
 
-    def _mac(self, session_id: str, key_id: str, expiry: int) -> str:
-        message = f"{VERSION}\n{session_id}\n{key_id}\n{expiry}".encode()
+    def _mac(self, kind: str, session_id: str, key_id: str, expiry: int) -> str:
+        message = f"{kind}\n{session_id}\n{key_id}\n{expiry}".encode()
         return _b64(hmac.new(self._secret, message, hashlib.sha256).digest())
 
-    def issue(self, session_id: str, key_id: str, *, now: float | None = None) -> str:
+    def _issue(self, kind: str, session_id: str, key_id: str, ttl_s: int, now: float | None) -> str:
         if not (_ID.match(session_id) and _ID.match(key_id)) or "." in session_id + key_id:
             raise ValueError("session and key ids must be plain identifiers")
-        expiry = int(time.time() if now is None else now) + self.ttl_s
-        return f"{VERSION}.{session_id}.{key_id}.{expiry}.{self._mac(session_id, key_id, expiry)}"
+        expiry = int(time.time() if now is None else now) + ttl_s
+        return f"{kind}.{session_id}.{key_id}.{expiry}.{self._mac(kind, session_id, key_id, expiry)}"
+
+    def _key_id(self, kind: str, token: str, session_id: str, now: float | None) -> str:
+        parts = token.split(".")
+        if len(parts) != 5 or parts[0] != kind:
+            raise errors.Unauthorized(INVALID if kind == VERSION else INVALID_LINK)
+        _, token_session, key_id, expiry_text, mac = parts
+        failure = errors.Unauthorized(INVALID if kind == VERSION else INVALID_LINK)
+        if not expiry_text.isdigit() or not _ID.match(key_id):
+            raise failure
+        expiry = int(expiry_text)
+        if not hmac.compare_digest(mac.encode(), self._mac(kind, token_session, key_id, expiry).encode()):
+            raise failure
+        if not hmac.compare_digest(token_session.encode(), session_id.encode()):
+            raise failure
+        if expiry <= (time.time() if now is None else now):
+            raise failure
+        return key_id
+
+    def issue(self, session_id: str, key_id: str, *, now: float | None = None) -> str:
+        """A cookie value for `session_id` on behalf of key `key_id`, valid `ttl_s`."""
+        return self._issue(VERSION, session_id, key_id, self.ttl_s, now)
 
     def key_id(self, token: str, session_id: str, *, now: float | None = None) -> str:
-        """The API key id behind `token` if it is authentic, unexpired and for `session_id`;
-        else Unauthorized. (The caller still checks that the key is not revoked.)"""
-        parts = token.split(".")
-        if len(parts) != 5 or parts[0] != VERSION:
-            raise errors.Unauthorized(INVALID)
-        _, token_session, key_id, expiry_text, mac = parts
-        if not expiry_text.isdigit() or not _ID.match(key_id):
-            raise errors.Unauthorized(INVALID)
-        expiry = int(expiry_text)
-        if not hmac.compare_digest(mac.encode(), self._mac(token_session, key_id, expiry).encode()):
-            raise errors.Unauthorized(INVALID)
-        if not hmac.compare_digest(token_session.encode(), session_id.encode()):
-            raise errors.Unauthorized(INVALID)
-        if expiry <= (time.time() if now is None else now):
-            raise errors.Unauthorized(INVALID)
-        return key_id
+        """The API key id behind cookie value `token` if it is authentic, unexpired and for
+        `session_id`; else Unauthorized. (The caller still checks that the key is not revoked.)"""
+        return self._key_id(VERSION, token, session_id, now)
+
+    def issue_link(self, session_id: str, key_id: str, *, now: float | None = None) -> str:
+        """A login link's token for `session_id`, valid `LINK_TTL_S`."""
+        return self._issue(LINK, session_id, key_id, LINK_TTL_S, now)
+
+    def link_key_id(self, token: str, session_id: str, *, now: float | None = None) -> str:
+        """As `key_id`, for a login link's token."""
+        return self._key_id(LINK, token, session_id, now)
+
+    @staticmethod
+    def is_link(token: str) -> bool:
+        return token.startswith(LINK + ".")

@@ -69,6 +69,19 @@ class ForwardService:
             return principal
         raise failure
 
+    async def login_link(self, principal: Principal, session_id: str) -> str:
+        """A short-lived login link token for `session_id` (running, the caller's, with `exec.write`)."""
+        principal.require(SCOPE)
+        await self.sessions.live_session(principal, session_id)
+        return self.cookies.issue_link(session_id, principal.key_id)
+
+    def link_principal(self, token: str, session_id: str) -> Principal:
+        """The principal of a login link's token for `session_id`; Unauthorized when it is
+        not authentic, expired, for another session, or its key is revoked."""
+        principal = self._key_principal(self.cookies.link_key_id(token, session_id))
+        principal.require(SCOPE)
+        return principal
+
     def _key_principal(self, key_id: str) -> Principal:
         """The principal of the key a login cookie names; Unauthorized once it is revoked or gone."""
         with self.sessions.db.session() as s:
