@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     max_transfer_bytes: int = Field(
         16 * 1024 * 1024, description="Largest file upload or download through the API, per operation."
     )
+    audit_retention_days: float = Field(
+        90,
+        description="Audit log events (`GET /v1/audit/events`) older than this are deleted (checked hourly "
+        "by the reaper); `0` keeps them forever.",
+        ge=0,
+    )
     public_url: str | None = Field(
         None,
         description="Base URL the server announces (session and forward URLs, the CLI config's `api_url`); "

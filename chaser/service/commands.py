@@ -22,6 +22,7 @@ from chaser.models.exec import (
 )
 from chaser.models.sessions import ProxyInfo, RuntimeChaserInfo, RuntimeInfo, SelfTestPublic
 from chaser.runtime import AGENT_PROTOCOL_VERSION, DEFAULT_WORKDIR, SandboxVM
+from chaser.service import audit
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession
 from chaser.service.sessions import SessionManager
@@ -70,11 +71,16 @@ class CommandService:
     # --- exec ----------------------------------------------------------------
     async def exec(self, live: LiveSession, request: SessionExecCreate) -> ExecPublic:
         cwd = absolute_path(request.cwd) if request.cwd is not None else None
-        async with self.sessions.using(live) as vm:
-            result = await vm.exec(
-                request.command, cwd=cwd, env=request.env, timeout_ms=request.timeout_ms,
-                max_output_bytes=self.settings.exec_max_output_bytes, background=request.background,
-            )
+        try:
+            async with self.sessions.using(live) as vm:
+                result = await vm.exec(
+                    request.command, cwd=cwd, env=request.env, timeout_ms=request.timeout_ms,
+                    max_output_bytes=self.settings.exec_max_output_bytes, background=request.background,
+                )
+        except errors.ChaserError as exc:
+            self._record_exec(live, request, cwd, {}, error=exc.code)
+            raise
+        self._record_exec(live, request, cwd, result)
         base = dict(session_id=live.id, workspace=live.workspace_name, workspace_id=live.workspace_id,
                     ephemeral=live.ephemeral, command=request.command, background=request.background,
                     command_id=result.get("id"), pid=result.get("pid"))
@@ -86,6 +92,20 @@ class CommandService:
             status = "failed"
         return ExecPublic(status=status, exit_code=exit_code_of(result.get("exit_code")),
                           output=decode_text(output), output_truncated=bool(result.get("truncated")), **base)
+
+    def _record_exec(self, live: LiveSession, request: SessionExecCreate, cwd: str | None, result: dict[str, Any],
+                     *, error: str | None = None) -> None:
+        """`command.exec`: the command line (cut to 4 KiB), never its env values or output."""
+        command, cut = audit.cap_text(request.command)
+        outcome: dict[str, Any] = (
+            {"error": error} if error else {"command_id": result.get("id"), "pid": result.get("pid")})
+        if not error and not request.background:
+            outcome["exit_code"] = exit_code_of(result.get("exit_code"))
+        self.sessions.audit.record(
+            "command.exec", account_id=live.account_id, resource_type="session", resource_id=live.id,
+            status=audit.FAILURE if error else audit.SUCCESS, summary=command.split("\n", 1)[0][:200],
+            metadata={"command": command, "command_truncated": cut, "cwd": cwd, "background": request.background,
+                      **outcome})
 
     async def run(self, principal: Principal, request: ExecCreate) -> ExecPublic:
         """`POST /v1/exec`: reuse the workspace's session or start one; an ephemeral one ends with the command."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from chaser.config import Settings
 from chaser.runtime import Runtime
+from chaser.service.audit import AuditLog
 from chaser.service.commands import CommandService
 from chaser.service.disks import WorkspaceDisks
 from chaser.service.files import FileService
@@ -23,6 +24,7 @@ from chaser.store import Database
 class Services:
     settings: Settings
     db: Database
+    audit: AuditLog
     keys: KeyManager
     workspaces: WorkspaceManager
     sessions: SessionManager
@@ -40,15 +42,16 @@ def build_services(settings: Settings, runtime: Runtime | None = None) -> Servic
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.effective_database_url)
     db.upgrade()
-    keys = KeyManager(db)
+    audit = AuditLog(db, retention_days=settings.audit_retention_days)
+    keys = KeyManager(db, audit)
     keys.ensure_account()
-    workspaces = WorkspaceManager(db, settings)
+    workspaces = WorkspaceManager(db, settings, audit)
     sessions: SessionManager
     # The digests running sessions boot from: an image in use is neither removed (409) nor pruned.
     images = ImageService(settings, in_use=lambda: {
         live.image_digest for live in sessions.live.values() if live.image_digest})
     sessions = SessionManager(db, settings, runtime, workspaces, images=images)
-    return Services(settings=settings, db=db, keys=keys, workspaces=workspaces, sessions=sessions,
+    return Services(settings=settings, db=db, audit=audit, keys=keys, workspaces=workspaces, sessions=sessions,
                     disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings),
                     terminals=Terminals(sessions), forwarding=ForwardService(sessions))

@@ -10,6 +10,7 @@ from python_multipart.multipart import parse_options_header
 from chaser import errors
 from chaser.config import Settings
 from chaser.models.files import UploadPublic
+from chaser.service import audit
 from chaser.service.commands import absolute_path
 from chaser.service.live import LiveSession
 from chaser.service.sessions import SessionManager
@@ -170,7 +171,15 @@ class FileService:
             result = await vm.write_file(path, file_stream())
         async for _ in body_iter:  # drain the closing boundary
             pass
-        return UploadPublic(path=result.get("path", path), size=int(result.get("size", parts.file_size)))
+        written = UploadPublic(path=result.get("path", path), size=int(result.get("size", parts.file_size)))
+        self._record(live, "file.upload", written.path, written.size)
+        return written
+
+    def _record(self, live: LiveSession, action: str, path: str, size: int, *, complete: bool = True) -> None:
+        """`file.upload` / `file.download`: the path and the bytes moved (never the content)."""
+        self.sessions.audit.record(action, account_id=live.account_id, resource_type="session", resource_id=live.id,
+                                   status=audit.SUCCESS if complete else audit.FAILURE,
+                                   summary=f"{path} ({size} bytes)", metadata={"path": path, "size": size})
 
     async def open_download(self, live: LiveSession, raw_path: str) -> AsyncIterator[bytes]:
         """Check the file first (errors are proper JSON), then stream it."""
@@ -202,9 +211,14 @@ class FileService:
 
     async def _stream(self, live: LiveSession, path: str, limit: int) -> AsyncIterator[bytes]:
         sent = 0
-        async with self.sessions.using(live) as vm:
-            async for chunk in vm.stream_file(path):
-                sent += len(chunk)
-                if sent > limit:  # grew meanwhile, or a symlink to something big: abort the transfer
-                    raise too_large(limit)
-                yield chunk
+        complete = False
+        try:
+            async with self.sessions.using(live) as vm:
+                async for chunk in vm.stream_file(path):
+                    sent += len(chunk)
+                    if sent > limit:  # grew meanwhile, or a symlink to something big: abort the transfer
+                        raise too_large(limit)
+                    yield chunk
+            complete = True
+        finally:  # also when the client went away mid-transfer (a failure, with what was sent)
+            self._record(live, "file.download", path, sent, complete=complete)

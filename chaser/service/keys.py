@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from chaser import errors
 from chaser.models.keys import FULL_ACCESS, SCOPES
+from chaser.service.audit import AuditLog
 from chaser.service.records import KeyRecord
 from chaser.store import Account, ApiKey, Database
 from chaser.store.tables import PERSONAL_ACCOUNT_ID, utcnow
@@ -48,8 +49,9 @@ LAST_USED_RESOLUTION_S = 60.0
 
 
 class KeyManager:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, audit: AuditLog | None = None) -> None:
         self.db = db
+        self.audit = audit or AuditLog(db)
 
     def ensure_account(self, account_id: str = PERSONAL_ACCOUNT_ID, name: str | None = None) -> None:
         with self.db.session() as s:
@@ -67,8 +69,9 @@ class KeyManager:
         name: str | None = None,
         scopes: list[str] | None = None,
         full_access: bool = False,
+        by: Principal | None = None,
     ) -> CreatedKey:
-        """Create a key without permission checks (server start-up, tests)."""
+        """Create a key without permission checks (server start-up, tests; `by`: who asked)."""
         self.ensure_account(account_id)
         key = "sk_" + secrets.token_urlsafe(32)
         row = ApiKey(
@@ -78,6 +81,10 @@ class KeyManager:
         )
         with self.db.session() as s:
             s.add(row)
+        self.audit.record("key.created", account_id=account_id, resource_type="api_key", resource_id=row.id,
+                          principal=by, system=by is None, summary=f"key {row.key_prefix}… created",
+                          metadata={"name": name, "key_prefix": row.key_prefix, "scopes": row.scopes,
+                                    "full_access": full_access})  # never the key
         return CreatedKey(row=KeyRecord.of(row), key=key)
 
     def create_for(self, principal: Principal, *, name: str | None, scopes: list[str] | None) -> CreatedKey:
@@ -97,7 +104,7 @@ class KeyManager:
         if missing:
             raise errors.Forbidden(f"a key cannot grant scopes it lacks: {', '.join(sorted(missing))}")
         return self.create(account_id=principal.account_id, name=name,
-                           scopes=[] if full else sorted(requested), full_access=full)
+                           scopes=[] if full else sorted(requested), full_access=full, by=principal)
 
     def authenticate(self, key: str | None) -> Principal:
         if not key:
@@ -134,6 +141,12 @@ class KeyManager:
                 raise errors.NotFound(f"no API key {key_id!r}")
             if row.full_access and not principal.full_access:
                 raise errors.Forbidden("only a full-access key can revoke a full-access key")
-            if row.revoked_at is None:
+            revoked_now = row.revoked_at is None
+            if revoked_now:
                 row.revoked_at = utcnow()
-            return KeyRecord.of(row)
+            record = KeyRecord.of(row)
+        if revoked_now:
+            self.audit.record("key.revoked", account_id=record.account_id, resource_type="api_key",
+                              resource_id=record.id, principal=principal, summary=f"key {record.key_prefix}… revoked",
+                              metadata={"name": record.name, "key_prefix": record.key_prefix})
+        return record

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from chaser import errors
 from chaser.aio import first_to_finish
 from chaser.runtime.interface import AgentSocket
+from chaser.service import audit
 from chaser.service.client_socket import ClientClosed, ClientSocket
 from chaser.service.live import LiveSession
 from chaser.service.sessions import SessionManager
@@ -286,6 +287,7 @@ class Terminals:
                 await client.deny(exc)
                 return
             await client.accept()
+            self._record(live, mode, rows, cols)
             await bridge(client, agent_ws)
 
     async def _serve_exec(self, live: LiveSession, rows: int, cols: int, client: ClientSocket) -> None:
@@ -309,9 +311,18 @@ class Terminals:
             try:
                 terminal = plan("exec", rows, cols, command=command, cwd=cwd, env=env)
                 async with vm.pty(terminal.params) as agent_ws:
+                    self._record(live, "exec", rows, cols, command=command)
                     await bridge(client, agent_ws, output_filter=MarkerFilter(terminal.marker))
             except errors.ChaserError as exc:
                 await send_error_and_close(client, exc, 1008 if exc.status < 500 else 1011)
+
+    def _record(self, live: LiveSession, mode: str, rows: int, cols: int, *, command: str | None = None) -> None:
+        """`pty.opened`: the mode, and in exec mode the command line (cut to 4 KiB)."""
+        metadata: dict[str, Any] = {"mode": mode, "rows": rows, "cols": cols}
+        if command is not None:
+            metadata["command"], metadata["command_truncated"] = audit.cap_text(command)
+        self.sessions.audit.record("pty.opened", account_id=live.account_id, resource_type="session",
+                                   resource_id=live.id, summary=f"{mode} terminal", metadata=metadata)
 
     async def open_ptys(self, live: LiveSession) -> list[dict[str, Any]]:
         """The session's open terminals, as the agent lists them."""

@@ -3,6 +3,7 @@
 One pass (`reap_once`) ends crashed VMs' sessions (failed), sessions past their
 lifetime and idle ones (terminated); `run` repeats it. `recover_on_start` ends
 the rows an earlier server process left running: their VMs died with it.
+`run` also prunes the audit log past its retention time (at most hourly).
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ class Reaper:
 
     def recover_on_start(self) -> int:
         """Sessions left running by an earlier process cannot be reattached: end them."""
-        count = 0
+        ended: list[tuple[str, str]] = []
         with self.sessions.db.session() as s:
             for row in s.scalars(select(SessionRow).where(SessionRow.status.in_(ACTIVE_STATUSES))):
                 if row.id in self.sessions.live:
                     continue
                 row.status, row.end_reason, row.ended_at = (SessionStatus.TERMINATED, EndReason.SERVER_RESTART,
                                                             utcnow())
-                count += 1
+                ended.append((row.account_id, row.id))
+        for account_id, session_id in ended:
+            self.sessions.record_end(account_id, session_id, status=SessionStatus.TERMINATED,
+                                     reason=EndReason.SERVER_RESTART)
+        count = len(ended)
         if count:
             log.warning("marked %d sessions of an earlier server process terminated (server_restart)", count)
         return count
@@ -67,3 +72,7 @@ class Reaper:
                 await self.reap_once()
             except Exception:
                 log.exception("session reaper pass failed")
+            try:
+                await self.sessions.audit.prune_if_due()
+            except Exception:
+                log.exception("audit log pruning failed")

@@ -36,6 +36,7 @@ from chaser.models.network import NetworkPolicyCreate
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
 from chaser.models.status import ACTIVE_STATUSES, ENDED_STATUSES, EndReason, SessionStatus
 from chaser.runtime import Runtime, SandboxVM, VMSpec
+from chaser.service import audit
 from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession, check_proxy, proxy_env, session_not_running
@@ -47,6 +48,9 @@ from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import utcnow
 
 log = logging.getLogger(__name__)
+# Ends nobody asked for: the audit log names the server as their actor, not the request that noticed them.
+SYSTEM_END_REASONS = frozenset({EndReason.IDLE_TIMEOUT, EndReason.MAX_LIFETIME, EndReason.SERVER_SHUTDOWN,
+                                EndReason.SERVER_RESTART, EndReason.VM_CRASHED, EndReason.VM_OOM})
 
 
 class SessionManager:
@@ -56,6 +60,7 @@ class SessionManager:
         self.settings = settings
         self._runtime = runtime
         self.workspaces = workspaces
+        self.audit = workspaces.audit
         self.images = images or ImageService(settings)
         self.live: dict[str, LiveSession] = {}
         self._workspace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -203,7 +208,7 @@ class SessionManager:
                     self._insert(row, live)
             else:
                 self._insert(row, live)
-            await self._boot(live, image=resolved, env=env)
+            await self._boot(live, image=resolved, env=env, principal=principal)
             return live, True
         finally:
             if live.lock.locked():
@@ -256,7 +261,8 @@ class SessionManager:
             raise session_not_running(live.id, "not running")
         return live
 
-    async def _boot(self, live: LiveSession, *, image: ResolvedImage, env: dict[str, str]) -> None:
+    async def _boot(self, live: LiveSession, *, image: ResolvedImage, env: dict[str, str],
+                    principal: Principal | None = None) -> None:
         writable = None
         if live.workspace_id is not None:
             writable = self.workspaces.disk_path(live.workspace_id)
@@ -297,6 +303,10 @@ class SessionManager:
             if row is not None:  # the row outlives the session; only a wiped database has none
                 row.status = SessionStatus.RUNNING
                 row.vm_id = vm.id
+        self.audit.record("session.created", account_id=live.account_id, resource_type="session",
+                          resource_id=live.id, principal=principal, summary=f"session {live.id} started",
+                          metadata={"workspace_id": live.workspace_id, "image": live.image,
+                                    "ephemeral": live.ephemeral, "boot": vm.boot_method})
         log.info("session %s running (vm %s, %s boot, %.2fs)", live.id, vm.id, vm.boot_method,
                  time.monotonic() - started)
 
@@ -309,6 +319,18 @@ class SessionManager:
             row.end_reason = reason
             row.failure_message = message
             row.ended_at = utcnow()
+            account_id = row.account_id
+        self.record_end(account_id, session_id, status=status, reason=reason, message=message)
+
+    def record_end(self, account_id: str, session_id: str, *, status: str, reason: str,
+                   message: str | None = None) -> None:
+        """The audit event of a session's end: `session.terminated` or `session.failed`."""
+        failed = status == SessionStatus.FAILED
+        self.audit.record("session.failed" if failed else "session.terminated", account_id=account_id,
+                          resource_type="session", resource_id=session_id, system=reason in SYSTEM_END_REASONS,
+                          status=audit.FAILURE if failed else audit.SUCCESS,
+                          summary=f"session {session_id} {status} ({reason})",
+                          metadata={"end_reason": reason, **({"message": message} if message else {})})
 
     async def check_crashed(self, session_id: str) -> None:
         """Record a crash noticed on a read (the reaper would catch it a few seconds later)."""
@@ -319,6 +341,7 @@ class SessionManager:
     # --- use -----------------------------------------------------------------
     async def live_session(self, principal: Principal, session_id: str) -> LiveSession:
         """The running session, or 404 / 409 session_not_running / 503 vm_crashed."""
+        audit.note_principal(principal)  # what it does next (exec, files, PTY) is this caller's
         row = self.get(principal, session_id)
         live = self.live.get(session_id)
         if live is not None and row.status == SessionStatus.STARTING:

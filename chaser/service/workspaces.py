@@ -19,6 +19,7 @@ from chaser import errors
 from chaser.config import Settings
 from chaser.models.status import ACTIVE_STATUSES
 from chaser.models.workspaces import WorkspaceCreate
+from chaser.service.audit import AuditLog
 from chaser.service.images import check_image_ref
 from chaser.service.keys import Principal
 from chaser.service.network import effective_policy
@@ -74,9 +75,11 @@ def copy_disk(src: Path, dst: Path) -> None:
 
 
 class WorkspaceManager:
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, audit: AuditLog | None = None) -> None:
         self.db = db
         self.settings = settings
+        # The server's one audit log (service/container.py); the sessions' services record into it too.
+        self.audit = audit or AuditLog(db, retention_days=settings.audit_retention_days)
 
     def disk_path(self, workspace_id: str) -> Path:
         return self.settings.workspaces_dir / workspace_id / "disk.img"
@@ -120,6 +123,10 @@ class WorkspaceManager:
                 s.add(row)
         except IntegrityError:
             raise errors.WorkspaceExists(f"a workspace named {name!r} already exists") from None
+        self.audit.record("workspace.created", account_id=account_id, resource_type="workspace", resource_id=row.id,
+                          summary=f"workspace {name or row.id} created",
+                          metadata={"name": name, "image": canonical_image,
+                                    "clone_from": source.id if source is not None else None})
         return WorkspaceRecord.of(row)
 
     def resolve_ref(self, principal: Principal, *, ephemeral: bool, workspace: str | None,
@@ -172,6 +179,9 @@ class WorkspaceManager:
                 row.name = name
         except IntegrityError:
             raise errors.WorkspaceExists(f"a workspace named {name!r} already exists") from None
+        self.audit.record("workspace.renamed", account_id=workspace.account_id, resource_type="workspace",
+                          resource_id=workspace.id, summary=f"workspace {workspace.name or workspace.id} renamed",
+                          metadata={"old_name": workspace.name, "name": name})
         return WorkspaceRecord.of(row)
 
     def set_template(self, workspace: WorkspaceRecord, template: bool) -> WorkspaceRecord:
@@ -224,6 +234,9 @@ class WorkspaceManager:
                                 has_disk=has_disk, created_at=utcnow())
         with self.db.session() as s:
             s.add(row)
+        self.audit.record("snapshot.created", account_id=workspace.account_id, resource_type="snapshot",
+                          resource_id=snapshot_id, summary=f"snapshot of workspace {workspace.name or workspace.id}",
+                          metadata={"workspace_id": workspace.id, "name": name, "used_bytes": row.used_bytes})
         return SnapshotRecord.of(row)
 
     def mark_restored(self, snapshot: SnapshotRecord) -> SnapshotRecord:
@@ -232,6 +245,9 @@ class WorkspaceManager:
             if row is None:
                 raise errors.SnapshotNotFound(f"snapshot {snapshot.id} was deleted meanwhile")
             row.restored_at = utcnow()
+        self.audit.record("snapshot.restored", account_id=snapshot.account_id, resource_type="snapshot",
+                          resource_id=snapshot.id, summary=f"workspace {snapshot.workspace_id} restored",
+                          metadata={"workspace_id": snapshot.workspace_id, "name": snapshot.name})
         return SnapshotRecord.of(row)
 
     def delete_snapshot_row(self, snapshot: SnapshotRecord) -> None:
@@ -240,6 +256,10 @@ class WorkspaceManager:
             if row is not None:
                 s.delete(row)
         self.snapshot_path(snapshot.workspace_id, snapshot.id).unlink(missing_ok=True)
+        if row is not None:
+            self.audit.record("snapshot.deleted", account_id=snapshot.account_id, resource_type="snapshot",
+                              resource_id=snapshot.id, summary=f"snapshot {snapshot.name or snapshot.id} deleted",
+                              metadata={"workspace_id": snapshot.workspace_id, "name": snapshot.name})
 
     def find_in_account(self, account_id: str, ref: str) -> WorkspaceRecord | None:
         try:
@@ -272,4 +292,8 @@ class WorkspaceManager:
                 s.delete(row)
             for snapshot in s.scalars(select(WorkspaceSnapshot).where(WorkspaceSnapshot.workspace_id == workspace.id)):
                 s.delete(snapshot)
+        if row is not None:
+            self.audit.record("workspace.deleted", account_id=workspace.account_id, resource_type="workspace",
+                              resource_id=workspace.id, summary=f"workspace {workspace.name or workspace.id} deleted",
+                              metadata={"name": workspace.name})
         await asyncio.to_thread(shutil.rmtree, self.disk_path(workspace.id).parent, ignore_errors=True)

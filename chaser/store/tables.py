@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PERSONAL_ACCOUNT_ID = "personal"
@@ -110,3 +110,25 @@ class SessionRow(Base):
     vm_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The session's effective egress policy (EgressPolicy.to_dict()), kept current by PUT …/network.
     network: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class AuditEvent(Base):
+    """One entry of the audit log (chaser/service/audit.py): written once, never updated;
+    deleted only by retention pruning. `id` grows with every event and is never reused."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_account_id_id", "account_id", "id"),
+                      {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    account_id: Mapped[str] = mapped_column(String(64))
+    actor_type: Mapped[str] = mapped_column(String(32))  # api_key | system | public
+    actor_id: Mapped[str] = mapped_column(String(64))  # the key id, or what acted (reaper, server)
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # success | failure
+    summary: Mapped[str] = mapped_column(String(500))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)  # small, never a secret (see AuditLog)

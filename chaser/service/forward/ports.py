@@ -34,6 +34,7 @@ class PublicPorts:
             del self._ports[session_id]
 
     def set(self, session_id: str, port: int, public: bool) -> None:
+        """Open or close `port` (of a live session: the caller checked) and record it in the audit log."""
         self._prune()
         ports = self._ports.setdefault(session_id, set())
         if public:
@@ -42,6 +43,12 @@ class PublicPorts:
             ports.discard(port)
             if not ports:
                 self._ports.pop(session_id, None)
+        live = self.sessions.live.get(session_id)
+        if live is not None:  # by the caller that `live_session` just let in (the audit log's request context)
+            self.sessions.audit.record("port.public" if public else "port.private", account_id=live.account_id,
+                                       resource_type="session", resource_id=session_id,
+                                       summary=f"port {port} {'public' if public else 'private'}",
+                                       metadata={"port": port})
 
     def is_public(self, session_id: str, port: int) -> bool:
         return session_id in self.sessions.live and port in self._ports.get(session_id, ())
