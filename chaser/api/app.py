@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from chaser import __version__
+from chaser.api.audit_origin import AuditOriginMiddleware
 from chaser.api.body import DrainBodyMiddleware
 from chaser.api.errors import RequestIdMiddleware, install_error_handlers
 from chaser.config import Settings
@@ -49,6 +50,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(warm, reaper)
             await services.sessions.shutdown()
+            await services.audit.flush()  # the shutdown's own events (server_shutdown ends) included
             services.db.dispose()
 
     app = FastAPI(
@@ -61,12 +63,13 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AuditOriginMiddleware)  # the client address the audit log records
     # An error answered before the body was read (413 first of all): drain it so the client reads the answer.
     app.add_middleware(DrainBodyMiddleware, max_bytes=DRAIN_LIMIT_FACTOR * settings.max_transfer_bytes)
 
-    from chaser.api.routes import commands, exec, files, images, keys, sessions, workspaces
+    from chaser.api.routes import audit, commands, exec, files, images, keys, sessions, workspaces
 
-    for module in (sessions, exec, commands, files, workspaces, keys, images):
+    for module in (sessions, exec, commands, files, workspaces, keys, images, audit):
         app.include_router(module.router)
     from chaser.api.routes import unavailable  # what a self-hosted server does not serve: 501
 

@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from chaser.api.auth import principal_from
+from chaser.service.audit import note_principal
 from chaser.service.container import Services
 from chaser.service.keys import Principal
 
@@ -34,7 +35,9 @@ async def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     del credentials  # declared for the OpenAPI security scheme; principal_from reads the header itself
-    return principal_from(services.keys, request.headers)
+    principal = principal_from(services.keys, request.headers)
+    note_principal(principal)  # the audit log's "who" of this request
+    return principal
 
 
 def require(scope: str) -> Any:  # a `Depends(...)` marker, for `Annotated`
@@ -56,6 +59,7 @@ WorkspacesRead = Annotated[Principal, require("workspaces.read")]
 WorkspacesWrite = Annotated[Principal, require("workspaces.write")]
 KeysRead = Annotated[Principal, require("keys.read")]
 KeysWrite = Annotated[Principal, require("keys.write")]
+AuditRead = Annotated[Principal, require("audit.read")]
 
 
 def base_url(request: Request, services: Services) -> str:

@@ -10,7 +10,7 @@ from chaser.models.common import RequestModel
 
 SCOPES = (
     "sessions.read", "sessions.write", "exec.write", "files.read", "files.write",
-    "workspaces.read", "workspaces.write", "keys.read", "keys.write",
+    "workspaces.read", "workspaces.write", "keys.read", "keys.write", "audit.read",
 )
 FULL_ACCESS = "full_access"
 

@@ -135,7 +135,6 @@ def test_hosted_only_areas_answer_501_through_the_sdk(sdk, session):
         "webhooks": [sdk.webhooks.list, lambda: sdk.webhooks.create(url="https://example.com/h"),
                      lambda: sdk.webhooks.delete("wh1"), sdk.webhooks.deliveries.list,
                      lambda: sdk.webhooks.deliveries.replay("d1")],
-        "audit": [sdk.audit.list],
         "jobs": [sdk.jobs.list_kinds, sdk.jobs.list, lambda: sdk.jobs.exec({"command": "ls"}),
                  lambda: sdk.jobs.get("j1"), lambda: sdk.jobs.cancel("j1"), lambda: sdk.jobs.retry("j1")],
         "github": [sdk.github.list_repositories],
@@ -181,3 +180,46 @@ def test_answers_follow_the_sdk_field_types(sdk, session):
     ok, missing = sorted(result["results"], key=lambda item: item["id"] == "sdk-missing")
     assert ok["deleted"] is True and "error" not in ok
     assert missing["deleted"] is False and isinstance(missing["error"], str)
+
+
+# --- 7. the audit log -----------------------------------------------------------------------
+
+def test_the_audit_log_through_the_sdk(server, sdk, session):
+    sid = session["id"]
+    marker = "echo audited-through-the-sdk"
+    assert sdk.exec.in_session(sid, command=marker)["exit_code"] == 0
+    sdk.files.upload(sid, path="/workspace/audited.txt", data=b"twelve bytes")
+    execs = sdk.audit.list(action="command.exec", resource_id=sid, limit=1000)
+    mine = next(event for event in execs if event["metadata"]["command"] == marker)
+    assert (mine["actor_type"], mine["client_address"], mine["status"]) == ("api_key", "127.0.0.1", "success")
+    assert mine["resource_type"] == "session" and mine["metadata"]["exit_code"] == 0
+    # The MCP tools call the API back (over loopback) with the caller's key: recorded as that key's.
+    mcp = httpx.post(f"{server.url}/v1/mcp", timeout=300, headers={
+        "Authorization": f"Bearer {server.api_key}", "Content-Type": "application/json"}, json={
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "terminal", "arguments": {"session_id": sid, "command": "echo via-mcp"}}})
+    assert mcp.status_code == 200 and mcp.json()["result"]["isError"] is False, mcp.text
+    via_mcp = sdk.audit.list(action="command.exec", limit=1)[0]
+    assert via_mcp["metadata"]["command"] == "echo via-mcp" and via_mcp["actor_id"] == mine["actor_id"]
+    upload = sdk.audit.list(action="file.upload", limit=1)[0]
+    assert upload["metadata"] == {"path": "/workspace/audited.txt", "size": 12}
+    # Pages: the last id of one page is the `before` of the next; together they are the whole log.
+    everything = sdk.audit.list(limit=1000)
+    assert everything[0]["id"] == via_mcp["id"]
+    pages, before = [], None
+    while page := sdk.audit.list(limit=4, before=before):
+        pages.extend(page)
+        before = page[-1]["id"]
+    assert pages == everything and {"session.created", "key.created"} <= {e["action"] for e in everything}
+    # The scope: a key without `audit.read` gets the usual 403; one with it reads.
+    narrow = sdk.keys.create(name="no-audit", scopes=["sessions.read"])
+    with pytest.raises(ChaserApiError) as refused:
+        sdk.with_token(narrow["key"]).audit.list()
+    assert (refused.value.status, refused.value.code) == (403, "forbidden")
+    reader = sdk.keys.create(name="auditor", scopes=["audit.read"])
+    assert sdk.with_token(reader["key"]).audit.list(limit=1)[0]["action"] == "key.created"
+    with pytest.raises(ChaserApiError) as invalid:
+        sdk.audit.list(before="not-an-id")
+    assert (invalid.value.status, invalid.value.code) == (400, "invalid_request")
+    for key in (narrow, reader):
+        sdk.keys.revoke(key["id"])

@@ -338,7 +338,7 @@ def concrete(path: str) -> str:
 
 def test_every_unavailable_call_is_501_with_its_area(harness):
     calls = [(area, method, path) for area, _, entries in UNAVAILABLE for method, path in entries]
-    assert len(calls) == 37  # every call of chaser-sdk 0.2.1 to those areas
+    assert len(calls) == 36  # every call of chaser-sdk 0.2.1 to those areas (the audit log is served)
     for area, method, path in calls:
         response = harness.client.request(method, concrete(path), json={} if method in ("POST", "PATCH") else None)
         body = assert_error(response, 501, "not_implemented")
@@ -372,7 +372,6 @@ def test_the_sdk_methods_of_each_area_get_501(harness):
                      lambda: sdk.webhooks.delete("wh1"), sdk.webhooks.deliveries.list,
                      lambda: sdk.webhooks.deliveries.get("d1"), lambda: sdk.webhooks.deliveries.replay("d1"),
                      lambda: sdk.webhooks.deliveries.discard("d1")],
-        "audit": [sdk.audit.list],
         "jobs": [sdk.jobs.list_kinds, lambda: sdk.jobs.create(kind="sandbox.exec", input={}), sdk.jobs.list,
                  lambda: sdk.jobs.get("j1"), lambda: sdk.jobs.cancel("j1"), lambda: sdk.jobs.retry("j1"),
                  lambda: sdk.jobs.exec({"command": "ls"})],
@@ -416,3 +415,17 @@ def test_fields_follow_the_sdk_types(harness):
     by_id = {item["id"]: item for item in result["results"]}
     assert "error" not in next(item for ref, item in by_id.items() if ref != "missing")
     assert isinstance(by_id["missing"]["error"], str)
+
+
+# --- the audit log ----------------------------------------------------------------------
+
+def test_the_sdk_reads_the_audit_log(harness):
+    sdk, _ = sdk_for(harness)
+    sid = sdk.sessions.create(ephemeral=True)["id"]
+    sdk.exec.in_session(sid, command="echo one")
+    events = sdk.audit.list(action="command.exec", resource_type="session", resource_id=sid, status="success")
+    assert [event["metadata"]["command"] for event in events] == ["echo one"]
+    assert set(events[0]) >= {"id", "actor_type", "actor_id", "action", "resource_type", "resource_id", "status",
+                              "summary", "metadata", "created_at"}  # chaser_sdk.types.AuditEventInfo
+    first, second = sdk.audit.list(limit=2)
+    assert sdk.audit.list(limit=1, before=first["id"]) == [second]

@@ -1,6 +1,6 @@
 """What chaser-sdk can call and a self-hosted server does not serve: `501 not_implemented`.
 
-The hosted service has accounts, billing, webhooks, an audit log, jobs, GitHub
+The hosted service has accounts, billing, webhooks, jobs, GitHub
 integration, SSH keys, browser sessions (CDP) and GitHub imports; here each of
 those paths (with the methods the SDK uses) answers
 `501 {"code": "not_implemented", "message": "<area> is not available on a self-hosted Chaser server"}`
@@ -42,7 +42,6 @@ UNAVAILABLE: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("GET", "/v1/webhooks/deliveries/{delivery_id}"), ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"),
         ("POST", "/v1/webhooks/deliveries/{delivery_id}/discard"), ("DELETE", "/v1/webhooks/{webhook_id}"),
     ]),
-    ("audit", "audit", [("GET", "/v1/audit/events")]),
     ("jobs", "jobs", [
         ("GET", "/v1/jobs/kinds"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"),
         ("POST", "/v1/jobs/{job_id}/cancel"), ("POST", "/v1/jobs/{job_id}/retry"),
