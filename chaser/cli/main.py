@@ -6,6 +6,7 @@ import typer
 
 from chaser.cli.commands import (
     _common,
+    audit,
     commands,
     execute,
     files,
@@ -46,6 +47,7 @@ app.add_typer(sessions.app, name="sessions")
 app.add_typer(commands.app, name="commands")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
 app.add_typer(guest.app, name="guest")
 app.add_typer(images.app, name="images")
 app.add_typer(mcp_cmd.app, name="mcp")

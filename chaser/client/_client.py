@@ -23,7 +23,7 @@ from chaser.client._resources import (
     SessionsResource,
 )
 from chaser.client._sse import iter_sse
-from chaser.client._stored import FilesResource, KeysResource, WorkspacesResource
+from chaser.client._stored import AuditResource, FilesResource, KeysResource, WorkspacesResource
 
 __all__ = ["DEFAULT_TIMEOUT", "ChaserClient"]
 
@@ -60,6 +60,7 @@ class ChaserClient:
         self.files = FilesResource(self)
         self.keys = KeysResource(self)
         self.workspaces = WorkspacesResource(self)
+        self.audit = AuditResource(self)
 
     # --- lifecycle ---
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The client's resource groups for what persists: files, keys, workspaces and their snapshots."""
+"""The client's resource groups for what persists: files, keys, workspaces and their snapshots, the audit log."""
 
 from __future__ import annotations
 
@@ -100,6 +100,19 @@ class KeysResource(_Resource):
 
     def revoke(self, key_id: str) -> dict[str, Any]:
         return self._object("DELETE", f"/v1/keys/{_segment(key_id)}")
+
+
+class AuditResource(_Resource):
+    def list_page(self, *, before: str | None = None, limit: int | None = None, action: str | None = None,
+                  resource_type: str | None = None, resource_id: str | None = None,
+                  status: str | None = None) -> dict[str, Any]:
+        """`{"events": [...]}`, newest first; the next page: `before=` the last event's id."""
+        return self._object("GET", "/v1/audit/events", params=_drop_none(
+            before=before, limit=limit, action=action, resource_type=resource_type, resource_id=resource_id,
+            status=status))
+
+    def list(self, **filters: Any) -> builtins.list[dict[str, Any]]:
+        return _as_objects(self.list_page(**filters)["events"])
 
 
 class WorkspaceSnapshotsResource(_Resource):

@@ -27,6 +27,11 @@ class FakeChaser:
                                              "full_access": True, "created_at": "2026-01-01T00:00:00Z",
                                              "last_used_at": None, "revoked": None}}
         self.workspaces: dict[str, dict] = {}
+        self.audit_events = [  # newest first, as the server answers
+            {"id": f"aud_{n}", "actor_type": "api_key", "actor_id": "k0", "account_id": "personal",
+             "client_address": "127.0.0.1", "action": "command.exec", "resource_type": "session",
+             "resource_id": "sess-1", "status": "success", "summary": f"echo {n}",
+             "metadata": {"command": f"echo {n}"}, "created_at": "2026-01-01T00:00:00Z"} for n in range(5, 0, -1)]
         self.requests: list[dict] = []
         self.routes = [
             ("POST", r"/v1/sessions", self.create_session),
@@ -48,6 +53,7 @@ class FakeChaser:
             ("GET", r"/v1/keys", lambda m, q, b: (200, {"keys": list(self.keys.values())})),
             ("POST", r"/v1/keys", self.create_key),
             ("DELETE", r"/v1/keys/(?P<kid>[^/]+)", self.revoke_key),
+            ("GET", r"/v1/audit/events", self.list_audit_events),
             ("POST", r"/v1/workspaces", self.create_workspace),
             ("GET", r"/v1/workspaces", lambda m, q, b: (200, list(self.workspaces.values()))),
             ("GET", r"/v1/workspaces/(?P<w>[^/]+)", lambda m, q, b: (200, self.workspace(m["w"]))),
@@ -70,6 +76,11 @@ class FakeChaser:
         if key not in self.commands:
             raise self.Error(404, "command_not_found", f"command {match['cid']} not found")
         return self.commands[key]
+
+    def list_audit_events(self, m, q, body):
+        before = int(q["before"][0].removeprefix("aud_")) if "before" in q else None
+        found = [e for e in self.audit_events if before is None or int(e["id"].removeprefix("aud_")) < before]
+        return 200, {"events": found[:int(q.get("limit", ["100"])[0])]}
 
     def workspace(self, ref: str) -> dict:
         for w in self.workspaces.values():

@@ -39,7 +39,7 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert out.stdout.strip() == "[]"
     result = CliRunner().invoke(main.app, ["--help"])
     assert result.exit_code == 0
-    for name in ("sandbox", "exec", "upload", "download", "sessions", "commands", "workspaces", "keys", "guest"):
+    for name in ("sandbox", "exec", "upload", "download", "sessions", "commands", "workspaces", "keys", "audit", "guest"):
         assert name in result.stdout
 
 
@@ -267,6 +267,21 @@ def test_keys(cli, fake):
     assert cli("keys", "revoke", "k1").stdout.strip() == "revoked k1"
     result = cli("keys", "revoke", "k99")
     assert result.exit_code == 1 and result.stderr == "error: key_not_found: no such key\n"
+
+
+def test_audit_list(cli, fake):
+    result = cli("audit", "list", "--limit", "2")
+    assert result.exit_code == 0 and fake.requests[-1]["query"] == {"limit": ["2"]}
+    assert "aud_5" in result.stdout and "aud_4" in result.stdout and "aud_3" not in result.stdout
+    assert "command.exec" in result.stdout and "echo 5" in result.stdout
+    assert result.stderr == "more: chaser audit list --before aud_4\n"
+    page = json.loads(cli("audit", "list", "--before", "aud_4", "--limit", "10", "--json").stdout)
+    assert fake.requests[-1]["query"] == {"before": ["aud_4"], "limit": ["10"]}
+    assert [event["id"] for event in page["events"]] == ["aud_3", "aud_2", "aud_1"]
+    last = cli("audit", "list", "--before", "aud_4", "--limit", "10")
+    assert last.exit_code == 0 and last.stderr == ""  # a page shorter than --limit is the last one
+    assert "127.0.0.1" in cli("audit", "list", "--wide").stdout
+    assert cli("audit", "list", "--limit", "0").exit_code == 2
 
 
 def test_workspaces(cli, fake):
