@@ -1,6 +1,8 @@
 """The `terminal` tool's `xml` file operations: parsing, running against a session, reporting.
 
-`<read_file/>`, `<write_file>`, `<apply_edit>` and `<list_files/>` elements become `FileOp`s;
+`<read_file/>`, `<write_file>`, `<apply_edit>` and `<list_files/>` elements become `FileOp`s,
+parsed with `defusedxml`: a DTD, an entity declaration or an external reference is refused
+(`XmlOpsError`, the tool's `invalid_arguments`), never expanded or fetched;
 each runs through the REST API (`chaser.client`) and reports a result dict, rendered back
 as XML-ish text for the agent.
 """
@@ -13,6 +15,9 @@ import shlex
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as _defused_fromstring
 
 from chaser.client import ChaserClient, ChaserClientError
 
@@ -61,15 +66,28 @@ def _cdata(text: str) -> str:
     return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
+_DEFUSED = "xml may not hold a DTD, entity declarations or external references"
+
+
+def _fromstring(text: str) -> ET.Element:
+    try:
+        root: ET.Element = _defused_fromstring(text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException:
+        raise XmlOpsError(_DEFUSED) from None
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON arguments)
+        raise XmlOpsError("xml is not valid UTF-8") from None
+    return root
+
+
 def _parse_root(xml: str) -> ET.Element:
     wrapped = f"<ops>{xml}</ops>"
     try:
-        return ET.fromstring(wrapped)
+        return _fromstring(wrapped)
     except ET.ParseError as strict_error:
         # Agents rarely escape `<` and `&` in code: retry with the text bodies as CDATA.
         lenient = _BODY_PATTERN.sub(lambda m: m.group(1) + _cdata(m.group(3)) + m.group(4), wrapped)
         try:
-            return ET.fromstring(lenient)
+            return _fromstring(lenient)
         except ET.ParseError:
             raise XmlOpsError(f"xml is not well-formed: {strict_error}") from None
 
