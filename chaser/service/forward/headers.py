@@ -71,8 +71,14 @@ def strip_cookie(value: str, name: str = COOKIE_NAME) -> str:
 
 
 def is_chaser_authorization(value: str) -> bool:
-    scheme, _, credentials = value.strip().partition(" ")
+    # Any whitespace after the scheme: a lenient upstream would still read "Bearer\tsk_…" as our key.
+    scheme, _, credentials = value.strip().replace("\t", " ").partition(" ")
     return scheme.lower() == "bearer" and credentials.strip().startswith("sk_")
+
+
+def _injects(*parts: bytes) -> bool:
+    """CR, LF or NUL in a header name or value: never passed on (no header injection either way)."""
+    return any(b"\r" in part or b"\n" in part or b"\0" in part for part in parts)
 
 
 def upstream_request_headers(
@@ -88,6 +94,8 @@ def upstream_request_headers(
     original_host = ""
     forwarded_for = ""
     for name_b, value_b in raw:
+        if _injects(name_b, value_b):
+            continue
         name = name_b.decode("latin-1").lower()
         value = value_b.decode("latin-1")
         if name == "host":
@@ -125,7 +133,7 @@ def downstream_response_headers(raw: Sequence[tuple[bytes, bytes]], *, port: int
     out: RawHeaders = []
     for name, value in raw:
         lname = name.lower()
-        if lname.decode("latin-1") in drop:
+        if lname.decode("latin-1") in drop or _injects(name, value):
             continue
         if lname in (b"location", b"content-location"):
             value = rewrite_location(value.decode("latin-1"), port=port, prefix=prefix).encode("latin-1")
