@@ -10,9 +10,12 @@ tests) import this module, so the layers below stay independent of each other.
 
 from __future__ import annotations
 
+import ssl
+
 from fastapi import FastAPI
 
 from chaser.api.app import REAPER_INTERVAL_S, create_api
+from chaser.api.ratelimit import check_rate
 from chaser.config import Settings, get_settings
 from chaser.mcp.asgi import MCPEndpoint
 from chaser.runtime import Runtime
@@ -33,7 +36,25 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     else:
         app = create_api(settings, runtime_factory=lambda: qemu_runtime(settings), reaper_interval=reaper_interval)
     services = app.state.services
+
+    async def authenticate(key: str) -> dict[str, str]:
+        """The MCP request's key check: a request against its rate limit, like any other."""
+        decision = await check_rate(services.rate_limiter, services.keys.authenticate(key).key_id)
+        return decision.headers() if decision is not None else {}
+
     # MCP (JSON-RPC 2.0, stateless streamable HTTP); its tools call the API back with the caller's key.
-    app.router.add_route("/v1/mcp", MCPEndpoint(authenticate=services.keys.authenticate),  # type: ignore[arg-type]
+    endpoint = MCPEndpoint(authenticate=authenticate, loopback_tls=loopback_tls_context(settings))
+    app.router.add_route("/v1/mcp", endpoint,  # type: ignore[arg-type]
                          methods=["POST"], include_in_schema=False)  # an ASGI app: Starlette serves it as one
     return app
+
+
+def loopback_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """With TLS, what MCP tools calling this server over loopback trust: exactly the certificates
+    of `CHASER_TLS_CERT` (the address is 127.0.0.1 or ::1, not a name the certificate carries)."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.tls_cert))
+    context.check_hostname = False  # a pinned certificate: no name to check
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself may be the anchor
+    return context

@@ -9,8 +9,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -18,6 +19,25 @@ GIB = 1024**3
 
 def _default_home() -> Path:
     return Path.home() / ".local" / "share" / "chaser"
+
+
+def check_public_url(value: str) -> str:
+    """`CHASER_PUBLIC_URL` as the server uses it (no trailing slash); ValueError unless it is
+    an absolute http(s) URL of an origin: no path, query, fragment or credentials."""
+    text = value.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"CHASER_PUBLIC_URL {value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"CHASER_PUBLIC_URL {value!r} must be http(s)://host[:port]")
+    if parts.path or parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"CHASER_PUBLIC_URL {value!r} must be an origin, http(s)://host[:port], without "
+                         "a path, query or fragment (the API is served at the root of its origin)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"CHASER_PUBLIC_URL {value!r} must not carry credentials")
+    return text
 
 
 class Settings(BaseSettings):
@@ -168,8 +188,28 @@ class Settings(BaseSettings):
     )
     public_url: str | None = Field(
         None,
-        description="Base URL the server announces (session and forward URLs, the CLI config's `api_url`); "
-        "unset: the request's own base URL (`http://HOST:PORT` in the CLI config).",
+        description="Base URL the server announces: every URL the API hands out (session `endpoints`, "
+        "`Location`, forward and login-link URLs, openapi `servers`, what MCP tools see) and the CLI "
+        "config's `api_url`; `http(s)://host[:port]`, no path, query or fragment. Unset: the request's "
+        "own base URL (`http(s)://HOST:PORT` in the CLI config).",
+    )
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) `chaser server` serves HTTPS with; needs `CHASER_TLS_KEY` "
+        "(both or neither). Unset: plain HTTP (a warning when `CHASER_HOST` is not loopback).",
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of `CHASER_TLS_CERT`.")
+    rate_limit_per_minute: int = Field(
+        600,
+        ge=0,
+        description="Requests per minute each API key may make (a token bucket refilled at this rate; "
+        "over it: 429 `rate_limited` with `Retry-After`); `0` turns rate limiting off.",
+    )
+    rate_limit_burst: int | None = Field(
+        None,
+        ge=1,
+        description="Bucket size: requests a key may make at once after being idle "
+        "(`x-ratelimit-limit`); unset: `CHASER_RATE_LIMIT_PER_MINUTE`.",
     )
     base_domain: str | None = Field(
         None,
@@ -219,6 +259,14 @@ class Settings(BaseSettings):
         False,
         description="Allow `oci:`, `oci-archive:`, `docker-archive:` references (host paths) through the API.",
     )
+
+    @model_validator(mode="after")
+    def _check_serving(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("CHASER_TLS_CERT and CHASER_TLS_KEY go together: set both (HTTPS) or neither")
+        if self.public_url is not None:
+            self.public_url = check_public_url(self.public_url)
+        return self
 
     @property
     def guest_dir(self) -> Path:

@@ -9,7 +9,7 @@ the API maps them to `{"code", "message"}` bodies in one place.
     ├── Conflict (409) ── SessionNotRunning, WorkspaceBusy, WorkspaceExists, SnapshotExists,
     │                     CommandFinished
     ├── PayloadTooLarge (413)
-    ├── QuotaExceeded (429)
+    ├── QuotaExceeded (429), RateLimited (429, with Retry-After and x-ratelimit-*)
     ├── FeatureNotImplemented (501)
     ├── PortNotListening (502), ImagePullFailed (502)
     └── SandboxRuntimeError (503) ── BootTimeout, AgentUnavailable, VMCrashed, GuestAssetsMissing,
@@ -147,6 +147,17 @@ class QuotaExceeded(ChaserError):
 
     code = "quota_exceeded"
     status = 429
+
+
+class RateLimited(ChaserError):
+    """The API key made more requests than its rate limit allows; retry after `Retry-After` seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = dict(headers or {})
 
 
 class FeatureNotImplemented(ChaserError):

@@ -14,6 +14,7 @@ from chaser import __version__
 from chaser.api.audit_origin import AuditOriginMiddleware
 from chaser.api.body import DrainBodyMiddleware
 from chaser.api.errors import RequestIdMiddleware, install_error_handlers
+from chaser.api.ratelimit import RateLimitHeadersMiddleware
 from chaser.config import Settings
 from chaser.runtime import Runtime
 from chaser.service.container import build_services
@@ -64,6 +65,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(AuditOriginMiddleware)  # the client address the audit log records
+    app.add_middleware(RateLimitHeadersMiddleware)  # x-ratelimit-* of the caller's key (chaser/api/ratelimit.py)
     # An error answered before the body was read (413 first of all): drain it so the client reads the answer.
     app.add_middleware(DrainBodyMiddleware, max_bytes=DRAIN_LIMIT_FACTOR * settings.max_transfer_bytes)
 

@@ -33,8 +33,11 @@ async def deny(websocket: WebSocket, exc: Exception) -> None:
     """Refuse an upgrade that was not accepted yet: an HTTP error response, or a 4xxx close."""
     error = as_chaser_error(exc)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-        await websocket.send_denial_response(error_response(error.status, error.code, error.message, headers))
+        headers = dict(error.headers or {})  # e.g. Retry-After and x-ratelimit-* of a 429
+        if error.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        await websocket.send_denial_response(error_response(error.status, error.code, error.message,
+                                                            headers or None))
     else:
         await websocket.close(code=4000 + error.status, reason=f"{error.code}: {error.message}"[:120])
 

@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from chaser.api.auth import principal_from
+from chaser.api.ratelimit import charge
 from chaser.service.audit import note_principal
 from chaser.service.container import Services
 from chaser.service.keys import Principal
@@ -37,6 +38,7 @@ async def current_principal(
     del credentials  # declared for the OpenAPI security scheme; principal_from reads the header itself
     principal = principal_from(services.keys, request.headers)
     note_principal(principal)  # the audit log's "who" of this request
+    await charge(request, principal)  # its rate limit (429 rate_limited)
     return principal
 
 
@@ -60,7 +62,3 @@ WorkspacesWrite = Annotated[Principal, require("workspaces.write")]
 KeysRead = Annotated[Principal, require("keys.read")]
 KeysWrite = Annotated[Principal, require("keys.write")]
 AuditRead = Annotated[Principal, require("audit.read")]
-
-
-def base_url(request: Request, services: Services) -> str:
-    return (services.settings.public_url or str(request.base_url)).rstrip("/")

@@ -82,6 +82,9 @@ def install_extra_paths(app: FastAPI) -> None:
             schema["paths"].update(EXTRA_PATHS)
             _add_links(schema)
             _server_limits(schema, app.state.services.settings)
+            _rate_limited(schema)
+            if app.state.services.settings.public_url:
+                schema["servers"] = [{"url": app.state.services.settings.public_url}]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -157,3 +160,28 @@ def _server_limits(schema: dict[str, Any], settings: Settings) -> None:
     if body is not None:  # no body at all is `400 workspace_required` too
         body["required"] = True
         body["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/SessionCreate"}
+
+
+RATE_LIMITED = ("`rate_limited`: this API key made more requests than `CHASER_RATE_LIMIT_PER_MINUTE` allows "
+                "(a token bucket of `x-ratelimit-limit` requests); retry after `Retry-After` seconds")
+RATE_LIMIT_HEADERS = {
+    "Retry-After": {"description": "Seconds until a request of this key would pass", "schema": {"type": "integer"}},
+    "x-ratelimit-limit": {"description": "The key's bucket size (requests at once)", "schema": {"type": "integer"}},
+    "x-ratelimit-remaining": {"description": "Requests left now", "schema": {"type": "integer"}},
+    "x-ratelimit-reset": {"description": "Seconds until the bucket is full again (not a timestamp)",
+                          "schema": {"type": "integer"}},
+}
+
+
+def _rate_limited(schema: dict[str, Any]) -> None:
+    """`429 rate_limited` on every operation that takes an API key (those that can answer 401)."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "401" not in responses:
+                continue
+            existing = responses.get("429")
+            description = RATE_LIMITED if existing is None else f"{existing['description']}; or {RATE_LIMITED}"
+            content = (existing or {}).get("content") or {"application/json": {"schema": _ERROR}}
+            responses["429"] = {"description": description, "content": content,
+                                "headers": {**(existing or {}).get("headers", {}), **RATE_LIMIT_HEADERS}}

@@ -33,10 +33,16 @@ def main(
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="CHASER_API_KEY", show_envvar=True, help="API key (default: config file)."
     ),
+    ca: str | None = typer.Option(
+        None, "--ca", envvar="CHASER_CA_BUNDLE", show_envvar=True,
+        help="PEM certificate(s) to trust for an https server, besides the system's (default: the config "
+             "file's ca_bundle).",
+    ),
 ) -> None:
     """Chaser: sandbox sessions in microVMs. Config file: $CHASER_CONFIG or ~/.config/chaser/config.json."""
     _common.GLOBAL_OPTIONS["api_url"] = api_url
     _common.GLOBAL_OPTIONS["api_key"] = api_key
+    _common.GLOBAL_OPTIONS["ca_bundle"] = ca
 
 
 app.command("sandbox")(sandbox.sandbox_command)

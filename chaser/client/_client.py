@@ -6,6 +6,8 @@ the official `chaser-sdk`), so `--json` output and SDK users see the same thing.
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -13,7 +15,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from chaser.client._config import resolve_settings
+from chaser.client._config import resolve_settings, tls_context
 from chaser.client._errors import ChaserAPIError, ChaserConnectionError, api_error_from_response
 from chaser.client._resources import (
     DEFAULT_TIMEOUT,
@@ -43,16 +45,21 @@ class ChaserClient:
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        settings = resolve_settings(base_url, api_key)
+        settings = resolve_settings(base_url, api_key, ca_bundle=ca_bundle)
         self.base_url = settings.api_url
         self.api_key = settings.api_key
+        self.ca_bundle = settings.ca_bundle
+        self._ssl_context = ssl_context
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **self.auth_headers(),
                      **dict(headers or {})},
             timeout=timeout,
             transport=transport,
+            verify=self.ssl_context() if self.base_url.startswith("https:") else True,
         )
         self.sessions = SessionsResource(self)
         self.exec = ExecResource(self)
@@ -73,6 +80,13 @@ class ChaserClient:
         self.close()
 
     # --- helpers other transports (WebSocket PTY, forwarding) build on ---
+    def ssl_context(self) -> ssl.SSLContext:
+        """What an https server must prove: the system's trusted CAs, plus the certificates of
+        `ca_bundle` (`--ca`, `CHASER_CA_BUNDLE`, the config file's `ca_bundle`) when given."""
+        if self._ssl_context is None:
+            self._ssl_context = tls_context(self.ca_bundle)
+        return self._ssl_context
+
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 

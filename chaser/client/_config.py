@@ -1,14 +1,17 @@
 """Where the client finds its server and key.
 
-Order: explicit arguments, then env `CHASER_API_URL` / `CHASER_API_KEY`, then the
-config file (`$CHASER_CONFIG`, default `~/.config/chaser/config.json`), which holds
-`{"api_url", "api_key", "current_session"}`.
+Order: explicit arguments, then env `CHASER_API_URL` / `CHASER_API_KEY` /
+`CHASER_CA_BUNDLE`, then the config file (`$CHASER_CONFIG`, default
+`~/.config/chaser/config.json`), which holds `{"api_url", "api_key", "ca_bundle",
+"current_session"}`. `ca_bundle`: PEM certificates an https server may present
+besides those the system trusts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ DEFAULT_API_URL = "http://127.0.0.1:8080"
 CONFIG_ENV = "CHASER_CONFIG"
 API_URL_ENV = "CHASER_API_URL"
 API_KEY_ENV = "CHASER_API_KEY"
+CA_BUNDLE_ENV = "CHASER_CA_BUNDLE"
 
 
 def config_path() -> Path:
@@ -84,6 +88,21 @@ def set_current_session(session_id: str | None, path: Path | None = None) -> Non
 class ClientSettings:
     api_url: str
     api_key: str | None
+    ca_bundle: str | None = None
+
+
+def tls_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """The system's trusted CAs (OpenSSL's defaults, `SSL_CERT_FILE` included) plus `ca_bundle`'s
+    certificates: a server with a self-signed certificate is trusted by naming that certificate."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        try:
+            context.load_verify_locations(cafile=os.fspath(ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            from chaser.client._errors import ChaserConnectionError
+
+            raise ChaserConnectionError(f"cannot load the CA bundle {os.fspath(ca_bundle)}: {exc}") from exc
+    return context
 
 
 def resolve_settings(
@@ -91,6 +110,7 @@ def resolve_settings(
     api_key: str | None = None,
     *,
     path: Path | None = None,
+    ca_bundle: str | os.PathLike[str] | None = None,
 ) -> ClientSettings:
     file_values: dict[str, Any] | None = None
 
@@ -102,4 +122,5 @@ def resolve_settings(
 
     url = api_url or os.environ.get(API_URL_ENV) or from_file("api_url") or DEFAULT_API_URL
     key = api_key or os.environ.get(API_KEY_ENV) or from_file("api_key") or None
-    return ClientSettings(api_url=str(url).rstrip("/"), api_key=key)
+    ca = ca_bundle or os.environ.get(CA_BUNDLE_ENV) or from_file("ca_bundle") or None
+    return ClientSettings(api_url=str(url).rstrip("/"), api_key=key, ca_bundle=os.fspath(ca) if ca else None)

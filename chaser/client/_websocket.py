@@ -38,7 +38,7 @@ async def connect(client: ChaserClient, path: str, params: Mapping[str, Any] | N
         connection = await ws_connect(
             url, additional_headers=client.auth_headers(), user_agent_header=USER_AGENT,
             max_size=None, open_timeout=open_timeout, compression=None,
-            ping_interval=20, ping_timeout=60,
+            ping_interval=20, ping_timeout=60, ssl=client.ssl_context() if url.startswith("wss:") else None,
         )
     except InvalidStatus as exc:
         response = exc.response

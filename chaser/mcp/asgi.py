@@ -8,14 +8,18 @@
   `text/event-stream` only) is treated as if it also said `application/json`, so a plain
   `curl -H 'Content-Type: application/json' -d '{...}'` works.
 - The tools reach the API over loopback: the local address the request came in on
-  (`scope["server"]`), unless `api_base_url` is given.
+  (`scope["server"]`; https with `loopback_tls`, the context trusting the server's own
+  certificate), unless `api_base_url` is given. Their calls carry the caller's `Host`
+  and scheme, so URLs in the API's answers are the ones the caller can use.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -26,7 +30,14 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from chaser.mcp.server import ACCOUNT_SCOPE_KEY, API_KEY_SCOPE_KEY, BASE_URL_SCOPE_KEY, build_server
+from chaser.mcp.server import (
+    ACCOUNT_SCOPE_KEY,
+    API_KEY_SCOPE_KEY,
+    BASE_URL_SCOPE_KEY,
+    HEADERS_SCOPE_KEY,
+    TLS_SCOPE_KEY,
+    build_server,
+)
 
 __all__ = ["MCPEndpoint", "bearer_token", "normalize_accept"]
 
@@ -62,13 +73,13 @@ def _with_accept(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]
         (b"accept", accept.encode("latin-1"))]
 
 
-def loopback_base_url(scope: Scope) -> str:
+def loopback_base_url(scope: Scope, *, tls: bool = False) -> str:
     """The API as seen from this process: the local socket address of this very request.
 
-    Plain http: `chaser server` does not terminate TLS itself, and `scope["scheme"]` may
-    say https only because a local reverse proxy sent `X-Forwarded-Proto`.
+    https only when this server terminates TLS itself (`tls`): `scope["scheme"]` may say
+    https only because a local reverse proxy sent `X-Forwarded-Proto`.
     """
-    scheme = "http"
+    scheme = "https" if tls else "http"
     server = scope.get("server")
     if server and server[1] is not None:
         host, port = server
@@ -81,6 +92,19 @@ def loopback_base_url(scope: Scope) -> str:
         return f"{scheme}://{host}:{port}"
     host = Headers(scope=scope).get("host") or "127.0.0.1:8080"
     return f"{scheme}://{host}"
+
+
+def _with_headers(send: Send, headers: Mapping[str, str]) -> Send:
+    extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+    async def sender(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            present = {name.lower() for name, _ in message.get("headers", ())}
+            message = {**message, "headers": [*message.get("headers", ()),
+                                              *(item for item in extra if item[0] not in present)]}
+        await send(message)
+
+    return sender
 
 
 async def _json_error(send: Send, status: int, code: str, message: str,
@@ -101,8 +125,9 @@ class MCPEndpoint:
     """
 
     def __init__(self, *, authenticate: Authenticate | None = None, api_base_url: str | None = None,
-                 server: Server[Any] | None = None) -> None:
+                 server: Server[Any] | None = None, loopback_tls: ssl.SSLContext | None = None) -> None:
         self.authenticate = authenticate
+        self.loopback_tls = loopback_tls
         for name in _QUIET_LOGGERS:
             logger = logging.getLogger(name)
             if logger.level == logging.NOTSET:
@@ -126,13 +151,15 @@ class MCPEndpoint:
                               else "the Authorization header must be 'Bearer <API key>'",
                               {"WWW-Authenticate": "Bearer"})
             return
-        base_url = self.api_base_url or loopback_base_url(scope)
-        refusal = await self._check_key(token, base_url, headers.get("x-chaser-account"))
+        base_url = self.api_base_url or loopback_base_url(scope, tls=self.loopback_tls is not None)
+        refusal, answer_headers = await self._check_key(token, base_url, headers.get("x-chaser-account"))
         if refusal is not None:
             status, code, message = refusal
             await _json_error(send, status, code, message,
-                              {"WWW-Authenticate": "Bearer"} if status == 401 else None)
+                              {**answer_headers, **({"WWW-Authenticate": "Bearer"} if status == 401 else {})})
             return
+        if answer_headers:  # e.g. the key's x-ratelimit-* on every answer
+            send = _with_headers(send, answer_headers)
         if (headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
             # The SDK would answer plain text; every answer of this endpoint is JSON.
             await _json_error(send, 415, "unsupported_media_type",
@@ -149,6 +176,11 @@ class MCPEndpoint:
             "headers": _with_accept(list(scope.get("headers") or [])),
             API_KEY_SCOPE_KEY: token,
             BASE_URL_SCOPE_KEY: base_url,
+            # The tools' API calls name the caller's host and scheme: the URLs in their answers are the caller's.
+            HEADERS_SCOPE_KEY: {name: value for name, value in (("Host", headers.get("host")),
+                                                                ("X-Forwarded-Proto", scope.get("scheme")))
+                                if value} if self.api_base_url is None else {},
+            TLS_SCOPE_KEY: self.loopback_tls,
             ACCOUNT_SCOPE_KEY: (headers.get("x-chaser-account") or "").strip() or None,
         }
         # Stateless + JSON: a fresh manager per request costs a task group and nothing else, and
@@ -158,16 +190,22 @@ class MCPEndpoint:
         async with manager.run():
             await manager.handle_request(scope, receive, send)
 
-    async def _check_key(self, token: str, base_url: str, account: str | None) -> tuple[int, str, str] | None:
+    async def _check_key(self, token: str, base_url: str, account: str | None
+                         ) -> tuple[tuple[int, str, str] | None, dict[str, str]]:
+        """(refusal or None, headers for the answer). The hook may be async, and may return
+        headers to set on the answer (a mapping); a refusal keeps its exception's `headers`."""
         if self.authenticate is not None:
             try:
-                self.authenticate(token)
+                result = self.authenticate(token)
+                if inspect.isawaitable(result):
+                    result = await result
             except Exception as exc:  # duck-typed domain errors: re-raised unless they carry a 4xx status
                 status = getattr(exc, "status", None)
                 if isinstance(status, int) and 400 <= status < 500:
-                    return status, str(getattr(exc, "code", "unauthorized")), str(getattr(exc, "message", exc))
+                    return ((status, str(getattr(exc, "code", "unauthorized")), str(getattr(exc, "message", exc))),
+                            dict(getattr(exc, "headers", None) or {}))
                 raise
-            return None
+            return None, (dict(result) if isinstance(result, Mapping) else {})
         headers = {"Authorization": f"Bearer {token}"}
         if account:
             headers["X-Chaser-Account"] = account
@@ -175,11 +213,11 @@ class MCPEndpoint:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
                 response = await client.get("/v1/sessions", headers=headers)
         except httpx.HTTPError as exc:
-            return 503, "api_unreachable", f"cannot reach the Chaser API at {base_url}: {exc}"
+            return (503, "api_unreachable", f"cannot reach the Chaser API at {base_url}: {exc}"), {}
         if response.status_code == 401:
             try:
                 body = response.json()
-                return 401, body.get("code", "unauthorized"), body.get("message", "invalid API key")
+                return (401, body.get("code", "unauthorized"), body.get("message", "invalid API key")), {}
             except ValueError:
-                return 401, "unauthorized", "invalid API key"
-        return None  # 200, or 403 (a valid key without sessions.read): the tools' own calls decide
+                return (401, "unauthorized", "invalid API key"), {}
+        return None, {}  # 200, or 403 (a valid key without sessions.read): the tools' own calls decide

@@ -26,6 +26,8 @@ __all__ = [
     "ACCOUNT_SCOPE_KEY",
     "API_KEY_SCOPE_KEY",
     "BASE_URL_SCOPE_KEY",
+    "HEADERS_SCOPE_KEY",
+    "TLS_SCOPE_KEY",
     "build_server",
     "call_tool",
     "parse_terminal_arguments",
@@ -35,6 +37,10 @@ __all__ = [
 API_KEY_SCOPE_KEY = "chaser.mcp.api_key"
 BASE_URL_SCOPE_KEY = "chaser.mcp.base_url"
 ACCOUNT_SCOPE_KEY = "chaser.mcp.account"
+# Headers the tools' API calls carry (the caller's Host and scheme, so the URLs in the answers are
+# the caller's), and the TLS context that trusts this server's own certificate over loopback.
+HEADERS_SCOPE_KEY = "chaser.mcp.headers"
+TLS_SCOPE_KEY = "chaser.mcp.tls"
 
 SERVER_NAME = "chaser"
 INSTRUCTIONS = ("Sandboxes in microVMs. Use the `terminal` tool with a `workspace` (files persist) or "
@@ -50,8 +56,9 @@ def _client_factory(request: Any) -> ClientFactory:
         # Never let ChaserClient fall back to env/config credentials (the server's own key).
         raise MCPError(types.INTERNAL_ERROR, "the MCP endpoint was reached without the Chaser ASGI wrapper")
     account = scope.get(ACCOUNT_SCOPE_KEY)
-    headers = {"X-Chaser-Account": account} if account else None
-    return lambda: ChaserClient(base_url=base_url, api_key=api_key, headers=headers)
+    headers = {**(scope.get(HEADERS_SCOPE_KEY) or {}), **({"X-Chaser-Account": account} if account else {})}
+    tls = scope.get(TLS_SCOPE_KEY)
+    return lambda: ChaserClient(base_url=base_url, api_key=api_key, headers=headers or None, ssl_context=tls)
 
 
 def build_server(client_factory: ClientFactory | None = None) -> Server[Any]:

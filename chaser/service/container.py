@@ -14,6 +14,7 @@ from chaser.service.forward import ForwardService
 from chaser.service.images import ImageService
 from chaser.service.keys import KeyManager
 from chaser.service.pty import Terminals
+from chaser.service.ratelimit import RateLimiter, rate_limiter_for
 from chaser.service.reaper import Reaper
 from chaser.service.sessions import SessionManager
 from chaser.service.workspaces import WorkspaceManager
@@ -35,6 +36,7 @@ class Services:
     files: FileService
     terminals: Terminals
     forwarding: ForwardService
+    rate_limiter: RateLimiter
 
 
 def build_services(settings: Settings, runtime: Runtime | None = None) -> Services:
@@ -54,4 +56,5 @@ def build_services(settings: Settings, runtime: Runtime | None = None) -> Servic
     return Services(settings=settings, db=db, audit=audit, keys=keys, workspaces=workspaces, sessions=sessions,
                     disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings),
-                    terminals=Terminals(sessions), forwarding=ForwardService(sessions))
+                    terminals=Terminals(sessions), forwarding=ForwardService(sessions),
+                    rate_limiter=rate_limiter_for(settings))

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from chaser.config import Settings
+from tests.support.harness import TEST_RATE_LIMIT_PER_MINUTE
 from tests.support.net import free_port
 from tests.support.wait import WaitTimeout, wait_until
 
@@ -69,7 +70,8 @@ class ServerProcess:
         if not (self.home / "guest").exists():
             (self.home / "guest").symlink_to(default_guest)
         env = {**os.environ, "CHASER_HOME": str(self.home), "CHASER_CONFIG": str(self.config_file),
-               "PYTHONUNBUFFERED": "1", **self.extra_env}
+               "PYTHONUNBUFFERED": "1",  # many requests with one key at once: a limit tests reach only by setting one
+               "CHASER_RATE_LIMIT_PER_MINUTE": str(TEST_RATE_LIMIT_PER_MINUTE), **self.extra_env}
         self.log_path = self.home / f"server-{self.port}-{int(time.time() * 1000)}.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chaser.cli.commands.server", "--port", str(self.port)],

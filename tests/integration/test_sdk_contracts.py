@@ -14,6 +14,7 @@ from chaser_sdk.client import UrllibTransport
 from chaser_sdk.errors import ChaserApiError
 
 from tests.integration.conftest import qemu_pids_under
+from tests.support.harness import TEST_RATE_LIMIT_PER_MINUTE
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.vm
@@ -147,7 +148,8 @@ def test_hosted_only_areas_answer_501_through_the_sdk(sdk, session):
                 method()
             assert (refused.value.status, refused.value.code) == (501, "not_implemented"), area
             assert str(refused.value) == f"{area} {NOT_HERE}"
-            assert refused.value.rate_limit.limit is None  # no rate limits, no x-ratelimit-* headers
+            # Every authenticated answer carries the key's rate limit (the suite's servers: a huge one).
+            assert refused.value.rate_limit.limit == TEST_RATE_LIMIT_PER_MINUTE
 
 
 def test_cdp_paths_answer_501_over_plain_http(server, session):

@@ -7,10 +7,14 @@ from typing import Any
 
 from tests.support.fakes import FakeRuntime, FakeVM
 
+TEST_RATE_LIMIT_PER_MINUTE = 1_000_000
+
 
 def make_settings(tmp_path: Path, **overrides: Any):
     from chaser.config import Settings
 
+    # Tests make many requests with one key at once: a limit they never reach unless they set one.
+    overrides.setdefault("rate_limit_per_minute", TEST_RATE_LIMIT_PER_MINUTE)
     return Settings(home=tmp_path / "home", config_file=tmp_path / "config.json", **overrides)
 
 

@@ -30,9 +30,11 @@ from starlette.requests import HTTPConnection
 from chaser import errors
 from chaser.api.auth import principal_from, refuse_sandbox_origin, uses_query_token
 from chaser.api.client_socket import StarletteClientSocket
-from chaser.api.deps import ExecWrite, ServicesDep, SessionsRead, SessionsWrite, base_url, services_of
+from chaser.api.deps import ExecWrite, ServicesDep, SessionsRead, SessionsWrite, services_of
 from chaser.api.forward_response import ProxiedResponse
+from chaser.api.ratelimit import charge
 from chaser.api.routes import ERROR_DESCRIPTIONS, SESSION_ERROR_RESPONSES
+from chaser.api.urls import forward_url, session_host_forward_url
 from chaser.service import forward as fwd
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession
@@ -132,7 +134,17 @@ async def gateway_live(connection: HTTPConnection, session_id: str, port: int, *
         check_own_origin(connection)
         return principal
 
-    live = await forwarding.gateway_session(session_id, port, authenticate)
+    callers: list[Principal] = []
+
+    def authenticated() -> Principal:
+        callers.append(authenticate())
+        return callers[-1]
+
+    try:
+        live = await forwarding.gateway_session(session_id, port, authenticated)
+    finally:
+        if callers:  # the key behind a header, ?token=, link or cookie pays; a public port: nobody
+            await charge(connection, callers[0])
     return live, (link[0] if link else None)
 
 
@@ -237,6 +249,7 @@ async def tunnel(websocket: WebSocket, session_id: str, port: str) -> None:
     try:
         refuse_sandbox_origin(websocket.headers, services.settings.base_domain)
         principal = principal_from(services.keys, websocket.headers, query=websocket.query_params, scope=SCOPE)
+        await charge(websocket, principal)
         port_number = fwd.check_port(port)
         live = await services.sessions.live_session(principal, session_id)
     except Exception as exc:  # noqa: BLE001 - every refusal is an HTTP answer
@@ -265,10 +278,8 @@ async def login_link(session_id: str, port: PortParam, request: Request, service
     if not domain:
         raise errors.InvalidRequest("login links need host-style forwarding: set CHASER_BASE_DOMAIN on the server")
     token = await forwarding_of(request).login_link(principal, session_id)
-    base = urlsplit(base_url(request, services))
-    netloc = f"{session_id}.{domain.strip('.')}" + (f":{base.port}" if base.port else "")
     return LoginLinkPublic(session_id=session_id, port=port_number, expires_in=fwd.LINK_TTL_S,
-                           url=f"{base.scheme}://{netloc}/forward/{port_number}/?token={token}")
+                           url=session_host_forward_url(request, session_id, port_number, domain) + f"?token={token}")
 
 
 # --- public ports -----------------------------------------------------------------------------
@@ -284,12 +295,11 @@ async def set_public(session_id: str, port: PortParam, request: Request, service
     public = True if body is None else body.public
     await forwarding_of(request).set_public(principal, session_id, port_number, public)
     return {"session_id": session_id, "port": port_number, "public": public,
-            "url": f"{base_url(request, services)}/s/{session_id}/forward/{port_number}/"}
+            "url": forward_url(request, session_id, port_number)}
 
 
 @api_router.get("/{session_id}/ports", summary="Ports opened to the public")
 async def list_ports(session_id: str, request: Request, services: ServicesDep, principal: SessionsRead
                      ) -> dict[str, Any]:
     ports = await forwarding_of(request).public_ports(principal, session_id)
-    url = base_url(request, services)
-    return {"ports": [{"port": p, "public": True, "url": f"{url}/s/{session_id}/forward/{p}/"} for p in ports]}
+    return {"ports": [{"port": p, "public": True, "url": forward_url(request, session_id, p)} for p in ports]}

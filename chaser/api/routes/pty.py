@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 from chaser.api.auth import principal_from, refuse_sandbox_origin
 from chaser.api.client_socket import StarletteClientSocket
 from chaser.api.deps import ExecWrite, ServicesDep, SessionsRead, services_of
+from chaser.api.ratelimit import charge
 from chaser.api.routes import SESSION_ERROR_RESPONSES
 from chaser.service import pty as ptys
 
@@ -38,6 +39,7 @@ async def pty_socket(websocket: WebSocket, session_id: str) -> None:
     try:
         refuse_sandbox_origin(websocket.headers, services.settings.base_domain)
         principal = principal_from(services.keys, websocket.headers, query=query, scope="exec.write")
+        await charge(websocket, principal)  # once, at open
         mode = ptys.check_mode(query.get("mode"))
         rows, cols = ptys.check_size(query.get("rows", ptys.DEFAULT_ROWS), query.get("cols", ptys.DEFAULT_COLS))
         live = await services.sessions.live_session(principal, session_id)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 
-from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite, base_url
+from chaser.api.deps import ServicesDep, SessionsRead, SessionsWrite
 from chaser.api.routes import (
     AUTH_ERROR_RESPONSES,
     IMAGE_ERROR_RESPONSES,
@@ -14,6 +14,7 @@ from chaser.api.routes import (
     START_ERROR_RESPONSES,
     error_responses,
 )
+from chaser.api.urls import public_base, session_url
 from chaser.models import (
     BulkTerminateCreate,
     BulkTerminateFailure,
@@ -32,10 +33,10 @@ from chaser.service.records import SessionRecord
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=AUTH_ERROR_RESPONSES)
 
 
-def session_public(row: SessionRecord, url: str) -> SessionPublic:
+def session_public(row: SessionRecord, base: str) -> SessionPublic:
     return SessionPublic(
         id=row.id, created_at=row.created_at, status=row.status,
-        endpoints=Endpoints(control=f"{url}/v1/sessions/{row.id}"), workspace_id=row.workspace_id,
+        endpoints=Endpoints(control=f"{base}/v1/sessions/{row.id}"), workspace_id=row.workspace_id,
         persistence=row.workspace_id is not None, ephemeral=row.ephemeral, image=row.image,
         expires_at=row.expires_at, ended_at=row.ended_at, end_reason=row.end_reason,
     )
@@ -43,16 +44,19 @@ def session_public(row: SessionRecord, url: str) -> SessionPublic:
 
 @router.post("", response_model=SessionPublic, status_code=201,
              summary="Create a session (answers once the VM is ready), or get the workspace's running one",
-             responses={201: {"description": "A session was started"},
+             responses={201: {"description": "A session was started", "headers": {"Location": {
+                 "description": "The session's URL (`endpoints.control`)", "schema": {"type": "string"}}}},
                         200: {"model": SessionPublic, "description": "The workspace already had a session: "
                               "that one (its `network` applied to it; nothing else started)"},
                         **error_responses(400, 404, 409), **IMAGE_ERROR_RESPONSES, **START_ERROR_RESPONSES})
 async def create_session(request: Request, response: Response, services: ServicesDep, principal: SessionsWrite,
                          body: SessionCreate | None = Body(default=None)) -> SessionPublic:
     row, started = await services.sessions.create(principal, body or SessionCreate())
-    if not started:
+    if started:
+        response.headers["Location"] = session_url(request, row.id)
+    else:
         response.status_code = 200
-    return session_public(row, base_url(request, services))
+    return session_public(row, public_base(request))
 
 
 @router.get("", response_model=SessionsPublic, summary="List sessions (active ones unless status is given)")
@@ -61,7 +65,7 @@ async def list_sessions(
     status: Literal["active", "all", "starting", "running", "terminated", "failed"] = Query("active"),
 ) -> SessionsPublic:
     rows = services.sessions.list(principal, status=status)
-    url = base_url(request, services)
+    url = public_base(request)
     return SessionsPublic(sessions=[session_public(row, url) for row in rows], total=len(rows))
 
 
@@ -80,7 +84,7 @@ async def get_session(session_id: str, request: Request, services: ServicesDep,
     if row.status == "running":
         await services.sessions.check_crashed(session_id)
         row = services.sessions.get(principal, session_id)
-    return session_public(row, base_url(request, services))
+    return session_public(row, public_base(request))
 
 
 @router.delete("/{session_id}", response_model=SessionPublic, responses=error_responses(404),
@@ -88,7 +92,7 @@ async def get_session(session_id: str, request: Request, services: ServicesDep,
 async def terminate_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsWrite,
                             force: bool = Query(False)) -> SessionPublic:
     row = await services.sessions.terminate(principal, session_id, force=force)
-    return session_public(row, base_url(request, services))
+    return session_public(row, public_base(request))
 
 
 @router.post("/{session_id}/self-test", response_model=SelfTestPublic, responses=SESSION_ERROR_RESPONSES,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Set by the root callback from --api-url / --api-key (which also read the env).
-GLOBAL_OPTIONS: dict[str, str | None] = {"api_url": None, "api_key": None}
+GLOBAL_OPTIONS: dict[str, str | None] = {"api_url": None, "api_key": None, "ca_bundle": None}
 
 JSON_OPTION_HELP = "Print the raw JSON response."
 SESSION_OPTION_HELP = "Session id (default: the current session)."
@@ -59,7 +59,7 @@ def api_command(func: F) -> F:
 def make_client() -> ChaserClient:
     from chaser.client import ChaserClient
 
-    return ChaserClient(GLOBAL_OPTIONS["api_url"], GLOBAL_OPTIONS["api_key"])
+    return ChaserClient(GLOBAL_OPTIONS["api_url"], GLOBAL_OPTIONS["api_key"], ca_bundle=GLOBAL_OPTIONS.get("ca_bundle"))
 
 
 def resolve_session(session: str | None) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import ssl
+import sys
 from pathlib import Path
 
 import typer
@@ -11,11 +14,50 @@ import typer
 DEFAULT_HOST = "127.0.0.1"
 
 
-def api_url(host: str, port: int) -> str:
+def api_url(host: str, port: int, *, tls: bool = False) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether listening on `host` keeps the server on this machine: `localhost`, 127.0.0.0/8, ::1.
+    The wildcards (`0.0.0.0`, `::`, empty) and every other address or name are not."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_warning(host: str, *, tls: bool) -> str | None:
+    """The one line `chaser server` logs when it serves plain HTTP beyond this machine."""
+    if tls or is_loopback_host(host):
+        return None
+    return (f"listening on {host or '0.0.0.0'} without TLS: API keys and everything else cross the network in "
+            "clear text; set --tls-cert/--tls-key (CHASER_TLS_CERT/CHASER_TLS_KEY) or keep the server on "
+            "127.0.0.1 behind a TLS-terminating proxy")
+
+
+class TLSConfigError(Exception):
+    """The certificate and key cannot serve HTTPS (named in the message)."""
+
+
+def check_tls_files(cert: Path, key: Path) -> None:
+    """Both readable PEM files, and the key is the certificate's: checked before the server starts."""
+    for label, path in (("certificate", cert), ("key", key)):
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise TLSConfigError(f"TLS {label} {path}: {exc.strerror or exc}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"TLS certificate {cert} and key {key} do not serve HTTPS: {exc.reason or exc}") from None
 
 
 def read_cli_config(path: Path) -> dict:
@@ -38,14 +80,20 @@ def write_cli_config(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def ensure_admin_key(services, *, url: str, config_file: Path, echo=print) -> str:
+def ensure_admin_key(services, *, url: str, config_file: Path, echo=print, ca_bundle: Path | None = None) -> str:
     """Print the API URL and a usable admin key. A key is created (and saved to
-    the CLI config) when the database has none, or the saved one no longer works."""
+    the CLI config) when the database has none, or the saved one no longer works.
+    With TLS the config's `ca_bundle` is the server's certificate (so the CLI on this
+    machine trusts a self-signed one); without, it is dropped."""
     echo(f"API URL: {url}")
     config = read_cli_config(config_file)
+    stale = config.get("api_url") != url or config.get("ca_bundle") != (str(ca_bundle) if ca_bundle else None)
+    config = {key: value for key, value in config.items() if key != "ca_bundle"}
+    if ca_bundle is not None:
+        config["ca_bundle"] = str(ca_bundle)
     saved = config.get("api_key")
     if services.keys.has_any_key() and isinstance(saved, str) and services.keys.is_valid(saved):
-        if config.get("api_url") != url:
+        if stale:
             write_cli_config(config_file, {**config, "api_url": url})
         echo(f"API key: {saved}")
         echo(f"(stored in {config_file})")
@@ -57,13 +105,12 @@ def ensure_admin_key(services, *, url: str, config_file: Path, echo=print) -> st
     return created.key
 
 
-def serve(host: str | None = None, port: int | None = None, data_dir: Path | None = None) -> None:
-    """Run the server in the foreground until interrupted."""
-    import logging
+def server_settings(host: str | None = None, port: int | None = None, data_dir: Path | None = None,
+                    tls_cert: Path | None = None, tls_key: Path | None = None):
+    """The settings `chaser server` runs with (flags over env); SystemExit(2) with one line
+    on stderr for a bad CHASER_PUBLIC_URL, half a TLS pair or TLS files that cannot serve."""
+    from pydantic import ValidationError
 
-    import uvicorn
-
-    from chaser.assembly import create_app
     from chaser.config import Settings
 
     overrides: dict = {}
@@ -73,22 +120,59 @@ def serve(host: str | None = None, port: int | None = None, data_dir: Path | Non
         overrides["port"] = port
     if data_dir is not None:
         overrides["home"] = Path(data_dir).expanduser().resolve()
-    settings = Settings(**overrides)
+    if tls_cert is not None:
+        overrides["tls_cert"] = Path(tls_cert).expanduser().resolve()
+    if tls_key is not None:
+        overrides["tls_key"] = Path(tls_key).expanduser().resolve()
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        messages = "; ".join(str(error.get("msg", "")).removeprefix("Value error, ") for error in exc.errors())
+        print(f"error: invalid configuration: {messages}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            check_tls_files(settings.tls_cert, settings.tls_key)
+        except TLSConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    return settings
+
+
+def serve(host: str | None = None, port: int | None = None, data_dir: Path | None = None,
+          tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    """Run the server in the foreground until interrupted."""
+    import logging
+
+    import uvicorn
+
+    from chaser.assembly import create_app
+
+    settings = server_settings(host, port, data_dir, tls_cert, tls_key)
+    tls = settings.tls_cert is not None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warning = plain_http_warning(settings.host, tls=tls)
+    if warning:
+        logging.getLogger("chaser.server").warning(warning)
     app = create_app(settings)
-    url = settings.public_url or api_url(settings.host, settings.port)
+    url = settings.public_url or api_url(settings.host, settings.port, tls=tls)
     ensure_admin_key(app.state.services, url=url, config_file=settings.config_file,
-                     echo=lambda line: print(line, flush=True))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
+                     echo=lambda line: print(line, flush=True), ca_bundle=settings.tls_cert)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30,
+                ssl_certfile=str(settings.tls_cert) if tls else None,
+                ssl_keyfile=str(settings.tls_key) if tls else None)
 
 
 def server_command(
     host: str = typer.Option(None, "--host", help="Address to listen on (env CHASER_HOST; default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", help="Port (env CHASER_PORT; default 8080)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Data directory (env CHASER_HOME)."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate (chain) to serve HTTPS with "
+                                  "(env CHASER_TLS_CERT; needs --tls-key)."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert (env CHASER_TLS_KEY)."),
 ) -> None:
     """Run the Chaser API server."""
-    serve(host, port, data_dir)
+    serve(host, port, data_dir, tls_cert, tls_key)
 
 
 app = typer.Typer(help="Run the API server.", add_completion=False)
