@@ -57,7 +57,7 @@ def check_size(rows: Any, cols: Any) -> tuple[int, int]:
     """rows/cols as ints in 1..1000, else InvalidRequest (400)."""
     try:
         r, c = int(rows), int(cols)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         raise errors.InvalidRequest(f"rows and cols must be integers in 1..{MAX_SIZE}") from None
     if isinstance(rows, bool) or isinstance(cols, bool) or not (1 <= r <= MAX_SIZE and 1 <= c <= MAX_SIZE):
         raise errors.InvalidRequest(f"rows and cols must be integers in 1..{MAX_SIZE}")
@@ -111,7 +111,7 @@ def parse_control(text: str) -> dict[str, Any] | None:
     """A client control message, validated; None for anything unusable (ignored)."""
     try:
         msg = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
         return None
     if not isinstance(msg, dict):
         return None
