@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -55,10 +56,15 @@ class ServerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    args: list[str] = field(default_factory=list)  # more `chaser server` flags
+    ca_bundle: Path | None = None  # set: the server speaks https, with a certificate this file vouches for
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_bundle else 'http'}://127.0.0.1:{self.port}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.ca_bundle)) if self.ca_bundle else True
 
     @property
     def api_key(self) -> str:
@@ -74,13 +80,13 @@ class ServerProcess:
                "CHASER_RATE_LIMIT_PER_MINUTE": str(TEST_RATE_LIMIT_PER_MINUTE), **self.extra_env}
         self.log_path = self.home / f"server-{self.port}-{int(time.time() * 1000)}.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "chaser.cli.commands.server", "--port", str(self.port)],
+            [sys.executable, "-m", "chaser.cli.commands.server", "--port", str(self.port), *self.args],
             cwd=REPO, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         def healthy() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()}")
-            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/health", timeout=1, verify=self.verify()).status_code == 200
 
         try:
             wait_until(healthy, timeout, interval=0.1, ignore=(httpx.HTTPError,))
@@ -116,7 +122,7 @@ class ServerProcess:
             pass
 
     def client(self, key: str | None = None, timeout: float = 300) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout,
+        return httpx.Client(base_url=self.url, timeout=timeout, verify=self.verify(),
                             headers={"Authorization": f"Bearer {key or self.api_key}"})
 
 
