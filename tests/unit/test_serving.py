@@ -323,3 +323,19 @@ def test_api_url_is_https_with_tls():
 
     assert api_url("0.0.0.0", 8443, tls=True) == "https://127.0.0.1:8443"
     assert api_url("::1", 8080) == "http://[::1]:8080"
+
+
+def test_the_gateways_login_cookie_counts_against_its_key(make_harness):
+    harness = make_harness(rate_limit_per_minute=3, base_domain="sbx.test")
+    harness.services.rate_limiter.clock = FakeClock()
+    session = harness.session()["id"]  # 1
+    principal = harness.services.keys.authenticate(harness.admin_key)
+    cookie = harness.services.forwarding.login_cookie(principal, session)
+    host = {"Host": f"{session}.sbx.test", "Cookie": f"chaser_token={cookie}"}
+    bearer = harness.client.headers.pop("Authorization")  # the cookie alone
+    first = harness.client.get("/forward/3000/", headers=host)  # 2: whatever the sandbox answers
+    assert first.headers["x-ratelimit-remaining"] == "1", (first.status_code, first.text)
+    assert harness.client.get("/forward/3000/", headers=host).headers["x-ratelimit-remaining"] == "0"  # 3
+    assert_error(harness.client.get("/forward/3000/", headers=host), 429, "rate_limited")
+    harness.client.headers["Authorization"] = bearer
+    assert_error(harness.client.get("/v1/sessions"), 429, "rate_limited")  # the same key's budget
