@@ -22,6 +22,8 @@ def _os_error(e: OSError, path: str) -> ApiError:
         return conflict(f"{path}: directory not empty")
     if e.errno == errno.EXDEV:  # a lookup tried to leave the root
         return bad_request(f"{path}: path escapes the sandbox")
+    if e.errno in (errno.ENAMETOOLONG, errno.ELOOP):  # the caller's path, not the agent, is at fault
+        return bad_request(f"{path}: {e.strerror}")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return ApiError(403, "permission_denied", f"{path}: {e.strerror}")
     return ApiError(500, "internal_error", f"{path}: {e.strerror}")
@@ -74,7 +76,10 @@ async def get_file(agent, request):
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         resp.content_length = s.st_size
         await resp.prepare(request)
-        remaining = s.st_size  # the file may grow meanwhile: send what we promised
+        # The file may grow meanwhile: send what we promised. HEAD: the headers only (a
+        # StreamResponse would send the bytes anyway, and a kept-alive client read them as
+        # the start of its next response).
+        remaining = s.st_size if request.method != "HEAD" else 0
         while remaining > 0:
             chunk = os.read(fd, min(FILE_CHUNK_BYTES, remaining))
             if not chunk:

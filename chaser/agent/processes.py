@@ -5,6 +5,7 @@ import base64
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections import OrderedDict
 
@@ -51,7 +52,7 @@ def parse_signal(value) -> int:
             pass
     elif isinstance(value, str):
         name = value.strip().upper()
-        if name.isdigit():
+        if name.isascii() and name.isdecimal():
             return parse_signal(int(name))
         if not name.startswith("SIG"):
             name = "SIG" + name
@@ -187,6 +188,8 @@ class ProcessManager:
             raise bad_request(f"command not found: {e.filename or argv[0]}", code="command_not_found") from e
         except PermissionError as e:
             raise bad_request(f"cannot execute {argv[0]}: {e}") from e
+        except subprocess.SubprocessError as e:  # the preexec set-up failed (chroot, cwd, user ids)
+            raise bad_request(f"cannot start {argv[0]} as this user in this directory: {e}") from e
         p = Process(proc, argv, command, cwd, user_name, ring_bytes)
         if not keep_stdin:
             # The process sees EOF on stdin instead of hanging on a read.

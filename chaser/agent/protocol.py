@@ -34,6 +34,8 @@ SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROCESS_OUTPUT_RING_BYTES = 8 * 1024 * 1024
 # Default cap of the output returned inline by a foreground /exec.
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+# Longest timeout_ms accepted by /exec (a year; the API allows far less): larger is 400.
+MAX_EXEC_TIMEOUT_MS = 365 * 24 * 3600 * 1000
 # Longest wait_ms accepted by /processes/{id}/output.
 MAX_OUTPUT_WAIT_MS = 30_000
 # Chunk size used to stream files in and out.

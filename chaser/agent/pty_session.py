@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import struct
+import subprocess
 import termios
 
 from aiohttp import WSMsgType, web
@@ -19,7 +20,7 @@ from aiohttp import WSMsgType, web
 from .errors import bad_request
 from .processes import parse_signal
 from .safepath import Root
-from .userenv import argv_of
+from .userenv import argv_of, check_os_string
 
 
 def _set_winsize(fd: int, rows: int, cols: int) -> None:
@@ -108,7 +109,7 @@ async def _spawn(agent, request):
         env = json.loads(q["env"]) if q.get("env") else None
     except ValueError:
         raise bad_request("rows/cols must be integers and env a JSON object") from None
-    term = q.get("term") or "xterm-256color"
+    term = check_os_string(q.get("term") or "xterm-256color", "term")
     _cwd, _user, env, preexec = agent.spawn_setup(q.get("cwd"), env, q.get("user"), term, controlling_tty=True)
     if q.get("command"):
         argv = argv_of(q["command"])
@@ -123,9 +124,13 @@ async def _spawn(agent, request):
     try:
         _set_winsize(master, rows, cols)
         os.set_blocking(master, False)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=slave, stdout=slave, stderr=slave, env=env, preexec_fn=preexec,
-            start_new_session=True, close_fds=True)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=slave, stdout=slave, stderr=slave, env=env, preexec_fn=preexec,
+                start_new_session=True, close_fds=True)
+        except (OSError, subprocess.SubprocessError) as e:  # as /exec: the request's program, user or cwd
+            raise bad_request(f"cannot start {argv[0]}: {e}", code="command_not_found"
+                              if isinstance(e, FileNotFoundError) else "invalid_request") from e
     except BaseException:
         os.close(master)
         raise

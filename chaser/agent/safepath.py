@@ -51,6 +51,10 @@ def normalize(path) -> str:
         raise bad_request("path contains a NUL byte")
     if not path.startswith("/"):
         raise bad_request("path must be absolute")
+    try:
+        os.fsencode(path)  # a lone surrogate (JSON "\\ud800") names no file
+    except UnicodeEncodeError:
+        raise bad_request("path is not valid UTF-8") from None
     return posixpath.normpath(path).replace("//", "/")
 
 

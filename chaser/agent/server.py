@@ -10,6 +10,7 @@ import base64
 import binascii
 import hmac
 import importlib
+import json
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from .protocol import (
     AGENT_READY_MARKER,
     DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_WORKDIR,
+    MAX_EXEC_TIMEOUT_MS,
     MAX_OUTPUT_WAIT_MS,
     PROCESS_OUTPUT_RING_BYTES,
     SANDBOX_ROOT,
@@ -44,9 +46,11 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 async def read_json(request) -> dict:
+    # JSON is UTF-8 (RFC 8259): a Content-Type charset is not trusted (an unknown one is
+    # a LookupError); nesting deeper than the interpreter's stack is a RecursionError.
     try:
-        body = await request.json()
-    except ValueError:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError):
         raise bad_request("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
@@ -254,7 +258,7 @@ class Agent:
     async def exec(self, request):
         body = await read_json(request)
         argv = argv_of(body.get("command"))
-        timeout_ms = opt_int(body.get("timeout_ms"), "timeout_ms", minimum=1)
+        timeout_ms = opt_int(body.get("timeout_ms"), "timeout_ms", minimum=1, maximum=MAX_EXEC_TIMEOUT_MS)
         max_output = opt_int(body.get("max_output_bytes"), "max_output_bytes", minimum=0, maximum=256 * 1024 * 1024)
         max_output = DEFAULT_MAX_OUTPUT_BYTES if max_output is None else max_output
         background = body.get("background", False)

@@ -11,6 +11,24 @@ from .errors import bad_request
 from .protocol import SANDBOX_PATH
 from .safepath import exists_dir, normalize, read_text
 
+MAX_ID = 2**32 - 2  # uid/gid: (uid_t)-1 means "unchanged" to the kernel
+
+
+def _decimal_id(text: str) -> bool:
+    return text.isascii() and text.isdecimal() and int(text) <= MAX_ID
+
+
+def check_os_string(value: str, what: str) -> str:
+    """A string that becomes an argv entry, an environment entry or a path: no NUL, and
+    encodable for the kernel (a lone surrogate from JSON is not)."""
+    if "\0" in value:
+        raise bad_request(f"{what} contains a NUL byte")
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise bad_request(f"{what} is not valid UTF-8") from None
+    return value
+
 
 @dataclass
 class User:
@@ -25,7 +43,7 @@ class User:
 def _passwd_entries(root: str):
     for line in (read_text(root, "/etc/passwd") or "").splitlines():
         parts = line.split(":")
-        if len(parts) >= 7 and parts[2].isdigit() and parts[3].isdigit():
+        if len(parts) >= 7 and _decimal_id(parts[2]) and _decimal_id(parts[3]):
             yield parts
 
 
@@ -43,7 +61,7 @@ def resolve_user(root: str, spec) -> User:
     else:
         if spec == "root" or spec == "0":
             user = User("root", 0, 0, "/root", "/bin/sh")
-        elif spec.isdigit():
+        elif _decimal_id(spec):
             # Unknown numeric uid: still usable, like `docker run --user 1234`.
             user = User(spec, int(spec), int(spec), "/", "/bin/sh")
         else:
@@ -51,7 +69,7 @@ def resolve_user(root: str, spec) -> User:
     groups = {user.gid}
     for line in (read_text(root, "/etc/group") or "").splitlines():
         parts = line.split(":")
-        if len(parts) >= 4 and parts[2].isdigit() and user.name in parts[3].split(","):
+        if len(parts) >= 4 and _decimal_id(parts[2]) and user.name in parts[3].split(","):
             groups.add(int(parts[2]))
     user.groups = sorted(groups)
     return user
@@ -65,6 +83,8 @@ def check_env(env, what: str = "env") -> dict:
     for k, v in env.items():
         if not k or "=" in k or "\0" in k or "\0" in v:
             raise bad_request(f"invalid {what} entry {k!r}")
+        check_os_string(k, f"{what} entry {k!r}")
+        check_os_string(v, f"{what} entry {k!r}")
     return env
 
 
@@ -114,7 +134,7 @@ def make_preexec(root: str, cwd: str, user: User, controlling_tty: bool = False)
 
 def argv_of(command) -> list:
     if isinstance(command, str) and command:
-        return ["/bin/sh", "-c", command]
+        return ["/bin/sh", "-c", check_os_string(command, "command")]
     if isinstance(command, list) and command and all(isinstance(a, str) for a in command):
-        return command
+        return [check_os_string(a, "command") for a in command]
     raise bad_request("command must be a non-empty string or list of strings")
