@@ -20,11 +20,12 @@ from chaser.mcp.server import build_server
 __all__ = ["serve_stdio"]
 
 
-def serve_stdio(api_url: str, api_key: str, *, headers: Mapping[str, str] | None = None) -> None:
+def serve_stdio(api_url: str, api_key: str, *, headers: Mapping[str, str] | None = None,
+                ca_bundle: str | None = None) -> None:
     """Serve MCP on this process's stdin/stdout until the client closes stdin."""
     headers = dict(headers or {})
     server = build_server(client_factory=lambda: ChaserClient(base_url=api_url, api_key=api_key,
-                                                              headers=headers or None))
+                                                              headers=headers or None, ca_bundle=ca_bundle))
 
     async def main() -> None:
         async with stdio_server() as (read, write):

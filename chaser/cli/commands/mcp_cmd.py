@@ -42,14 +42,15 @@ def serve() -> None:
     then the config file ($CHASER_CONFIG or ~/.config/chaser/config.json)."""
     from chaser.client import resolve_settings
 
-    settings = resolve_settings(GLOBAL_OPTIONS["api_url"], GLOBAL_OPTIONS["api_key"])
+    settings = resolve_settings(GLOBAL_OPTIONS["api_url"], GLOBAL_OPTIONS["api_key"],
+                                ca_bundle=GLOBAL_OPTIONS.get("ca_bundle"))
     if not settings.api_key:
         fail("no_api_key", "no API key: pass --api-key, set CHASER_API_KEY, or put api_key in the config file "
                            "(`chaser server` writes it)")
     from chaser.mcp.stdio import serve_stdio
 
     print(f"chaser mcp: serving MCP over stdio; tools call {settings.api_url}", file=sys.stderr, flush=True)
-    serve_stdio(settings.api_url, settings.api_key)
+    serve_stdio(settings.api_url, settings.api_key, ca_bundle=settings.ca_bundle)
 
 
 # --- install ----------------------------------------------------------------------------------
