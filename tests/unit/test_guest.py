@@ -33,6 +33,7 @@ kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/
 kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/net/core/failover.ko:
+kernel/drivers/firmware/qemu_fw_cfg.ko:
 """
 BUILTIN = "kernel/fs/ext4/ext4.ko\nkernel/drivers/char/hw_random/rng-core.ko\n"
 
@@ -51,7 +52,7 @@ def test_load_order_matches_what_boots() -> None:
     order = names(resolve_load_order(WANTED_MODULES, MODULES_DEP, BUILTIN))
     assert order == [
         "virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover",
-        "virtio_net", "virtio_rng", "libcrc32c", "erofs", "overlay",
+        "virtio_net", "virtio_rng", "libcrc32c", "erofs", "overlay", "qemu_fw_cfg",
     ]
 
 
