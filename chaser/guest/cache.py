@@ -33,7 +33,7 @@ def ensure_entry(root: Path, kind: str, key: str, build: Callable[[Path], None])
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{kind}-", dir=root))
     try:
         build(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; keep entries readable like the rest
+        os.chmod(tmp, 0o700)  # the data directory is private (chaser/datadir.py)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

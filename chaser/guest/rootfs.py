@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chaser.datadir import CONTENT_UMASK
 from chaser.guest import cache
 from chaser.guest.util import input_hash, run
 
@@ -54,7 +55,8 @@ def ensure_tarball(guest_dir: Path, spec: RootfsSpec, progress=print) -> Path:
         run([
             "mmdebstrap", "--quiet", "--variant=minbase", "--skip=output/dev",
             f"--include={','.join(spec.packages)}", SUITE, str(tmp / "rootfs.tar"),
-        ], what=f"mmdebstrap ({spec.kind})")
+        ], what=f"mmdebstrap ({spec.kind})", umask=CONTENT_UMASK)  # the guest's modes, not our private umask
+        os.chmod(tmp / "rootfs.tar", 0o600)
 
     d, _ = cache.ensure_entry(guest_dir, f"{spec.kind}-tar", spec.tar_key, build)
     return d / "rootfs.tar"
@@ -62,7 +64,9 @@ def ensure_tarball(guest_dir: Path, spec: RootfsSpec, progress=print) -> Path:
 
 def prepare_tree(tree: Path, spec: RootfsSpec) -> None:
     for d in spec.dirs:
-        (tree / d).mkdir(parents=True, exist_ok=True)
+        if not (tree / d).exists():
+            (tree / d).mkdir(parents=True)
+            os.chmod(tree / d, 0o755)  # not the private umask of the data directory
     os.chmod(tree / "tmp", 0o1777)
     if (tree / "var/tmp").is_dir():
         os.chmod(tree / "var/tmp", 0o1777)
@@ -70,6 +74,7 @@ def prepare_tree(tree: Path, spec: RootfsSpec) -> None:
     if resolv.is_symlink() or resolv.exists():
         resolv.unlink()
     resolv.write_text(RESOLV_CONF)
+    os.chmod(resolv, 0o644)
 
 
 def ensure_image(guest_dir: Path, spec: RootfsSpec, progress=print) -> Path:
@@ -81,7 +86,8 @@ def ensure_image(guest_dir: Path, spec: RootfsSpec, progress=print) -> Path:
             tree = Path(t) / "tree"
             tree.mkdir()
             # As root with numeric owners so the image keeps Debian's ownership.
-            run(["tar", "-xpf", str(tarball), "--numeric-owner", "-C", str(tree)], what="tar -x")
+            run(["tar", "-xpf", str(tarball), "--numeric-owner", "-C", str(tree)], what="tar -x",
+                umask=CONTENT_UMASK)
             prepare_tree(tree, spec)
             # Uncompressed: faster to read under TCG emulation.
             run(["mkfs.erofs", "--quiet", str(tmp / spec.image_name), str(tree)], what="mkfs.erofs")

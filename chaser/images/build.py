@@ -153,7 +153,7 @@ class Builder:
         return layout
 
     def _install_base(self, built: Path, entry: Path) -> None:
-        os.chmod(built, 0o755)
+        os.chmod(built, 0o700)  # the data directory is private (chaser/datadir.py)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         os.rename(built, entry)
 

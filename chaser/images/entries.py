@@ -89,7 +89,7 @@ class Entries:
 
     def install(self, built: Path, digest: str) -> None:
         """Rename a finished entry into place (the caller holds the digest's lock)."""
-        os.chmod(built, 0o755)
+        os.chmod(built, 0o700)  # the data directory is private (chaser/datadir.py)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.rename(built, self.path(digest))
 

@@ -47,11 +47,12 @@ class ToolResult:
 
 
 async def run_tool(cmd: list[str], *, on_line: Callable[[str], None] | None = None,
-                   env: dict[str, str] | None = None) -> ToolResult:
-    """Run a tool in its own process group; it is killed if we are cancelled."""
+                   env: dict[str, str] | None = None, umask: int = -1) -> ToolResult:
+    """Run a tool in its own process group; it is killed if we are cancelled. `umask`: the tool's
+    (-1: ours, the data directory's private one under the server)."""
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, umask=umask,
     )
     out = bytearray()
 

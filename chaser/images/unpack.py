@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from chaser import errors
+from chaser.datadir import CONTENT_UMASK
 from chaser.images.pull import run_tool
 
 UMOCI = "umoci"
@@ -104,7 +105,8 @@ def scan_layers(layout: Path, manifest: dict[str, Any], *, max_unpacked: int | N
 
 
 async def umoci_unpack(layout: Path, tag: str, rootfs: Path) -> None:
-    res = await run_tool([UMOCI, "raw", "unpack", "--image", f"{layout}:{tag}", str(rootfs)])
+    # The tree's modes are the image's (directories umoci makes on its own too), not our private umask.
+    res = await run_tool([UMOCI, "raw", "unpack", "--image", f"{layout}:{tag}", str(rootfs)], umask=CONTENT_UMASK)
     if res.returncode != 0:
         reason = res.stderr.strip()[-800:]
         if any(s in reason.lower() for s in _HOST_ERRORS):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chaser.config import Settings
+from chaser.datadir import make_private
 from chaser.runtime import Runtime
 from chaser.service.audit import AuditLog
 from chaser.service.commands import CommandService
@@ -41,7 +42,7 @@ class Services:
 
 def build_services(settings: Settings, runtime: Runtime | None = None) -> Services:
     """Open the database (migrated to head) and wire the services; the runtime may come later."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    make_private(settings.home)  # 0700; an existing home readable by others is tightened (one log line)
     db = Database(settings.effective_database_url)
     db.upgrade()
     audit = AuditLog(db, retention_days=settings.audit_retention_days)

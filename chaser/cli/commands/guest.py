@@ -19,10 +19,13 @@ def build(
     from rich.console import Console
 
     from chaser.config import get_settings
+    from chaser.datadir import make_private, use_private_umask
     from chaser.guest.build import build_guest_assets
 
     console = Console(stderr=True)
     settings = get_settings()
+    use_private_umask()  # what it writes under CHASER_HOME is the server's user's only
+    make_private(settings.home)
     started = time.monotonic()
     with console.status("building guest assets…") as status:
         assets = build_guest_assets(settings, progress=lambda line: status.update(line), force=force)

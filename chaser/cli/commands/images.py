@@ -22,9 +22,13 @@ SHORT_DIGEST_CHARS = len("sha256:") + 12  # as `docker images` shows them; `rm` 
 def _store():
     """The store's blocking operations: these commands run without an event loop."""
     from chaser.config import get_settings
+    from chaser.datadir import make_private, use_private_umask
     from chaser.images import ImageStore
 
-    return ImageStore(get_settings()).blocking
+    settings = get_settings()
+    use_private_umask()  # what it writes under CHASER_HOME is the server's user's only
+    make_private(settings.home)
+    return ImageStore(settings).blocking
 
 
 def _human(n: int | None) -> str:

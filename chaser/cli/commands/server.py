@@ -147,8 +147,10 @@ def serve(host: str | None = None, port: int | None = None, data_dir: Path | Non
     import uvicorn
 
     from chaser.assembly import create_app
+    from chaser.datadir import use_private_umask
 
     settings = server_settings(host, port, data_dir, tls_cert, tls_key)
+    use_private_umask()  # everything it creates is its user's only: CHASER_HOME 0700, files 0600
     tls = settings.tls_cert is not None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warning = plain_http_warning(settings.host, tls=tls)
