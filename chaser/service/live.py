@@ -38,6 +38,9 @@ class LiveSession:
     image_digest: str = ""
     network: EgressPolicy | None = None  # the effective egress policy (what the VM was given / last set)
     network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # serialises policy changes
+    # The env it was created with: it may hold secrets, so it lives here while the session runs and is
+    # never written to the database (the VM got it at /init; a reused workspace session compares it).
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def touch(self) -> None:
         self.last_activity = time.time()

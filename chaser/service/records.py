@@ -27,7 +27,6 @@ class SessionRecord(Record):
     status: str
     ephemeral: bool
     image: str | None
-    env: dict[str, str]
     proxy: str | None
     created_at: datetime
     expires_at: datetime | None

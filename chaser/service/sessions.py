@@ -183,12 +183,13 @@ class SessionManager:
             workspace_name=(workspace.name or workspace.id) if workspace else None,
             ephemeral=workspace is None, image=image_ref or DEFAULT_IMAGE, proxy=proxy,
             expires_at=now + timedelta(seconds=ttl_seconds or self.settings.session_max_lifetime_s),
-            image_digest=resolved.digest, network=policy,
+            image_digest=resolved.digest, network=policy, env=dict(env),
         )
         row = SessionRow(
             id=session_id, account_id=principal.account_id, workspace_id=live.workspace_id,
             session_type="sandbox", status=SessionStatus.STARTING, ephemeral=live.ephemeral, image=live.image,
-            env=env, proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
+            env={},  # in memory only (LiveSession.env): a session's env is never stored
+            proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
             network=policy.to_dict(),
         )
         await live.lock.acquire()
@@ -218,11 +219,8 @@ class SessionManager:
         """A create that names a workspace with a session gets that session, unless it asks for what
         only a new VM could give: env and proxy are fixed when a session starts (409, nothing changed)."""
         different = []
-        if env:
-            with self.db.session() as s:
-                row = s.get(SessionRow, existing.id)
-            if row is None or dict(row.env or {}) != env:
-                different.append("env")
+        if env and existing.env != env:
+            different.append("env")
         if proxy is not None and proxy != existing.proxy:
             different.append("proxy")
         if different:

@@ -99,6 +99,8 @@ class SessionRow(Base):
     status: Mapped[str] = mapped_column(String(32), index=True)  # starting | running | terminated | failed
     ephemeral: Mapped[bool] = mapped_column(Boolean, default=True)
     image: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    # Always {}: a session's env may hold secrets and is kept in memory only while it runs
+    # (chaser/service/live.py); migration 0005 blanked what earlier versions stored.
     env: Mapped[dict] = mapped_column(JSON, default=dict)
     proxy: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
