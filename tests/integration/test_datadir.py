@@ -1,0 +1,71 @@
+"""The data directory of a real server with a real, jailed VM running: nothing in it is readable
+by another user, the jailed QEMU (another uid) still runs from it, and the session's env reaches
+the sandbox without being written to any file of the home."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ServerProcess, qemu_pids_under
+
+pytestmark = pytest.mark.vm
+
+SECRET = "s3cr3t-7c2e9a41"
+
+
+def loose_entries(root: Path) -> list[str]:
+    """Entries under root (symlinks not followed: guest/ is the default home's) that a group or
+    other could use, and files with an executable bit."""
+    found = [f"{oct(stat.S_IMODE(os.lstat(root).st_mode))} ."] if os.lstat(root).st_mode & 0o077 else []
+    for current, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = os.path.join(current, name)
+            st = os.lstat(path)
+            mode = stat.S_IMODE(st.st_mode)
+            if not stat.S_ISLNK(st.st_mode) and (mode & 0o077 or (stat.S_ISREG(st.st_mode) and mode & 0o111)):
+                found.append(f"{oct(mode)} {os.path.relpath(path, root)}")
+    return found
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid in /proc/{pid}/status")
+
+
+def test_the_home_of_a_running_server_is_private(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)  # as an earlier version left it
+    server = ServerProcess(home=home, config_file=tmp_path / "config.json").start()
+    try:
+        assert "was readable by other users: made" in server.log()  # the one line at start
+        with server.client() as http:
+            assert http.post("/v1/workspaces", json={"name": "dev"}).status_code == 200
+            created = http.post("/v1/sessions", json={"workspace": "dev", "env": {"TOKEN": SECRET}})
+            assert created.status_code == 201, created.text
+            session_id = created.json()["id"]
+            ran = http.post("/v1/exec", json={"workspace": "dev", "command": "printenv TOKEN; echo x > /workspace/f"})
+            assert ran.status_code == 200 and ran.json()["output"] == f"{SECRET}\n", ran.text
+
+            pids = qemu_pids_under(home)
+            assert pids, "no QEMU holds files of the home"
+            assert all(uid_of(pid) != 0 for pid in pids)  # jailed: another uid, the home is root's 0700
+            assert list((home / "vms").iterdir()) and list((home / "workspaces").iterdir())
+            assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+            assert loose_entries(home) == []
+            db_files = [p for p in home.iterdir() if p.name.startswith("chaser.db")]
+            assert db_files and not [p for p in db_files if SECRET.encode() in p.read_bytes()]
+
+            assert http.delete(f"/v1/sessions/{session_id}").json()["status"] == "terminated"
+        with sqlite3.connect(home / "chaser.db") as db:
+            assert db.execute("SELECT env FROM sessions WHERE id = ?", (session_id,)).fetchone() == ("{}",)
+        assert loose_entries(home) == []
+    finally:
+        server.stop()
