@@ -47,12 +47,14 @@ class ToolResult:
 
 
 async def run_tool(cmd: list[str], *, on_line: Callable[[str], None] | None = None,
-                   env: dict[str, str] | None = None, umask: int = -1) -> ToolResult:
+                   env: dict[str, str] | None = None, umask: int | None = None) -> ToolResult:
     """Run a tool in its own process group; it is killed if we are cancelled. `umask`: the tool's
-    (-1: ours, the data directory's private one under the server)."""
+    (None: ours, the data directory's private one under the server)."""
+    if umask is not None:  # through sh: uvloop's subprocess_exec takes no umask= (nor should a thread fork)
+        cmd = ["/bin/sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *cmd]
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, umask=umask,
+        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
     )
     out = bytearray()
 
