@@ -154,6 +154,11 @@ class Agent:
 
     @web.middleware
     async def error_middleware(self, request, handler):
+        response = await self._answer(request, handler)
+        await close_after_unread_body(request, response)
+        return response
+
+    async def _answer(self, request, handler):
         try:
             return await handler(request)
         except ApiError as e:
@@ -384,6 +389,35 @@ class Agent:
         r.add_get(Endpoint.RELAY, self.lazy("relay", "handle_relay"))
         r.add_get(Endpoint.SELFTEST, self.lazy("selftest", "handle_selftest"))
         return app
+
+
+DRAIN_BYTES = 1024 * 1024
+DRAIN_SECONDS = 2.0
+
+
+async def close_after_unread_body(request, response) -> None:
+    """A request whose body the handler did not read (a refused upload, a 404) gets its answer
+    with `Connection: close`. Kept alive, aiohttp 3.8 (the guest's) could leave that connection
+    unread after a body of a few hundred KiB, and the host's next call on it failed after the
+    keep-alive timer (AgentUnavailable). What is left of the body (up to DRAIN_BYTES, for up
+    to DRAIN_SECONDS) is read first, so the close is not a reset that loses the answer."""
+    content = request.content
+    if content.at_eof() or response.prepared:  # at_eof: all received *and* read
+        return
+    response.force_close()
+
+    async def drain():
+        drained = 0
+        while drained <= DRAIN_BYTES:
+            chunk = await content.readany()
+            if not chunk:
+                return
+            drained += len(chunk)
+
+    try:
+        await asyncio.wait_for(drain(), DRAIN_SECONDS)
+    except (TimeoutError, ConnectionError):
+        pass
 
 
 def feed_entropy(data: bytes, credit: bool) -> None:

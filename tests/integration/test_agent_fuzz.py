@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from chaser import errors
 from tests.integration.vm_fixtures import runtime, settings, vm  # noqa: F401
 from tests.support import agent_fuzz
 
@@ -39,15 +41,27 @@ async def test_the_agent_survives_a_fuzz_from_the_host(vm):
         process_ids=finished, timeout=20.0)
     print(json.dumps({k: v for k, v in summary.items() if k != "failures"}))
     assert summary["failures"] == [], summary["failures"][:5]
-    # A kept-alive connection lost now and then (8 of 600 measured): aiohttp 3.8 may stop reading one
-    # after a large body the route did not read (tests/support/agent_fuzz.py). Each got its answer anew.
-    assert summary["retries"] <= HOST_REQUESTS // 20, summary["retries"]
+    # A kept-alive connection the agent closed between two requests, now and then (1 of 600 measured;
+    # 8 before an unread body closed its connection): each request got its answer on a new one.
+    assert summary["retries"] <= HOST_REQUESTS // 50, summary["retries"]
     statuses = summary["statuses"]
     assert sum(statuses.values()) == HOST_REQUESTS
     # It reached the handlers (answers of every kind), not only the router's 404.
     assert {200, 400, 404, 405} <= set(statuses), statuses
     assert not {401, 500} & set(statuses), statuses
     await still_serves(vm)
+
+
+async def test_a_refused_upload_does_not_break_the_hosts_next_call(vm):
+    """Found by the fuzz: after a body the agent did not read (here: an upload to a directory),
+    aiohttp 3.8 left the kept-alive connection unread and the host's next call on it failed
+    after the keep-alive timer (AgentUnavailable). Now that answer closes the connection."""
+    for size in (200_000, 300_000, 2_000_000):
+        with pytest.raises(errors.InvalidRequest, match="is a directory"):
+            await vm.write_file("/tmp", b"x" * size)
+        started = time.monotonic()
+        result = await vm.exec("true", timeout_ms=30_000)
+        assert result["exit_code"] == 0 and time.monotonic() - started < 5
 
 
 async def test_the_agent_survives_a_fuzz_from_inside_the_sandbox(vm):

@@ -203,10 +203,8 @@ def run(host: str, port: int, token: str | None, *, seed: int, count: int, proce
     """`count` requests; a summary: status counts, failures (no answer, or an undocumented 5xx).
 
     A request that fails on a kept-alive connection (the server may close one at any time,
-    RFC 9112 9.3.1; aiohttp 3.8, the guest's, sometimes stops reading a connection after a
-    large body it did not need, until its keep-alive timer resets it) is retried once on a
-    new connection, as HTTP clients do (`retries`); one that fails on a new connection is a
-    failure."""
+    RFC 9112 9.3.1) is retried once on a new connection, as HTTP clients do (`retries`); one
+    that fails on a new connection is a failure."""
     fuzzer = Fuzzer(seed, process_ids)
     statuses: dict[int, int] = {}
     failures: list[dict] = []

@@ -106,6 +106,16 @@ def test_head_of_a_file_sends_no_body_and_the_connection_stays_in_step(agent, tm
         conn.close()
 
 
+def test_an_answer_before_the_body_was_read_closes_the_connection(call, tmp_path):
+    """A refused upload (the path is a directory) is answered before its body is read: the answer
+    closes the connection, which aiohttp 3.8 (the guest's) otherwise left stalled for the next call."""
+    answer = call("PUT", "/files", params={"path": str(tmp_path)}, body=b"x" * 300_000)
+    refused(answer, code="is_a_directory")
+    assert answer.headers["connection"] == "close"
+    read = call("POST", "/exec", json_body={"command": "true"})  # a body read whole: kept alive
+    assert read.status_code == 200 and read.headers.get("connection") != "close"
+
+
 def busybox_root(path):
     """A sandbox root of its own: the fuzz's commands and directories land there, not on this host."""
     for directory in ("bin", "etc", "tmp", "workspace"):
