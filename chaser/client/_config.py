@@ -41,9 +41,10 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_file_atomically(path: Path, text: str, *, mode: int) -> None:
-    """Replace `path` with `text` in one rename (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_file_atomically(path: Path, text: str, *, mode: int, dir_mode: int = 0o777) -> None:
+    """Replace `path` with `text` in one rename (a reader never sees half a file); a missing
+    directory is made with `dir_mode` (under the umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -60,7 +61,7 @@ def write_file_atomically(path: Path, text: str, *, mode: int) -> None:
 
 def save_config(data: dict[str, Any], path: Path | None = None) -> None:
     """Write atomically with mode 0600: the file holds an API key."""
-    write_file_atomically(path or config_path(), json.dumps(data, indent=2) + "\n", mode=0o600)
+    write_file_atomically(path or config_path(), json.dumps(data, indent=2) + "\n", mode=0o600, dir_mode=0o700)
 
 
 def update_config(path: Path | None = None, **values: Any) -> dict[str, Any]:

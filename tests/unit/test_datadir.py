@@ -156,3 +156,18 @@ def test_the_migration_blanks_the_env_earlier_versions_stored(tmp_path):
     db.upgrade()
     with sqlite3.connect(tmp_path / "chaser.db") as raw:
         assert raw.execute("SELECT env FROM sessions").fetchall() == [("{}",)]
+
+
+def test_the_cli_config_is_0600_in_a_0700_directory(tmp_path):
+    from chaser.cli.commands.server import write_cli_config
+    from chaser.client import save_config
+
+    previous = os.umask(0o022)  # the CLI runs under the user's umask
+    try:
+        save_config({"api_key": "sk_x"}, tmp_path / "cli" / "chaser" / "config.json")
+        write_cli_config(tmp_path / "server" / "chaser" / "config.json", {"api_key": "sk_y"})
+    finally:
+        os.umask(previous)
+    for directory in (tmp_path / "cli" / "chaser", tmp_path / "server" / "chaser"):
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(directory / "config.json").st_mode) == 0o600

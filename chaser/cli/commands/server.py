@@ -69,8 +69,8 @@ def read_cli_config(path: Path) -> dict:
 
 
 def write_cli_config(path: Path, data: dict) -> None:
-    """Write atomically with mode 0600: it holds an API key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically with mode 0600 (its directory, when made, 0700): it holds an API key."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
