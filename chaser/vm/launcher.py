@@ -43,6 +43,16 @@ class Launcher:
         self.network = network
         self.cgroups = cgroups
         self._uid_counter = 0
+        self._boot_files: dict[Path, int] = {}  # kernel, initramfs → a sealed memfd every QEMU shares
+
+    async def _boot_file(self, path: Path) -> int:
+        """The file as a sealed memfd, made once per process (entries are content-addressed: a path
+        is one content) and shared by every QEMU: one copy in memory, not one per VM."""
+        fd = self._boot_files.get(path)
+        if fd is None:
+            fd = await asyncio.to_thread(memory.sealed_copy, path)
+            self._boot_files[path] = fd
+        return fd
 
     async def launch(
         self,
@@ -92,9 +102,10 @@ class Launcher:
                     confinement.cgroup_procs = cgroup.procs_files
                 # Registered at once: PassedFiles closes it whatever happens next.
                 token_file = files.fd_path(memory.secret_file("chaser-boot-token", boot_token.encode()))
+                kernel, initramfs = await self._boot_file(assets.kernel), await self._boot_file(assets.initramfs)
                 command = QemuCommand(
-                    kernel=files.path(assets.kernel),
-                    initramfs=files.path(assets.initramfs),
+                    kernel=files.fd_path(kernel),
+                    initramfs=files.fd_path(initramfs),
                     os_disk=files.fdset(assets.os_disk, writable=False),
                     image_disk=files.fdset(image, writable=False),
                     writable_disk=files.fdset(writable, writable=True),
@@ -123,7 +134,7 @@ class Launcher:
             finally:
                 if placeholder is not None:
                     os.close(placeholder)
-                files.close(keep=(memory_fd,) if memory_fd else ())
+                files.close(keep=(*self._boot_files.values(), *((memory_fd,) if memory_fd else ())))
             console = ConsoleLog(self.settings.serial_log_max_bytes)
             assert process.stdout is not None  # spawned with stdout=PIPE
             console.follow(process.stdout)

@@ -47,6 +47,24 @@ def secret_file(name: str, data: bytes) -> int:
     return fd
 
 
+def sealed_copy(path: Path) -> int:
+    """A sealed memfd holding the file's content (the guest kernel, the initramfs): QEMU re-opens
+    /proc/self/fd/N by path, which checks the file's own mode, and the data directory's files are
+    0600 (chaser/datadir.py); a memfd is on no path, and sealed, no QEMU can change it for the next."""
+    fd = os.memfd_create(path.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        with open(path, "rb") as source:
+            while chunk := source.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+        seal(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def seal(fd: int) -> None:
     fcntl.fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)
 

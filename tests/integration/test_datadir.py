@@ -4,13 +4,16 @@ the sandbox without being written to any file of the home."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
 
+from chaser.config import Settings
 from tests.integration.conftest import ServerProcess, qemu_pids_under
 
 pytestmark = pytest.mark.vm
@@ -39,10 +42,35 @@ def uid_of(pid: int) -> int:
     raise AssertionError(f"no Uid in /proc/{pid}/status")
 
 
+def private_guest_dir(home: Path) -> Path:
+    """home/guest as a real directory: the default home's kernel and initramfs copied in with mode
+    0600 (what the jailed QEMU cannot open by path), the rest symlinked (the template included)."""
+    default = Settings(home=Settings().home).guest_dir
+    guest = home / "guest"
+    guest.mkdir()
+    manifest = json.loads((default / "current.json").read_text())
+    for key in ("kernel", "initramfs"):
+        source = Path(manifest[key])
+        entry = guest / source.parent.name
+        entry.mkdir(exist_ok=True)
+        shutil.copyfile(source, entry / source.name)
+        os.chmod(entry / source.name, 0o600)
+        manifest[key] = str(entry / source.name)
+    for name in ("templates", "accel.json"):
+        (guest / name).symlink_to(default / name)
+    (guest / "current.json").write_text(json.dumps(manifest))
+    return guest
+
+
+def memfds_of(pid: int) -> list[str]:
+    return [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd).startswith("/memfd:")]
+
+
 def test_the_home_of_a_running_server_is_private(tmp_path):
     home = tmp_path / "home"
     home.mkdir(mode=0o755)
     os.chmod(home, 0o755)  # as an earlier version left it
+    private_guest_dir(home)
     server = ServerProcess(home=home, config_file=tmp_path / "config.json").start()
     try:
         assert "was readable by other users: made" in server.log()  # the one line at start
@@ -57,6 +85,9 @@ def test_the_home_of_a_running_server_is_private(tmp_path):
             pids = qemu_pids_under(home)
             assert pids, "no QEMU holds files of the home"
             assert all(uid_of(pid) != 0 for pid in pids)  # jailed: another uid, the home is root's 0700
+            # It booted a 0600 kernel and initramfs: from sealed memfds, not by path.
+            assert all({"/memfd:vmlinuz", "/memfd:initramfs.img"} <= {m.removesuffix(" (deleted)")
+                                                                     for m in memfds_of(pid)} for pid in pids)
             assert list((home / "vms").iterdir()) and list((home / "workspaces").iterdir())
             assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
             assert loose_entries(home) == []
