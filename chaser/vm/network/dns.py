@@ -60,7 +60,10 @@ async def start_dnsmasq(netns: Path, argv: list[str], log_path: Path) -> asyncio
     """dnsmasq inside `netns`, dying with us (the same preexec as QEMU's, chaser/vm/process.py)."""
     netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with open(log_path, "ab") as output:  # noqa: ASYNC230 - opened to hand to the child
+        # Its log holds the sandbox's DNS queries: 0600, also when an earlier version left it readable.
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with open(log_fd, "ab") as output:  # noqa: ASYNC230 - opened to hand to the child
+            os.fchmod(output.fileno(), 0o600)
             return await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
                 start_new_session=True, preexec_fn=confine(Confinement(netns=netns), netns_fd),
