@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 from chaser.store import Database
 from chaser.store.tables import AuditEvent, utcnow
@@ -53,6 +53,7 @@ MAX_TEXT_BYTES = 4096  # a command line, a path
 MAX_SUMMARY_CHARS = 500
 MAX_ID_CHARS = 64
 PRUNE_INTERVAL_S = 3600.0
+WRITE_BATCH = 200
 EVENT_ID_PREFIX = "aud_"
 SYSTEM_ACTOR_ID = "server"
 
@@ -146,7 +147,7 @@ class AuditLog:
     def __init__(self, db: Database, *, retention_days: float = 90.0) -> None:
         self.db = db
         self.retention_days = retention_days
-        self._pending: deque[AuditEvent] = deque()
+        self._pending: deque[dict[str, Any]] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._last_prune = 0.0  # monotonic; 0: not yet
 
@@ -164,17 +165,15 @@ class AuditLog:
             else:
                 actor_type = "public" if who.key_id == "public" else "api_key"
                 actor_id, address = who.key_id, origin.client_address if origin is not None else None
-            row = AuditEvent(created_at=utcnow(), account_id=account_id[:MAX_ID_CHARS], actor_type=actor_type,
-                             actor_id=actor_id[:MAX_ID_CHARS], client_address=address, action=action,
-                             resource_type=resource_type,
-                             resource_id=resource_id[:MAX_ID_CHARS] if resource_id else None,
-                             status=status, summary=summary[:MAX_SUMMARY_CHARS],
-                             details=_small(dict(metadata or {})))
+            row = dict(created_at=utcnow(), account_id=account_id[:MAX_ID_CHARS], actor_type=actor_type,
+                       actor_id=actor_id[:MAX_ID_CHARS], client_address=address, action=action,
+                       resource_type=resource_type, resource_id=resource_id[:MAX_ID_CHARS] if resource_id else None,
+                       status=status, summary=summary[:MAX_SUMMARY_CHARS], details=_small(dict(metadata or {})))
             self._enqueue(row)
         except Exception:  # the audit log must never fail the request it records
             log.exception("audit: could not record %s of %s %s", action, resource_type, resource_id)
 
-    def _enqueue(self, row: AuditEvent) -> None:
+    def _enqueue(self, row: dict[str, Any]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop here (start-up, a test's thread): write now
@@ -186,17 +185,18 @@ class AuditLog:
 
     async def _drain(self) -> None:
         while self._pending:
-            batch = list(self._pending)
-            self._pending.clear()
+            # Bounded batches: a worker thread writing thousands of rows at once would still hold the GIL
+            # long enough to stall the loop for tens of milliseconds.
+            batch = [self._pending.popleft() for _ in range(min(len(self._pending), WRITE_BATCH))]
             try:
                 await asyncio.to_thread(self._write, batch)
             except Exception:  # logged with what was lost; the next events are tried anew
                 log.exception("audit: %d events could not be written (%s)", len(batch),
-                              ", ".join(sorted({row.action for row in batch})))
+                              ", ".join(sorted({row["action"] for row in batch})))
 
-    def _write(self, rows: list[AuditEvent]) -> None:
-        with self.db.session() as s:
-            s.add_all(rows)
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        with self.db.session() as s:  # one executemany, in the order recorded: ids follow that order
+            s.execute(insert(AuditEvent), rows)
 
     async def flush(self) -> None:
         """Wait until every event recorded so far on this loop is written."""
