@@ -146,3 +146,9 @@ def server_factory(tmp_path):
     yield make
     for srv in servers:
         srv.stop()
+
+
+# The VM fixtures live in this conftest's scope, not imported into each module: a session
+# fixture imported into two modules is two fixtures, i.e. two Runtimes (two warm pools),
+# and the first one torn down would see the other's VMs as leftovers.
+from tests.integration.vm_fixtures import runtime, settings, vm  # noqa: E402, F401

@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from chaser import errors
-from tests.integration.vm_fixtures import runtime, settings, vm  # noqa: F401
 from tests.support import agent_fuzz
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="session")]

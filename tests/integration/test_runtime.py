@@ -16,7 +16,7 @@ import pytest
 
 from chaser import errors
 from chaser.vm.runtime import VMSpec
-from tests.integration.vm_fixtures import pid_alive, qemu_pids_for, runtime, settings, vm  # noqa: F401
+from tests.integration.vm_fixtures import pid_alive
 from tests.support import async_wait_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.asyncio(loop_scope="session")]
