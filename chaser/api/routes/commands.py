@@ -16,8 +16,16 @@ router = APIRouter(prefix="/v1/sessions/{session_id}/commands", tags=["commands"
 SSE_DOC: Responses = {
     200: {
         "description": "Server-Sent Events: `output` events `{offset, data, encoding}` then one "
-                       "`exit` event `{status, exit_code}`; see docs/api.md",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                       "`exit` event `{status, exit_code}` (or an `error` event `{code, message}`); see docs/api.md",
+        # Before OpenAPI 3.2 (no `itemSchema`), an event stream's `schema` describes one event.
+        "content": {"text/event-stream": {"schema": {
+            "type": "object",
+            "properties": {"event": {"type": "string", "enum": ["output", "exit", "error"]},
+                           "data": {"type": "string", "description": "one JSON document"},
+                           "id": {"type": "string", "description": "the output offset after this event"},
+                           "retry": {"type": "integer"}},
+            "required": ["data"],
+        }}},
     }
 }
 
