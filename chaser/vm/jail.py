@@ -44,17 +44,15 @@ def jail_user_for(settings: Settings, slot: int) -> JailUser | None:
 class PassedFiles:
     """Descriptors opened by the runtime for one QEMU, and how QEMU names them.
 
-    `path()` gives `/proc/self/fd/N` (QEMU re-opens it; the kernel checks only
-    the file's own mode, not the directories above it). `fdset()` gives
+    `fd_path()` gives `/proc/self/fd/N` for a descriptor the caller made, a sealed
+    memfd (QEMU re-opens it, and a re-open checks the file's own mode, so a 0600
+    file of ours would not do). `fdset()` gives
     `/dev/fdset/N` for disks: QEMU's block layer re-opens a disk (e.g. on `cont`
     after a restore) by duplicating our descriptor, so even a disk file that
     QEMU's uid could not open works."""
 
     fds: list[int] = field(default_factory=list)
     _sets: list[tuple[int, int]] = field(default_factory=list)
-
-    def path(self, file: Path) -> Path:
-        return Path(f"/proc/self/fd/{self._open(file, os.O_RDONLY)}")
 
     def fd_path(self, fd: int) -> Path:
         """A descriptor the caller owns (e.g. a memfd), passed on as a path."""

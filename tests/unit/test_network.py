@@ -147,13 +147,14 @@ def test_passed_files_name_descriptors_not_paths(tmp_path):
     disk.write_bytes(b"\0" * 512)
     files = PassedFiles()
     try:
-        assert str(files.path(disk)).startswith("/proc/self/fd/")
+        kernel = memory.secret_file("kernel", b"\x7fELF")
+        assert str(files.fd_path(kernel)) == f"/proc/self/fd/{kernel}"
         assert str(files.fdset(disk, writable=True)) == "/dev/fdset/1"
         assert str(files.fdset(disk, writable=False)) == "/dev/fdset/2"
         args = files.qemu_args()
         assert args.count("-add-fd") == 3 and any(a.endswith(",set=1") for a in args)
         modes = sorted(os.O_ACCMODE & fcntl.fcntl(fd, fcntl.F_GETFL) for fd in files.all_fds)
-        assert modes == [os.O_RDONLY, os.O_RDONLY, os.O_RDONLY, os.O_RDWR]
+        assert modes == [os.O_RDONLY, os.O_RDONLY, os.O_RDWR, os.O_RDWR]  # the memfd is read-write (sealed)
     finally:
         fds = files.all_fds
         files.close()
