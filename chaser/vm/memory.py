@@ -11,58 +11,51 @@ server process loads the same template without booting it again.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-MFD_CLOEXEC = 0x0001
-MFD_ALLOW_SEALING = 0x0002
 F_ADD_SEALS = 1033
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 0x1, 0x2, 0x4, 0x8
 CHUNK = 8 * 1024 * 1024
 
 
-def new_memfd(name: str, size: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd: int = libc.memfd_create(name.encode(), MFD_CLOEXEC | MFD_ALLOW_SEALING)
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "memfd_create")
-    os.ftruncate(fd, size)
+def new_memfd(name: str, size: int = 0) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    if size:
+        os.ftruncate(fd, size)
+    return fd
+
+
+def sealed_file(name: str, chunks: Iterable[bytes]) -> int:
+    """A sealed memfd holding `chunks`: passed to QEMU as /proc/self/fd/N it is on no disk,
+    reachable only through the processes that hold it (the owner and root), and no QEMU can
+    change it for the next one. (A re-open of /proc/self/fd/N checks the file's own mode, so
+    a 0600 file of the data directory, chaser/datadir.py, could not be passed that way.)"""
+    fd = new_memfd(name)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        seal(fd)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
 def secret_file(name: str, data: bytes) -> int:
-    """A sealed memfd holding `data`: passed to QEMU as /proc/self/fd/N, it is on no disk
-    and reachable only through the processes that hold it (the owner and root)."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        os.write(fd, data)
-        seal(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    """A secret (a boot token) for QEMU: see sealed_file."""
+    return sealed_file(name, [data])
 
 
 def sealed_copy(path: Path) -> int:
-    """A sealed memfd holding the file's content (the guest kernel, the initramfs): QEMU re-opens
-    /proc/self/fd/N by path, which checks the file's own mode, and the data directory's files are
-    0600 (chaser/datadir.py); a memfd is on no path, and sealed, no QEMU can change it for the next."""
-    fd = os.memfd_create(path.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        with open(path, "rb") as source:
-            while chunk := source.read(1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-        seal(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    """The guest kernel or initramfs for QEMU: see sealed_file."""
+    with open(path, "rb") as source:
+        return sealed_file(path.name, iter(lambda: source.read(1 << 20), b""))
 
 
 def seal(fd: int) -> None:
