@@ -15,24 +15,11 @@ import pytest
 
 from chaser.config import Settings
 from tests.integration.conftest import ServerProcess, qemu_pids_under
+from tests.support.modes import loose_entries
 
 pytestmark = pytest.mark.vm
 
 SECRET = "s3cr3t-7c2e9a41"
-
-
-def loose_entries(root: Path) -> list[str]:
-    """Entries under root (symlinks not followed: guest/ is the default home's) that a group or
-    other could use, and files with an executable bit."""
-    found = [f"{oct(stat.S_IMODE(os.lstat(root).st_mode))} ."] if os.lstat(root).st_mode & 0o077 else []
-    for current, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = os.path.join(current, name)
-            st = os.lstat(path)
-            mode = stat.S_IMODE(st.st_mode)
-            if not stat.S_ISLNK(st.st_mode) and (mode & 0o077 or (stat.S_ISREG(st.st_mode) and mode & 0o111)):
-                found.append(f"{oct(mode)} {os.path.relpath(path, root)}")
-    return found
 
 
 def uid_of(pid: int) -> int:

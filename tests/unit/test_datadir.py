@@ -16,24 +16,9 @@ from alembic import command
 from chaser.datadir import make_private, tighten, use_private_umask
 from chaser.store import Database
 from chaser.store.db import alembic_config
+from tests.support.modes import loose_entries
 
 SECRET = "s3cr3t-value-7f1d"
-
-
-def loose_entries(root: Path) -> list[str]:
-    """Everything under root (symlinks not followed) a group or other could read, write or enter,
-    and files with an executable bit."""
-    found = [f"{oct(stat.S_IMODE(os.lstat(root).st_mode))} ."] if os.lstat(root).st_mode & 0o077 else []
-    for current, dirs, files in os.walk(root):
-        for name in [*dirs, *files]:
-            path = os.path.join(current, name)
-            st = os.lstat(path)
-            mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            if mode & 0o077 or (stat.S_ISREG(st.st_mode) and mode & 0o111):
-                found.append(f"{oct(mode)} {os.path.relpath(path, root)}")
-    return found
 
 
 @pytest.fixture
