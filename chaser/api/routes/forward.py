@@ -112,40 +112,33 @@ async def gateway_live(connection: HTTPConnection, session_id: str, port: int, *
             raise errors.InvalidRequest(PATH_STYLE_LINK)
         if connection.scope.get("method") not in ("GET", "HEAD"):
             raise errors.InvalidRequest(LINK_METHODS)
-    link: list[Principal] = []
+    caller: Principal | None = None  # who pays (a public port: nobody)
+    via_link = False  # a login link, to exchange for the cookie
 
     def authenticate() -> Principal:
+        nonlocal caller, via_link
         link_token = query.get("token") if token_used and host_style else None
         if link_token is not None and forwarding.cookies.is_link(link_token):
-            principal = forwarding.link_principal(link_token, session_id)
-            link.append(principal)
-            return principal
-        if headers.get("authorization") is not None or token_used:
-            principal = principal_from(keys, headers, query=query, scope=SCOPE)
-            if token_used:
-                link.append(principal)
-            return principal
-        if not host_style:
+            caller, via_link = forwarding.link_principal(link_token, session_id), True
+        elif headers.get("authorization") is not None or token_used:
+            caller, via_link = principal_from(keys, headers, query=query, scope=SCOPE), token_used
+        elif not host_style:
             raise errors.Unauthorized(PATH_STYLE_MISSING)
-        tokens = fwd.cookie_values(headers.get("cookie"))
-        if not tokens:
-            raise errors.Unauthorized(HOST_STYLE_MISSING)
-        principal = forwarding.cookie_principal(tokens, session_id)
-        check_own_origin(connection)
-        return principal
-
-    callers: list[Principal] = []
-
-    def authenticated() -> Principal:
-        callers.append(authenticate())
-        return callers[-1]
+        else:
+            tokens = fwd.cookie_values(headers.get("cookie"))
+            if not tokens:
+                raise errors.Unauthorized(HOST_STYLE_MISSING)
+            principal = forwarding.cookie_principal(tokens, session_id)
+            check_own_origin(connection)
+            caller = principal
+        return caller
 
     try:
-        live = await forwarding.gateway_session(session_id, port, authenticated)
+        live = await forwarding.gateway_session(session_id, port, authenticate)
     finally:
-        if callers:  # the key behind a header, ?token=, link or cookie pays; a public port: nobody
-            await charge(connection, callers[0])
-    return live, (link[0] if link else None)
+        if caller is not None:  # the key behind a header, ?token=, link or cookie pays
+            await charge(connection, caller)
+    return live, (caller if via_link else None)
 
 
 def forwarded_request(connection: HTTPConnection, session_id: str, port: int, *, token_used: bool, method: str,
