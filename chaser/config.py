@@ -177,6 +177,18 @@ class Settings(BaseSettings):
         description="Lifetime of a session without `ttl_seconds`, and the largest `ttl_seconds` accepted "
         "(the reaper ends it: `max_lifetime`).",
     )
+    idle_action: Literal["auto", "pause", "terminate"] = Field(
+        "auto",
+        description="What the reaper does with an idle session: `pause` it (its memory and disk are saved, "
+        "it wakes on the next request) or `terminate` it; `auto`: pause workspace sessions, terminate "
+        "ephemeral ones.",
+    )
+    paused_ttl_s: int = Field(
+        7 * 24 * 3600, ge=1,
+        description="A session paused for longer than this is terminated and its saved state removed "
+        "(`paused_ttl`).",
+    )
+    max_fork_count: int = Field(8, ge=1, le=64, description="Largest `count` of one `POST /v1/sessions/{id}/fork`.")
     max_transfer_bytes: int = Field(
         16 * 1024 * 1024, description="Largest file upload or download through the API, per operation."
     )

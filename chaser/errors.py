@@ -135,11 +135,24 @@ class CommandFinished(Conflict):
     code = "command_finished"
 
 
+class SnapshotIncompatible(Conflict):
+    """A saved VM state (a paused session, a memory snapshot) made by other guest assets, agent or QEMU."""
+
+    code = "snapshot_incompatible"
+
+
 class PayloadTooLarge(ChaserError):
     """The payload is larger than allowed."""
 
     code = "payload_too_large"
     status = 413
+
+
+class InsufficientStorage(ChaserError):
+    """The host has no room on disk to save this; nothing was lost."""
+
+    code = "insufficient_storage"
+    status = 507
 
 
 class QuotaExceeded(ChaserError):

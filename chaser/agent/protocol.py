@@ -54,6 +54,7 @@ class Endpoint:
     HEALTH = "/health"  # GET: liveness (no side effects; safe before /init)
     INIT = "/init"  # POST: identity, env, clock, entropy, the per-session token
     PREPARE = "/prepare"  # POST: mount the sandbox ahead of /init (warm pool)
+    RESUME = "/resume"  # POST: after a resume or fork: clock, entropy, new token (and identity)
     EXEC = "/exec"  # POST: run a command (foreground or background)
     PROCESSES = "/processes"  # GET: list
     PROCESS = "/processes/{id}"  # GET: one

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .errors import ApiError, bad_request, conflict, internal
+from .identity import decode_entropy, feed_entropy
 from .processes import ProcessManager, parse_signal
 from .protocol import (
     AGENT_PROTOCOL_VERSION,
@@ -191,10 +192,7 @@ class Agent:
             raise bad_request("session_id and hostname must be strings")
         env = check_env(body.get("env"))
         time_ns = opt_int(body.get("time_ns"), "time_ns", minimum=0)
-        try:
-            entropy = base64.b64decode(body.get("entropy") or "", validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise bad_request("entropy must be base64") from None
+        entropy = decode_entropy(body.get("entropy"))
         disks = body.get("disks")
         if disks is not None and not (isinstance(disks, dict) and isinstance(disks.get("image"), str)
                                       and isinstance(disks.get("writable"), str)):
@@ -370,6 +368,7 @@ class Agent:
         r.add_get(Endpoint.HEALTH, self.health)
         r.add_post(Endpoint.INIT, self.init)
         r.add_post(Endpoint.PREPARE, self.prepare)
+        r.add_post(Endpoint.RESUME, self.lazy("identity", "handle_resume"))
         r.add_post(Endpoint.EXEC, self.exec)
         r.add_get(Endpoint.PROCESSES, self.list_processes)
         r.add_get(Endpoint.PROCESS, self.get_process)
@@ -420,25 +419,6 @@ async def close_after_unread_body(request, response) -> None:
         pass
 
 
-def feed_entropy(data: bytes, credit: bool) -> None:
-    """Fresh randomness for a VM restored from a snapshot (all clones share its pool)."""
-    try:
-        fd = os.open("/dev/urandom", os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        os.write(fd, data)
-        if credit:
-            import fcntl
-            import struct
-            RNDADDENTROPY = 0x40085203
-            fcntl.ioctl(fd, RNDADDENTROPY, struct.pack("ii", len(data) * 8, len(data)) + data)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def announce_ready() -> None:
     print(AGENT_READY_MARKER, flush=True)
     try:
@@ -450,7 +430,7 @@ def announce_ready() -> None:
 
 # Imported before the agent answers: a template snapshot is taken after the
 # first answer, so every restored clone starts with these already in memory.
-WARM_MODULES = ("pty_session", "files", "relay", "selftest", "sandbox", "safepath")
+WARM_MODULES = ("pty_session", "files", "relay", "selftest", "sandbox", "safepath", "identity")
 
 
 async def serve(token: str, port: int, sandbox_root=None, boot_token_source=None) -> None:

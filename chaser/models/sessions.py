@@ -62,6 +62,18 @@ class SessionPublic(BaseModel):
     end_reason: str | None = None
 
 
+class ForkCreate(RequestModel):
+    count: int = Field(1, ge=1, description="How many copies (at most CHASER_MAX_FORK_COUNT)")
+    workspace_names: list[str] | None = Field(
+        None, description="One new workspace per fork, cloned from the source's disk at that instant; "
+        "omitted: the forks are ephemeral")
+
+
+class ForkPublic(BaseModel):
+    source_id: str
+    sessions: list[SessionPublic]
+
+
 class SessionsPublic(BaseModel):
     sessions: list[SessionPublic]
     total: int

@@ -9,11 +9,13 @@ from enum import StrEnum
 class SessionStatus(StrEnum):
     STARTING = "starting"
     RUNNING = "running"
+    PAUSED = "paused"  # memory and disk saved, no VM (chaser/service/suspend.py)
     TERMINATED = "terminated"
     FAILED = "failed"
 
 
-ACTIVE_STATUSES: tuple[SessionStatus, ...] = (SessionStatus.STARTING, SessionStatus.RUNNING)
+# A paused session is active: it holds its workspace and wakes on the next request.
+ACTIVE_STATUSES: tuple[SessionStatus, ...] = (SessionStatus.STARTING, SessionStatus.RUNNING, SessionStatus.PAUSED)
 ENDED_STATUSES: tuple[SessionStatus, ...] = (SessionStatus.TERMINATED, SessionStatus.FAILED)
 
 
@@ -29,3 +31,4 @@ class EndReason(StrEnum):
     VM_OOM = "vm_oom"  # killed by its memory limit
     WORKSPACE_DELETED = "workspace_deleted"
     SNAPSHOT_RESTORED = "snapshot_restored"
+    PAUSED_TTL = "paused_ttl"  # paused longer than CHASER_PAUSED_TTL_S: its saved state is removed

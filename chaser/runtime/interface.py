@@ -126,6 +126,21 @@ class Runtime(Protocol):
     def warm_pool(self, image: Path) -> None:
         """Keep VMs of `image` ready for plain ephemeral sessions."""
         ...
+
+    # --- pause, resume, fork (docs/pause-and-fork.md) ---
+    async def save(self, vm: SandboxVM, directory: Path, *, keep_running: bool) -> Path:
+        """Save the VM's memory, devices and writable disk under `directory` (written last:
+        its meta file). keep_running=False ends the VM after (pause); True lets it go on
+        (fork). Any failure leaves the VM running: `errors.InsufficientStorage` when the
+        disk is too full. Returns where the saved disk copy is (ephemeral disks and forks)."""
+        ...
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> SandboxVM:
+        """A running VM from the state saved in `directory`, on `spec.writable_disk`, with
+        a new token, clock and entropy (and a new `hostname`, for a fork). The state stays."""
+        ...
+    def check_saved(self, directory: Path) -> None:
+        """`errors.SnapshotIncompatible` unless `directory` holds a state this runtime resumes."""
+        ...
     async def stop_all(self, *, graceful: bool = False) -> None: ...
 
 

@@ -41,6 +41,14 @@ class LiveSession:
     # The env it was created with: it may hold secrets, so it lives here while the session runs and is
     # never written to the database (the VM got it at /init; a reused workspace session compares it).
     env: dict[str, str] = field(default_factory=dict, repr=False)
+    # Paused: vm is None, its state is saved under CHASER_HOME/sessions/<id> (chaser/service/suspend.py).
+    paused: bool = False
+    saving: bool = False  # a pause or fork is saving its state: a request that fails meanwhile is not a crash
+
+    @property
+    def usable(self) -> bool:
+        """Running, or paused (the next request wakes it)."""
+        return not self.terminating and (self.vm is not None or self.paused)
 
     def touch(self) -> None:
         self.last_activity = time.time()

@@ -35,7 +35,7 @@ from chaser.images import ResolvedImage
 from chaser.models.network import NetworkPolicyCreate
 from chaser.models.sessions import BulkTerminateCreate, SessionCreate
 from chaser.models.status import ACTIVE_STATUSES, ENDED_STATUSES, EndReason, SessionStatus
-from chaser.runtime import Runtime, SandboxVM, VMSpec
+from chaser.runtime import EgressPolicy, Runtime, SandboxVM, VMSpec
 from chaser.service import audit
 from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
@@ -43,6 +43,7 @@ from chaser.service.live import LiveSession, check_proxy, proxy_env, session_not
 from chaser.service.network import effective_policy
 from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.service.session_network import SessionNetworks
+from chaser.service.suspend import Suspender
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database, SessionRow, Workspace
 from chaser.store.tables import utcnow
@@ -66,6 +67,7 @@ class SessionManager:
         self._workspace_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._closing = False
         self.network = SessionNetworks(self)
+        self.suspender = Suspender(self)
 
     def workspace_lock(self, workspace_id: str) -> asyncio.Lock:
         """Held while a session starts on the workspace's disk or the disk is copied, replaced or deleted."""
@@ -175,23 +177,8 @@ class SessionManager:
         if not (workspace is not None and self._active_for_workspace(workspace) is not None):
             self._admit(principal.account_id)  # before an image is pulled; again in _insert
         resolved = await self.images.resolve(image_ref, runtime=self.runtime)
-        now = utcnow()
-        session_id = "ses_" + secrets.token_hex(12)
-        live = LiveSession(
-            id=session_id, account_id=principal.account_id,
-            workspace_id=workspace.id if workspace else None,
-            workspace_name=(workspace.name or workspace.id) if workspace else None,
-            ephemeral=workspace is None, image=image_ref or DEFAULT_IMAGE, proxy=proxy,
-            expires_at=now + timedelta(seconds=ttl_seconds or self.settings.session_max_lifetime_s),
-            image_digest=resolved.digest, network=policy, env=dict(env),
-        )
-        row = SessionRow(
-            id=session_id, account_id=principal.account_id, workspace_id=live.workspace_id,
-            session_type="sandbox", status=SessionStatus.STARTING, ephemeral=live.ephemeral, image=live.image,
-            env={},  # in memory only (LiveSession.env): a session's env is never stored
-            proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
-            network=policy.to_dict(),
-        )
+        live, row = self.new_live(principal, workspace=workspace, image_ref=image_ref, image_digest=resolved.digest,
+                                  env=env, proxy=proxy, policy=policy, ttl_seconds=ttl_seconds)
         await live.lock.acquire()
         try:
             if workspace is not None:
@@ -202,18 +189,42 @@ class SessionManager:
                     if existing is not None:
                         self._check_reusable(existing, env=env, proxy=proxy)
                         live.lock.release()
+                        await self.suspender.wake(existing, principal=principal)  # a paused one resumes
                         running = await self._wait_running(existing)
                         if network is not None:  # not silently ignored: applied to the running session
                             await self.network.change(running, network)
                         return running, False
-                    self._insert(row, live)
+                    self.insert(row, live)
             else:
-                self._insert(row, live)
+                self.insert(row, live)
             await self._boot(live, image=resolved, env=env, principal=principal)
             return live, True
         finally:
             if live.lock.locked():
                 live.lock.release()
+
+    def new_live(self, principal: Principal, *, workspace: WorkspaceRecord | None, image_ref: str | None,
+                 image_digest: str, env: dict[str, str], proxy: str | None, policy: EgressPolicy | None,
+                 ttl_seconds: int | None) -> tuple[LiveSession, SessionRow]:
+        """A new session's in-memory state and its row (status starting), neither recorded yet."""
+        now = utcnow()
+        session_id = "ses_" + secrets.token_hex(12)
+        live = LiveSession(
+            id=session_id, account_id=principal.account_id,
+            workspace_id=workspace.id if workspace else None,
+            workspace_name=(workspace.name or workspace.id) if workspace else None,
+            ephemeral=workspace is None, image=image_ref or DEFAULT_IMAGE, proxy=proxy,
+            expires_at=now + timedelta(seconds=ttl_seconds or self.settings.session_max_lifetime_s),
+            image_digest=image_digest, network=policy, env=dict(env),
+        )
+        row = SessionRow(
+            id=session_id, account_id=principal.account_id, workspace_id=live.workspace_id,
+            session_type="sandbox", status=SessionStatus.STARTING, ephemeral=live.ephemeral, image=live.image,
+            env={},  # in memory only (LiveSession.env): a session's env is never stored
+            proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
+            network=policy.to_dict() if policy is not None else None,
+        )
+        return live, row
 
     def _check_reusable(self, existing: LiveSession, *, env: dict[str, str], proxy: str | None) -> None:
         """A create that names a workspace with a session gets that session, unless it asks for what
@@ -231,15 +242,20 @@ class SessionManager:
 
     def _admit(self, account_id: str) -> None:
         """A start of a new VM: the account's quota (429), then the host's capacity (503)."""
+        self.admit_many(account_id, 1)
+
+    def admit_many(self, account_id: str, count: int) -> None:
+        """`count` new VMs (a fork): a paused session holds no VM and counts for nothing here."""
         limit = self.settings.max_sessions_per_account
-        count = sum(1 for item in self.live.values() if item.account_id == account_id and not item.terminating)
-        if count >= limit:
+        live = sum(1 for item in self.live.values()
+                   if item.account_id == account_id and not item.terminating and not item.paused)
+        if live + count > limit:
             raise errors.QuotaExceeded(
-                f"account {account_id} has {count} live sessions, the limit is {limit} "
+                f"account {account_id} has {live} live sessions and asked for {count} more, the limit is {limit} "
                 "(CHASER_MAX_SESSIONS_PER_ACCOUNT); terminate one first")
         self.runtime.check_capacity()
 
-    def _insert(self, row: SessionRow, live: LiveSession) -> None:
+    def insert(self, row: SessionRow, live: LiveSession) -> None:
         """Admit, then record the session: no await in between, so concurrent creates cannot both pass."""
         self._admit(live.account_id)
         with self.db.session() as s:
@@ -289,13 +305,19 @@ class SessionManager:
                 raise
             failure = exc if isinstance(exc, errors.ChaserError) else errors.SandboxRuntimeError(
                 f"the VM could not start: {type(exc).__name__}: {exc}")
-            self._finish_row(live.id, status=SessionStatus.FAILED, reason=failure.code, message=failure.message)
+            self.finish_row(live.id, status=SessionStatus.FAILED, reason=failure.code, message=failure.message)
             log.warning("session %s failed to start: %s", live.id, failure.message)
             if isinstance(exc, (errors.ChaserError, asyncio.CancelledError)) or not isinstance(exc, Exception):
                 raise
             raise failure from exc
         live.vm = vm
         live.touch()
+        self.mark_running(live, vm, principal=principal)
+        log.info("session %s running (vm %s, %s boot, %.2fs)", live.id, vm.id, vm.boot_method,
+                 time.monotonic() - started)
+
+    def mark_running(self, live: LiveSession, vm: SandboxVM, *, principal: Principal | None,
+                     forked_from: str | None = None) -> None:
         with self.db.session() as s:
             row = s.get(SessionRow, live.id)
             if row is not None:  # the row outlives the session; only a wiped database has none
@@ -304,11 +326,10 @@ class SessionManager:
         self.audit.record("session.created", account_id=live.account_id, resource_type="session",
                           resource_id=live.id, principal=principal, summary=f"session {live.id} started",
                           metadata={"workspace_id": live.workspace_id, "image": live.image,
-                                    "ephemeral": live.ephemeral, "boot": vm.boot_method})
-        log.info("session %s running (vm %s, %s boot, %.2fs)", live.id, vm.id, vm.boot_method,
-                 time.monotonic() - started)
+                                    "ephemeral": live.ephemeral, "boot": vm.boot_method,
+                                    **({"forked_from": forked_from} if forked_from else {})})
 
-    def _finish_row(self, session_id: str, *, status: str, reason: str, message: str | None = None) -> None:
+    def finish_row(self, session_id: str, *, status: str, reason: str, message: str | None = None) -> None:
         with self.db.session() as s:
             row = s.get(SessionRow, session_id)
             if row is None or row.status in ENDED_STATUSES:
@@ -342,6 +363,9 @@ class SessionManager:
         audit.note_principal(principal)  # what it does next (exec, files, PTY) is this caller's
         row = self.get(principal, session_id)
         live = self.live.get(session_id)
+        if live is not None and live.paused and not live.terminating:
+            await self.suspender.wake(live, principal=principal)  # wake on request
+            row = self.get(principal, session_id)
         if live is not None and row.status == SessionStatus.STARTING:
             await self._wait_running(live)
             row = self.get(principal, session_id)
@@ -363,6 +387,8 @@ class SessionManager:
         try:
             yield vm
         except errors.VMCrashed:
+            if live.saving or live.paused:  # paused under the request: not a crash
+                raise session_not_running(live.id, "paused") from None
             if live.terminating or self.live.get(live.id) is not live:
                 raise session_not_running(live.id, "terminated") from None
             await self.end_crashed(live)
@@ -378,6 +404,17 @@ class SessionManager:
         end_reason = vm.end_reason if vm is not None else EndReason.VM_CRASHED  # vm_oom: its memory limit
         await self.end(live, force=True, status=SessionStatus.FAILED, reason=end_reason, message=reason)
 
+    # --- pause, resume, fork (chaser/service/suspend.py) -----------------------
+    async def pause(self, principal: Principal, session_id: str) -> SessionRecord:
+        return await self.suspender.pause(principal, session_id)
+
+    async def resume(self, principal: Principal, session_id: str) -> SessionRecord:
+        return await self.suspender.resume(principal, session_id)
+
+    async def fork(self, principal: Principal, session_id: str, *, count: int,
+                   workspace_names: builtins.list[str] | None = None) -> builtins.list[SessionRecord]:
+        return await self.suspender.fork(principal, session_id, count=count, workspace_names=workspace_names)
+
     # --- stop ----------------------------------------------------------------
     async def terminate(self, principal: Principal, session_id: str, *, force: bool = False) -> SessionRecord:
         """Idempotent: terminating an ended session answers its current state."""
@@ -386,7 +423,7 @@ class SessionManager:
         if live is not None:
             await self.end(live, force=force, status=SessionStatus.TERMINATED, reason=EndReason.TERMINATED)
         elif row.status in ACTIVE_STATUSES:  # no VM in this process: the row is stale
-            self._finish_row(session_id, status=SessionStatus.TERMINATED, reason=EndReason.TERMINATED)
+            self.finish_row(session_id, status=SessionStatus.TERMINATED, reason=EndReason.TERMINATED)
         return self.get(principal, session_id)
 
     async def end(self, live: LiveSession, *, force: bool, status: str, reason: str,
@@ -405,7 +442,8 @@ class SessionManager:
                 log.exception("session %s: stopping its VM failed", live.id)
             finally:
                 self.live.pop(live.id, None)
-                self._finish_row(live.id, status=status, reason=reason, message=message)
+                self.finish_row(live.id, status=status, reason=reason, message=message)
+                await asyncio.to_thread(self.suspender.discard, live.id)  # a saved state, a resumed VM's disk
         log.info("session %s %s (%s)", live.id, status, reason)
 
     async def bulk_terminate(self, principal: Principal, request: BulkTerminateCreate
@@ -451,9 +489,9 @@ class SessionManager:
 
     async def shutdown(self) -> None:
         self._closing = True
-        await asyncio.gather(
+        await asyncio.gather(  # a paused session stays paused: it resumes under the next server
             *(self.end(live, force=False, status=SessionStatus.TERMINATED, reason=EndReason.SERVER_SHUTDOWN)
-              for live in list(self.live.values())),
+              for live in list(self.live.values()) if not live.paused),
             return_exceptions=True,
         )
         if self._runtime is not None:

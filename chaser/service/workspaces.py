@@ -169,6 +169,12 @@ class WorkspaceManager:
         if name is not None and _ID_PATTERN.match(name):
             raise errors.InvalidRequest("a workspace name must not look like a workspace id (ws_…)")
 
+    def check_new_name(self, account_id: str, name: str) -> None:
+        """A valid name that no workspace of the account has (409 workspace_exists)."""
+        self._check_name(name)
+        if self.find_in_account(account_id, name) is not None:
+            raise errors.WorkspaceExists(f"a workspace named {name!r} already exists")
+
     def rename(self, workspace: WorkspaceRecord, name: str | None) -> WorkspaceRecord:
         self._check_name(name)
         try:

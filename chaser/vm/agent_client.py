@@ -169,6 +169,9 @@ class AgentClient:
     async def remove(self, path: str, *, recursive: bool = False) -> dict[str, Any]:
         return await self._object("DELETE", Endpoint.FILES, params={"path": path, "recursive": str(recursive).lower()})
 
+    async def resume(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._object("POST", Endpoint.RESUME, json=payload, timeout=30.0)
+
     async def prepare(self, disks: dict[str, str]) -> dict[str, Any]:
         return await self._object("POST", Endpoint.PREPARE, json={"disks": disks}, timeout=60.0)
 

@@ -61,6 +61,8 @@ class VirtualMachine:
         self.exit_reason: str | None = None
         self._oom = False
         self.writable_disk: Path | None = None  # set by the runtime; admission counts its growth
+        self.image_disk: Path | None = None  # set by the runtime: a saved state names it
+        self.ram_backing = "anonymous"  # or "template": RAM a private mapping of the template's
         self.disk_quota_bytes = 0
         self._exited = asyncio.ensure_future(process.wait())
         self._exited.add_done_callback(self._note_exit)

@@ -30,9 +30,9 @@ from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
 from chaser.config import Settings
 from chaser.guest.build import GuestAssets, load_guest_assets
 from chaser.runtime.egress import EgressPolicy
-from chaser.runtime.interface import NetworkMode
+from chaser.runtime.interface import NetworkMode, SandboxVM
 from chaser.runtime.spec import VMSpec
-from chaser.vm import memory
+from chaser.vm import memory, suspend
 from chaser.vm.accel import resolve_accel
 from chaser.vm.admission import Admission
 from chaser.vm.cgroup import detect as detect_cgroups
@@ -44,6 +44,7 @@ from chaser.vm.machine import VirtualMachine
 from chaser.vm.network.manager import NetworkManager
 from chaser.vm.pool import WarmPool
 from chaser.vm.process import reap_orphans
+from chaser.vm.saved import IGNORE_SHARED, SavedState
 from chaser.vm.template import (
     Template,
     discard_failed_template,
@@ -55,8 +56,6 @@ from chaser.vm.template import (
 )
 
 log = logging.getLogger(__name__)
-# Migration skips RAM that lives in a shared file (the template's): only device state is saved/loaded.
-IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 
 
 class Runtime:
@@ -180,6 +179,29 @@ class Runtime:
         vm.boot_ms = (time.monotonic() - started) * 1000
         return vm
 
+    async def save(self, vm: SandboxVM, directory: Path, *, keep_running: bool) -> Path:
+        """Save the VM's memory, devices and disk under `directory` (chaser/vm/suspend.py):
+        it ends after (pause) or goes on (fork). Failures leave it running."""
+        assert isinstance(vm, VirtualMachine)
+        await suspend.save(self, vm, directory, keep_running=keep_running)
+        return SavedState(directory).disk_file
+
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> VirtualMachine:
+        """A VM running from the state saved in `directory`, on `spec.writable_disk`."""
+        self.check_capacity()
+        self._starting += 1
+        try:
+            started = time.monotonic()
+            vm = await suspend.resume(self, spec, directory, hostname=hostname)
+            vm.boot_ms = (time.monotonic() - started) * 1000
+            return vm
+        finally:
+            self._starting -= 1
+
+    def check_saved(self, directory: Path) -> None:
+        """409 snapshot_incompatible unless `directory` holds a state this runtime can resume."""
+        suspend.check_compatible(self, SavedState(directory))
+
     def warm_pool(self, image: Path) -> None:
         """Start keeping VMs of `image` ready (see chaser/vm/pool.py)."""
         self.pool.start(image)
@@ -209,6 +231,8 @@ class Runtime:
             raise
         vm.writable_disk = writable
         vm.disk_quota_bytes = spec.writable_size_bytes or self.settings.writable_size_bytes
+        vm.image_disk = spec.image_disk
+        vm.ram_backing = "anonymous" if vm.boot_method == "cold" else "template"
         self.vms[vm_id] = vm
         return vm
 
@@ -263,7 +287,7 @@ class Runtime:
         ram_size = self.settings.memory_mib * 1024 * 1024
         ram = memory.new_memfd("chaser-template", ram_size)
         try:
-            vm = await self._launch_vm(
+            vm = await self.launch_vm(
                 vm_id, vm_dir,
                 image=template.image_placeholder, writable=template.writable_placeholder,
                 memory_fd=ram, shared_memory=True,
@@ -272,7 +296,7 @@ class Runtime:
             os.close(ram)
             raise
         try:
-            await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
+            await self.wait_for_agent(vm, self.settings.cold_boot_timeout_s)
             qmp = vm.qmp
             await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("stop")
@@ -296,6 +320,10 @@ class Runtime:
         # Holds no token: the template's died with its QEMU; every clone gets its own.
         template.meta_file.write_text(json.dumps({"created_at": template.created_at}))
         return template
+
+    async def sealed_template_memory(self) -> int:
+        """The current template's RAM as a sealed memfd (built if missing)."""
+        return await self._sealed_template_memory(await self.ensure_template())
 
     async def _sealed_template_memory(self, template: Template) -> int:
         fd = self._template_memory.get(template.dir)
@@ -331,7 +359,7 @@ class Runtime:
         when the snapshot does not restore, so the caller boots cold."""
         vm = None
         try:
-            vm = await self._launch_vm(
+            vm = await self.launch_vm(
                 vm_id, vm_dir, image=image, writable=writable,
                 memory_fd=await self._sealed_template_memory(template), shared_memory=False, incoming=True,
             )
@@ -340,13 +368,9 @@ class Runtime:
             with open(template.state_file, "rb") as state:  # noqa: ASYNC230 - opened to pass its descriptor
                 await pass_fd(qmp, state.fileno(), "snapshot")
             await qmp.execute("migrate-incoming", {"uri": "fd:snapshot"})
-            deadline = time.monotonic() + self.settings.restore_timeout_s
-            while not await self._paused(vm):
-                if time.monotonic() > deadline:
-                    raise errors.BootTimeout("snapshot did not load in time")
-                await asyncio.sleep(0.01)
+            await self.wait_loaded(vm)
             await qmp.execute("cont")
-            await self._wait_for_agent(vm, self.settings.restore_timeout_s)
+            await self.wait_for_agent(vm, self.settings.restore_timeout_s)
             vm.boot_method = "template"
             return vm
         except asyncio.CancelledError:
@@ -362,25 +386,31 @@ class Runtime:
             return None
 
     async def _cold_boot(self, vm_id: str, vm_dir: Path, image: Path, writable: Path) -> VirtualMachine:
-        vm = await self._launch_vm(vm_id, vm_dir, image=image, writable=writable)
+        vm = await self.launch_vm(vm_id, vm_dir, image=image, writable=writable)
         try:
-            await self._wait_for_agent(vm, self.settings.cold_boot_timeout_s)
+            await self.wait_for_agent(vm, self.settings.cold_boot_timeout_s)
         except BaseException:
             await vm.stop(graceful=False)
             raise
         vm.boot_method = "cold"
         return vm
 
-    @staticmethod
-    async def _paused(vm: VirtualMachine) -> bool:
-        answer = await vm.guard(vm.qmp.execute("query-status"))
-        return isinstance(answer, dict) and answer.get("status") == "paused"
+    async def wait_loaded(self, vm: VirtualMachine) -> None:
+        """Until an `-incoming` VM has loaded its state (QEMU exits if it cannot: VMCrashed)."""
+        deadline = time.monotonic() + self.settings.restore_timeout_s
+        while True:
+            answer = await vm.guard(vm.qmp.execute("query-status"))
+            if isinstance(answer, dict) and answer.get("status") == "paused":
+                return
+            if time.monotonic() > deadline:
+                raise errors.BootTimeout("the saved state did not load in time")
+            await asyncio.sleep(0.01)
 
-    async def _launch_vm(self, vm_id: str, vm_dir: Path, **kwargs: Any) -> VirtualMachine:
+    async def launch_vm(self, vm_id: str, vm_dir: Path, **kwargs: Any) -> VirtualMachine:
         return await self.launcher.launch(vm_id, vm_dir, assets=self.assets, accel=self.accel,
                                           on_stopped=self._forget, **kwargs)
 
-    async def _wait_for_agent(self, vm: VirtualMachine, timeout: float) -> None:
+    async def wait_for_agent(self, vm: VirtualMachine, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not await vm.guard(vm.agent.ping(timeout=2.0)):
             if time.monotonic() > deadline:

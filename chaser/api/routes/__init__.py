@@ -24,6 +24,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
          "nothing was started",
     502: "An upstream failed (`image_pull_failed`, `port_not_listening`)",
     503: "The VM runtime could not serve the request (`vm_crashed`, `agent_unavailable`, …)",
+    507: "The host's disk cannot take the saved state (`insufficient_storage`); nothing changed",
 }
 # What FastAPI's `responses=` takes.
 Responses = dict[int | str, dict[str, Any]]

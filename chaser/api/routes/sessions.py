@@ -1,4 +1,4 @@
-"""`/v1/sessions`: create, list, get, terminate, bulk-terminate, self-test, egress policy."""
+"""`/v1/sessions`: create, list, get, terminate, bulk-terminate, self-test, egress policy, pause/resume/fork."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from chaser.models import (
     BulkTerminateFailure,
     BulkTerminatePublic,
     Endpoints,
+    ForkCreate,
+    ForkPublic,
     NetworkPolicyCreate,
     NetworkPolicyPublic,
     SelfTestPublic,
@@ -62,7 +64,7 @@ async def create_session(request: Request, response: Response, services: Service
 @router.get("", response_model=SessionsPublic, summary="List sessions (active ones unless status is given)")
 async def list_sessions(
     request: Request, services: ServicesDep, principal: SessionsRead,
-    status: Literal["active", "all", "starting", "running", "terminated", "failed"] = Query("active"),
+    status: Literal["active", "all", "starting", "running", "paused", "terminated", "failed"] = Query("active"),
 ) -> SessionsPublic:
     rows = services.sessions.list(principal, status=status)
     url = public_base(request)
@@ -115,3 +117,36 @@ async def set_network(session_id: str, body: NetworkPolicyCreate, services: Serv
                       principal: SessionsWrite) -> NetworkPolicyPublic:
     policy = await services.sessions.network.set(principal, session_id, body)
     return policy_public(policy, enforced=services.sessions.network.enforced())
+
+
+@router.post("/{session_id}/pause", response_model=SessionPublic,
+             responses=error_responses(404, (409, "`session_not_running`: only a running session can be paused"),
+                                       503, 507),
+             summary="Pause: save the VM's memory and disk, end its QEMU (status `paused`; any request wakes it)")
+async def pause_session(session_id: str, request: Request, services: ServicesDep,
+                        principal: SessionsWrite) -> SessionPublic:
+    row = await services.sessions.pause(principal, session_id)
+    return session_public(row, public_base(request))
+
+
+@router.post("/{session_id}/resume", response_model=SessionPublic,
+             responses={**error_responses(404, (409, "`session_not_running` (ended), or `snapshot_incompatible`: "
+                                                     "the state was saved by other guest assets or QEMU")),
+                        **START_ERROR_RESPONSES},
+             summary="Resume a paused session with its processes (a running one is answered as it is)")
+async def resume_session(session_id: str, request: Request, services: ServicesDep,
+                         principal: SessionsWrite) -> SessionPublic:
+    row = await services.sessions.resume(principal, session_id)
+    return session_public(row, public_base(request))
+
+
+@router.post("/{session_id}/fork", response_model=ForkPublic, status_code=201,
+             responses={**error_responses(400, 404, 409, 507), **START_ERROR_RESPONSES},
+             summary="Fork a running session into `count` copies of its memory and disk (the source goes on)")
+async def fork_session(session_id: str, request: Request, services: ServicesDep, principal: SessionsWrite,
+                       body: ForkCreate | None = Body(default=None)) -> ForkPublic:
+    fork = body or ForkCreate()
+    rows = await services.sessions.fork(principal, session_id, count=fork.count,
+                                        workspace_names=fork.workspace_names)
+    base = public_base(request)
+    return ForkPublic(source_id=session_id, sessions=[session_public(row, base) for row in rows])
