@@ -123,9 +123,12 @@ class QemuCommand:
 
 
 def _disk(name: str, path: Path, serial: str, *, read_only: bool) -> list[str]:
+    # file.locking=off: the service guarantees one writer per disk (docs/pause-and-fork.md), and
+    # QEMU's image locks fail to come back on a disk passed as an fdset when a VM continues
+    # after its state was saved (a fork's source): "Failed to get shared 'write' lock".
     mode = "on" if read_only else "off"
     return [
-        "-drive", f"id={name},file={path},format=raw,if=none,readonly={mode},cache=writeback",
+        "-drive", f"id={name},file={path},format=raw,if=none,readonly={mode},cache=writeback,file.locking=off",
         "-device", f"virtio-blk-device,drive={name},serial={serial}",
     ]
 

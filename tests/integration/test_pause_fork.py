@@ -3,6 +3,7 @@ real microVMs, real processes inside them (docs/pause-and-fork.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -91,16 +92,22 @@ def pause(api: httpx.Client, sid: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def session(api):
+def holder(api):
+    """(session id, its holder's "<pid> <value>"): one VM shared by the tests of this module."""
     r = api.post("/v1/sessions", json={"ephemeral": True})
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
-    yield sid
+    yield sid, start_holder(api, sid)
     api.delete(f"/v1/sessions/{sid}", params={"force": "true"})
 
 
-def test_pause_and_resume_keep_processes_files_and_memory(server, api, session):
-    held = start_holder(api, session)
+@pytest.fixture(scope="module")
+def session(holder):
+    return holder[0]
+
+
+def test_pause_and_resume_keep_processes_files_and_memory(server, api, holder):
+    session, held = holder
     run(api, session, "echo kept > /tmp/kept.txt")
     vms_before = len(qemu_pids_under(server.home))
     paused = pause(api, session)
@@ -143,8 +150,9 @@ def test_pause_and_resume_keep_processes_files_and_memory(server, api, session):
     assert holder_value(api, session) == held
 
 
-def test_fork_copies_memory_and_disk_then_diverges(server, api, session):
-    held = holder_value(api, session)
+def test_fork_copies_memory_and_disk_then_diverges(server, api, holder):
+    session, held = holder
+    assert holder_value(api, session) == held
     run(api, session, "echo source > /tmp/which.txt")
     r = api.post(f"/v1/sessions/{session}/fork", json={"count": 3})
     assert r.status_code == 201, r.text
@@ -197,8 +205,12 @@ def test_disk_full_while_saving_keeps_the_session_running(server, api, session):
         assert list(state.iterdir()) == []
     finally:
         subprocess.run(["umount", str(state)], check=True)
-    assert_error(api.post(f"/v1/sessions/{session}/fork", json={"count": 1, "workspace_names": ["bad/name"]}),
+    assert_error(api.post(f"/v1/sessions/{session}/fork", json={"count": 1, "workspace_names": ["ws_0123456789abcdef"]}),
                  400, "invalid_request")
+    assert api.post("/v1/workspaces", json={"name": "taken"}).status_code in (200, 201)
+    assert_error(api.post(f"/v1/sessions/{session}/fork", json={"count": 1, "workspace_names": ["taken"]}),
+                 409, "workspace_exists")
+    assert not list((server.home / "sessions").glob("fork-*"))
 
 
 def test_workspace_fork_gets_new_workspaces_and_incompatible_state_is_refused(server, api):
@@ -251,7 +263,11 @@ def test_paused_session_survives_a_server_restart(tmp_path):
             assert status(api, sid) == "paused"
             assert holder_value(api, sid) == held  # the same process, woken by the exec
             # Killed while pausing: it comes back paused (saved) or ended, never half-saved.
-            pausing = threading.Thread(target=lambda: api.post(f"/v1/sessions/{sid}/pause", timeout=60))
+            def pause_until_killed() -> None:
+                with contextlib.suppress(httpx.HTTPError):  # the server dies under it
+                    api.post(f"/v1/sessions/{sid}/pause", timeout=60)
+
+            pausing = threading.Thread(target=pause_until_killed)
             pausing.start()
             wait_until(lambda: any((srv.home / "sessions" / sid).glob("memory.state*")), 60, interval=0.01,
                        message="the pause did not start writing")
