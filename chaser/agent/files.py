@@ -101,9 +101,17 @@ async def put_file(agent, request):
     if not 0 <= mode <= 0o7777:
         raise bad_request("mode out of range")
     uid, gid = _owner(agent)
+    size = await write_file(agent.root, path, request.content.iter_chunked(FILE_CHUNK_BYTES), mode=mode,
+                            uid=uid, gid=gid)
+    return web.json_response({"path": path, "size": size})
+
+
+async def write_file(root_dir: str, path: str, chunks, *, mode: int = 0o644, uid: int = 0, gid: int = 0) -> int:
+    """Write the async iterator `chunks` to `path` (parents made, owned by uid:gid), atomically
+    (a fresh temporary name, renamed over the file): the size written. Also envd's uploads."""
     tmp = None
     try:
-        with Root(agent.root) as root:
+        with Root(root_dir) as root:
             parent = path.rsplit("/", 1)[0] or "/"
             root.makedirs(parent, uid, gid)
             pfd, name = root.open_parent(path)
@@ -118,7 +126,7 @@ async def put_file(agent, request):
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=pfd)
                 size = 0
                 try:
-                    async for chunk in request.content.iter_chunked(FILE_CHUNK_BYTES):
+                    async for chunk in chunks:
                         view = memoryview(chunk)
                         while view:
                             view = view[os.write(fd, view):]
@@ -140,7 +148,7 @@ async def put_file(agent, request):
                 os.close(pfd)
     except OSError as e:
         raise _os_error(e, path) from e
-    return web.json_response({"path": path, "size": size})
+    return size
 
 
 async def list_dir(agent, request):

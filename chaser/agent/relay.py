@@ -4,6 +4,7 @@ import asyncio
 
 from aiohttp import WSMsgType, web
 
+from . import envd
 from .errors import ApiError, bad_request
 
 
@@ -16,7 +17,10 @@ async def handle_relay(agent, request):
         raise bad_request("port must be in 1..65535")
     # Connect before upgrading, so a closed port is a plain HTTP error.
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        if port == envd.ENVD_PORT:  # the agent's own envd (chaser/agent/envd): no TCP listener in the guest
+            reader, writer = await envd.open_connection(agent)
+        else:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     except (TimeoutError, OSError) as e:
         raise ApiError(502, "port_not_listening", f"nothing accepts connections on port {port}: {e}") from e
 
