@@ -191,6 +191,15 @@ class AgentRuntime:
         self.started.append(vm)
         return vm
 
+    async def save(self, vm: Any, directory: Path, *, keep_running: bool) -> Path:
+        raise errors.FeatureNotImplemented("one agent process has no VM state to save")
+
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> AgentVM:
+        raise errors.FeatureNotImplemented("one agent process has no VM state to resume")
+
+    def check_saved(self, directory: Path) -> None:
+        raise errors.SnapshotIncompatible("one agent process has no VM state")
+
     async def stop_all(self, *, graceful: bool = False) -> None:
         for vm in self.started:
             await vm.stop(graceful=graceful)

@@ -176,6 +176,7 @@ class FakeVM:
         self.on_thaw: Callable[[], None] | None = None  # called just before a thaw takes effect
         self.open_ptys: dict[str, dict[str, Any]] = {}
         self.listeners: dict[int, Callable[[bytes], bytes]] = {}  # relay targets: port -> answer
+        self.hostname = spec.hostname
 
     # --- identity and state ---
     @property
@@ -549,6 +550,9 @@ class FakeRuntime:
         self.capacity_checks = 0
         self.warm_images: list[Path] = []
         self.host_prepared = 0
+        self.saved: dict[Path, tuple[dict[str, bytes], set[str], dict[str, Any]]] = {}
+        self.resumed: list[FakeVM] = []
+        self.save_error: Exception | None = None  # raised by save (e.g. InsufficientStorage)
 
     @property
     def network_mode(self) -> str:
@@ -594,6 +598,35 @@ class FakeRuntime:
         vm = FakeVM(spec)
         self.started.append(vm)
         return vm
+
+    async def save(self, vm: FakeVM, directory: Path, *, keep_running: bool) -> Path:
+        """Like the QEMU runtime's: meta.json written last; the VM's files and processes kept here."""
+        if self.save_error is not None:
+            raise self.save_error
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "memory.state").write_bytes(b"fake")
+        (directory / "writable.img").write_bytes(b"")
+        (directory / "meta.json").write_text(json.dumps({"compat": "fake"}))
+        self.saved[directory] = (dict(vm.files), set(vm.dirs), dict(vm.procs))
+        if not keep_running:
+            await vm.stop(graceful=False)
+        return directory / "writable.img"
+
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> FakeVM:
+        self.check_saved(directory)
+        files, dirs, procs = self.saved[directory]
+        vm = FakeVM(spec)
+        vm.files, vm.dirs, vm.procs = dict(files), set(dirs), dict(procs)
+        vm.hostname = hostname or "sandbox"
+        self.started.append(vm)
+        self.resumed.append(vm)
+        return vm
+
+    def check_saved(self, directory: Path) -> None:
+        if directory not in self.saved or not (directory / "meta.json").exists():
+            raise errors.SnapshotIncompatible(f"no saved state in {directory}")
+        if json.loads((directory / "meta.json").read_text()).get("compat") != "fake":
+            raise errors.SnapshotIncompatible("made by another runtime")
 
     async def stop_all(self, *, graceful: bool = False) -> None:
         for vm in self.started:
