@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -228,6 +228,16 @@ class Settings(BaseSettings):
         description="Enables host-style forwarding: `{id}.{domain}/forward/{port}/` is served as "
         "`/s/{id}/forward/{port}/` (docs/pty-and-forwarding.md).",
     )
+    e2b_ingress_port: int = Field(
+        49983, ge=0, le=65535,
+        description="Port of the E2B sandbox ingress `chaser server` also listens on (same address as the API; "
+        "`E2B_SANDBOX_URL=http://HOST:PORT`, docs/e2b.md); `0` or `off`: no ingress.",
+    )
+    e2b_templates: dict[str, str] = Field(
+        {},
+        description='E2B template names and the images they start (`{"python": "python:3.12-slim"}`); '
+        "`base` is the default image, any other name an OCI reference.",
+    )
     config_file: Path = Field(
         default=Path.home() / ".config" / "chaser" / "config.json",
         validation_alias=AliasChoices("CHASER_CONFIG", "CHASER_CONFIG_FILE", "config_file"),
@@ -271,6 +281,11 @@ class Settings(BaseSettings):
         False,
         description="Allow `oci:`, `oci-archive:`, `docker-archive:` references (host paths) through the API.",
     )
+
+    @field_validator("e2b_ingress_port", mode="before")
+    @classmethod
+    def _off_is_zero(cls, value: object) -> object:
+        return 0 if isinstance(value, str) and value.strip().lower() in ("off", "") else value
 
     @model_validator(mode="after")
     def _check_serving(self) -> Settings:
