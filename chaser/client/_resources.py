@@ -133,6 +133,19 @@ class SessionsResource(_Resource):
     def self_test(self, session_id: str) -> dict[str, Any]:
         return self._object("POST", f"/v1/sessions/{_segment(session_id)}/self-test")
 
+    def pause(self, session_id: str) -> dict[str, Any]:
+        """Save the session's memory and disk and end its VM (status `paused`); any request wakes it."""
+        return self._object("POST", f"/v1/sessions/{_segment(session_id)}/pause")
+
+    def resume(self, session_id: str) -> dict[str, Any]:
+        return self._object("POST", f"/v1/sessions/{_segment(session_id)}/resume")
+
+    def fork(self, session_id: str, *, count: int = 1,
+             workspace_names: builtins.list[str] | None = None) -> dict[str, Any]:
+        """`count` copies of the running session: `{"source_id", "sessions": [...]}`."""
+        body = _drop_none(count=count, workspace_names=workspace_names)
+        return self._object("POST", f"/v1/sessions/{_segment(session_id)}/fork", json=body)
+
     def get_network(self, session_id: str) -> dict[str, Any]:
         """`{"internet", "allow_out", "deny_out", "enforced"}`: the session's egress policy."""
         return self._object("GET", f"/v1/sessions/{_segment(session_id)}/network")

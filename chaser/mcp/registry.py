@@ -63,6 +63,9 @@ TOOLS: tuple[RegisteredTool[Any], ...] = (
     _schema_checked(schemas.SESSIONS_LIST, tools.list_sessions),
     _schema_checked(schemas.SESSION_CREATE, tools.create_session),
     _schema_checked(schemas.SESSION_TERMINATE, tools.terminate_session),
+    _schema_checked(schemas.PAUSE_SESSION, tools.pause_session),
+    _schema_checked(schemas.RESUME_SESSION, tools.resume_session),
+    _schema_checked(schemas.FORK_SESSION, tools.fork_session),
     _schema_checked(schemas.WORKSPACES_LIST, tools.list_workspaces),
     _schema_checked(schemas.WORKSPACE_CREATE, tools.create_workspace),
 )

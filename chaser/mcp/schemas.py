@@ -110,7 +110,7 @@ TERMINAL = types.Tool(
 SESSIONS_LIST = types.Tool(
     name="sessions_list",
     description="List sessions (active ones unless `status` is given: active, all, starting, running, "
-                "terminated, failed).",
+                "paused, terminated, failed).",
     input_schema={"type": "object", "properties": {"status": {"type": "string"}}, "additionalProperties": False},
     annotations=types.ToolAnnotations(read_only_hint=True),
 )
@@ -142,6 +142,45 @@ SESSION_TERMINATE = types.Tool(
         "additionalProperties": False,
     },
     annotations=types.ToolAnnotations(destructive_hint=True, idempotent_hint=True),
+)
+
+_SESSION_ID_ONLY = {
+    "type": "object",
+    "properties": {"session_id": {"type": "string"}},
+    "required": ["session_id"],
+    "additionalProperties": False,
+}
+
+PAUSE_SESSION = types.Tool(
+    name="chaser_pause_session",
+    description="Pause a session: its memory and disk are saved and its VM stops (no CPU or RAM used). "
+                "The next command or file call on it, or chaser_resume_session, resumes it with its "
+                "processes, files and shell state.",
+    input_schema=_SESSION_ID_ONLY,
+    annotations=types.ToolAnnotations(destructive_hint=False),
+)
+
+RESUME_SESSION = types.Tool(
+    name="chaser_resume_session",
+    description="Resume a paused session (a running one is answered as it is).",
+    input_schema=_SESSION_ID_ONLY,
+    annotations=types.ToolAnnotations(destructive_hint=False, idempotent_hint=True),
+)
+
+FORK_SESSION = types.Tool(
+    name="chaser_fork_session",
+    description="Fork a running session into `count` new sessions, each a copy of its memory, processes "
+                "and disk at this instant (the source keeps running): try several approaches from one "
+                "state. Forks are ephemeral unless `workspace_names` (one per fork) are given.",
+    input_schema={
+        "type": "object",
+        "properties": {"session_id": {"type": "string"},
+                       "count": {"type": "integer", "minimum": 1, "default": 1},
+                       "workspace_names": {"type": "array", "items": {"type": "string"}}},
+        "required": ["session_id"],
+        "additionalProperties": False,
+    },
+    annotations=types.ToolAnnotations(destructive_hint=False),
 )
 
 WORKSPACES_LIST = types.Tool(

@@ -24,8 +24,11 @@ from chaser.mcp.results import json_result, terminal_result
 __all__ = [
     "create_session",
     "create_workspace",
+    "fork_session",
     "list_sessions",
     "list_workspaces",
+    "pause_session",
+    "resume_session",
     "run_terminal",
     "terminate_session",
 ]
@@ -124,6 +127,19 @@ def create_session(client: ChaserClient, args: dict[str, Any]) -> types.CallTool
 
 def terminate_session(client: ChaserClient, args: dict[str, Any]) -> types.CallToolResult:
     return json_result(client.sessions.terminate(args["session_id"], force=bool(args.get("force"))))
+
+
+def pause_session(client: ChaserClient, args: dict[str, Any]) -> types.CallToolResult:
+    return json_result(client.sessions.pause(args["session_id"]))
+
+
+def resume_session(client: ChaserClient, args: dict[str, Any]) -> types.CallToolResult:
+    return json_result(client.sessions.resume(args["session_id"]))
+
+
+def fork_session(client: ChaserClient, args: dict[str, Any]) -> types.CallToolResult:
+    return json_result(client.sessions.fork(args["session_id"], count=int(args.get("count", 1)),
+                                            workspace_names=args.get("workspace_names")))
 
 
 def list_workspaces(client: ChaserClient, args: dict[str, Any]) -> types.CallToolResult:

@@ -523,3 +523,23 @@ async def test_sdk_client_against_the_real_app(live_api):
                 result = await session.call_tool("terminal", {"ephemeral": True, "command": "echo sdk"})
     assert not result.is_error
     assert result.structured_content["output"] == "sdk\n"
+
+
+def test_pause_resume_and_fork_tools_through_the_real_app(live_api):
+    base, key, services = live_api
+    session = _rpc(base, key, "session_create", {"ephemeral": True})["structuredContent"]
+    paused = _rpc(base, key, "chaser_pause_session", {"session_id": session["id"]})
+    assert not paused["isError"] and paused["structuredContent"]["status"] == "paused", paused
+    again = _rpc(base, key, "chaser_pause_session", {"session_id": session["id"]})
+    assert again["isError"] and again["structuredContent"]["error"]["code"] == "session_not_running"
+    resumed = _rpc(base, key, "chaser_resume_session", {"session_id": session["id"]})
+    assert resumed["structuredContent"]["status"] == "running"
+    forked = _rpc(base, key, "chaser_fork_session", {"session_id": session["id"], "count": 2})
+    assert not forked["isError"], forked
+    forks = forked["structuredContent"]["sessions"]
+    assert forked["structuredContent"]["source_id"] == session["id"] and len(forks) == 2
+    assert all(f["id"] in services.sessions.live for f in forks)
+    bad = _rpc(base, key, "chaser_fork_session", {"session_id": session["id"], "count": "two"})
+    assert bad["isError"] and bad["structuredContent"]["error"]["code"] == "invalid_arguments"
+    for sid in [session["id"], *(f["id"] for f in forks)]:
+        _rpc(base, key, "session_terminate", {"session_id": sid})

@@ -1,4 +1,4 @@
-"""`chaser sessions …`: list, inspect, terminate, self-test, network policy."""
+"""`chaser sessions …`: list, inspect, terminate, pause, resume, fork, self-test, network policy."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from chaser.cli.commands._common import (
     split_multi,
 )
 
-app = typer.Typer(help="Sessions: list, get, terminate, self-test, network.", no_args_is_help=True)
+app = typer.Typer(help="Sessions: list, get, terminate, pause, resume, fork, self-test, network.",
+                  no_args_is_help=True)
 
 JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 WideOption = typer.Option(False, "--wide", help=WIDE_OPTION_HELP)
@@ -86,6 +87,55 @@ def terminate_session(
         print_json(result or {"id": session_id, "status": "terminated"})
     else:
         console().print(f"terminated {session_id}", markup=False)
+
+
+@app.command("pause")
+@api_command
+def pause_session(session_id: str | None = IdArgument, as_json: bool = JsonOption) -> None:
+    """Pause a session: its memory and disk are saved, its VM ends; any request (exec, files, a shell,
+    a forwarded port) or `resume` brings it back with its processes."""
+    session_id = resolve_session(session_id)
+    with make_client() as client:
+        result = client.sessions.pause(session_id)
+    if as_json:
+        print_json(result)
+    else:
+        console().print(f"paused {session_id}", markup=False)
+
+
+@app.command("resume")
+@api_command
+def resume_session(session_id: str | None = IdArgument, as_json: bool = JsonOption) -> None:
+    """Resume a paused session (its processes, files and memory as they were)."""
+    session_id = resolve_session(session_id)
+    with make_client() as client:
+        result = client.sessions.resume(session_id)
+    if as_json:
+        print_json(result)
+    else:
+        console().print(f"resumed {session_id}", markup=False)
+
+
+@app.command("fork")
+@api_command
+def fork_session(
+    session_id: str | None = IdArgument,
+    count: int = typer.Option(1, "--count", "-n", min=1, help="How many copies."),
+    workspace: list[str] | None = typer.Option(
+        None, "--workspace", help="Name of a new workspace for each fork (repeat once per fork); "
+                                  "omitted: the forks are ephemeral."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Fork a running session: COUNT new sessions, each a copy of its memory and disk now
+    (the source goes on). Prints the new session ids."""
+    session_id = resolve_session(session_id)
+    with make_client() as client:
+        result = client.sessions.fork(session_id, count=count, workspace_names=workspace or None)
+    if as_json:
+        print_json(result)
+        return
+    for forked in result.get("sessions", []):
+        console().print(str(forked.get("id")), markup=False)
 
 
 @app.command("self-test")
