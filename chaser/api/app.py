@@ -90,6 +90,12 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    from chaser.api.access_log import redact_tokens_in_logs
+    from chaser.api.console import install_console  # the web console's static files at /console/
+
+    install_console(app)
+    redact_tokens_in_logs()  # the console's PTY WebSocket has the key in its query
+
     from chaser.api.openapi import install_extra_paths
 
     install_extra_paths(app)

@@ -8,6 +8,7 @@ from chaser.cli.commands import (
     _common,
     audit,
     commands,
+    console_cmd,
     execute,
     files,
     guest,
@@ -59,6 +60,7 @@ app.add_typer(images.app, name="images")
 app.add_typer(mcp_cmd.app, name="mcp")
 app.command("shell")(shell_cmd.shell_command)
 app.command("forward")(forward_cmd.forward_command)
+app.command("console")(console_cmd.console_command)
 
 app.command("server")(server.server_command)
 
