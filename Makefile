@@ -9,9 +9,9 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils 
 	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup guest serve lint test unit bench
+.PHONY: setup guest console serve lint test unit bench
 
-setup: .stamps/apt $(VENV)/.installed guest
+setup: .stamps/apt $(VENV)/.installed console guest
 
 .stamps/apt: Makefile
 	@mkdir -p .stamps
@@ -32,6 +32,11 @@ $(VENV)/.installed: pyproject.toml .stamps/apt
 guest: $(VENV)/.installed
 	$(CHASER) guest build --template
 	$(CHASER) images pull chaser/base
+
+# The web console's xterm.js, vendored from npm (committed): npm runs only when console/package*.json
+# or console/vendor.py changed (their hash is in chaser/console/static/vendor/SOURCES.sha256). docs/console.md
+console:
+	@python3 console/vendor.py
 
 serve: setup
 	$(CHASER) server
