@@ -15,6 +15,7 @@ import ssl
 from fastapi import FastAPI
 
 from chaser.api.app import REAPER_INTERVAL_S, create_api
+from chaser.api.e2b import Ingress, ingress_app, mount_e2b
 from chaser.api.ratelimit import check_rate
 from chaser.config import Settings, get_settings
 from chaser.mcp.asgi import MCPEndpoint
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     else:
         app = create_api(settings, runtime_factory=lambda: qemu_runtime(settings), reaper_interval=reaper_interval)
     services = app.state.services
+    mount_e2b(app)  # the E2B control plane at /e2b (its ingress: `e2b_ingress`, started by `chaser server`)
 
     async def authenticate(key: str) -> dict[str, str]:
         """The MCP request's key check: a request against its rate limit, like any other."""
@@ -47,6 +49,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     app.router.add_route("/v1/mcp", endpoint,  # type: ignore[arg-type]
                          methods=["POST"], include_in_schema=False)  # an ASGI app: Starlette serves it as one
     return app
+
+
+def e2b_ingress(app: FastAPI) -> Ingress:
+    """The E2B sandbox ingress over `app`'s services (docs/e2b.md): an ASGI app of its own port."""
+    return ingress_app(app)
 
 
 def loopback_tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
+import logging
 import os
 import ssl
 import sys
@@ -160,9 +163,39 @@ def serve(host: str | None = None, port: int | None = None, data_dir: Path | Non
     url = settings.public_url or api_url(settings.host, settings.port, tls=tls)
     ensure_admin_key(app.state.services, url=url, config_file=settings.config_file,
                      echo=lambda line: print(line, flush=True), ca_bundle=settings.tls_cert)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30,
-                ssl_certfile=str(settings.tls_cert) if tls else None,
-                ssl_keyfile=str(settings.tls_key) if tls else None)
+    certfile, keyfile = (str(settings.tls_cert), str(settings.tls_key)) if tls else (None, None)
+    api = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                                        timeout_graceful_shutdown=30, ssl_certfile=certfile, ssl_keyfile=keyfile))
+    if not settings.e2b_ingress_port:
+        api.run()
+        return
+    from chaser.assembly import e2b_ingress
+
+    ingress = uvicorn.Server(uvicorn.Config(e2b_ingress(app), host=settings.host, port=settings.e2b_ingress_port,
+                                            log_level="info", lifespan="off", timeout_graceful_shutdown=5,
+                                            ssl_certfile=certfile, ssl_keyfile=keyfile))
+    with asyncio.Runner(loop_factory=api.config.get_loop_factory()) as runner:
+        runner.run(serve_with_ingress(api, ingress))
+
+
+async def serve_with_ingress(api, ingress) -> None:
+    """The API server and the E2B ingress (docs/e2b.md) in one loop: the API's signal handling
+    stops both; an ingress that cannot listen (its port taken) stops the API too."""
+    task = asyncio.create_task(ingress._serve(), name="e2b-ingress")  # _serve: no signal handlers of its own
+
+    def ended(done: asyncio.Task) -> None:
+        if not api.should_exit:
+            logging.getLogger("chaser.server").error("the E2B ingress on port %s stopped: stopping the server",
+                                                     ingress.config.port)
+            api.should_exit = True
+
+    task.add_done_callback(ended)
+    try:
+        await api.serve()
+    finally:
+        ingress.should_exit = True
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def server_command(
