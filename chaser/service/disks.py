@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from chaser import errors
+from chaser.diskcopy import copy_disk
 from chaser.models.status import ACTIVE_STATUSES, EndReason, SessionStatus
 from chaser.models.workspaces import BulkDeleteWorkspacesCreate, WorkspaceCreate
 from chaser.runtime import SandboxVM
@@ -22,7 +23,7 @@ from chaser.service.keys import Principal
 from chaser.service.live import LiveSession
 from chaser.service.records import SnapshotRecord, WorkspaceRecord
 from chaser.service.sessions import SessionManager
-from chaser.service.workspaces import WorkspaceManager, copy_disk
+from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database, SessionRow
 from chaser.store.tables import utcnow
 

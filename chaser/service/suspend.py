@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chaser import errors
+from chaser.diskcopy import copy_disk
 from chaser.models.status import EndReason, SessionStatus
 from chaser.runtime import VMSpec
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession, session_not_running
 from chaser.service.records import SessionRecord
-from chaser.service.workspaces import copy_disk
 from chaser.store import SessionRow
 from chaser.store.tables import utcnow
 

@@ -28,6 +28,7 @@ from typing import Any
 from qemu.qmp import QMPClient
 
 from chaser import errors
+from chaser.diskcopy import copy_disk
 from chaser.vm.launcher import pass_fd
 
 # Migration skips RAM that lives in a shared file (the template's): set alike on both ends of every stream.
@@ -103,18 +104,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(out.fileno())
     os.replace(partial, path)
     _fsync_dir(path.parent)
-
-
-def copy_disk(source: Path, target: Path) -> None:
-    """A copy of a raw disk: shares blocks where the file system can (reflink), else sparse."""
-    partial = target.with_name(target.name + ".partial")
-    import subprocess
-
-    subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(source), str(partial)],
-                   check=True, capture_output=True)
-    with open(partial, "rb") as disk:
-        os.fsync(disk.fileno())
-    os.replace(partial, target)
 
 
 def link_or_copy(source: Path, target: Path) -> None:

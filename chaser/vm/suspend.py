@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from chaser import errors
 from chaser.agent.protocol import AGENT_PROTOCOL_VERSION
+from chaser.diskcopy import copy_disk
 from chaser.runtime.egress import EgressPolicy
 from chaser.runtime.spec import VMSpec
 from chaser.vm import saved
@@ -80,7 +81,7 @@ async def save(runtime: Runtime, vm: VirtualMachine, directory: Path, *, keep_ru
         await vm.guard(saved.migrate_to_file(qmp, state.memory_file))
         stream_s = time.monotonic() - started
         if keep_running or own_disk:
-            keep = saved.copy_disk if keep_running else saved.link_or_copy
+            keep = copy_disk if keep_running else saved.link_or_copy
             await asyncio.to_thread(keep, writable, state.disk_file)
         meta = {
             "compat": compat(runtime),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chaser.service.workspaces import _python_sparse_copy, copy_disk
+from chaser.diskcopy import _python_sparse_copy, copy_disk
 from tests.support import assert_error
 
 MIB = 1 << 20
