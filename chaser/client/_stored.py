@@ -95,8 +95,10 @@ class KeysResource(_Resource):
     def list_page(self) -> dict[str, Any]:
         return self._object("GET", "/v1/keys")
 
-    def create(self, *, name: str | None = None, scopes: builtins.list[str] | None = None) -> dict[str, Any]:
-        return self._object("POST", "/v1/keys", json=_drop_none(name=name, scopes=scopes))
+    def create(self, *, name: str | None = None, scopes: builtins.list[str] | None = None,
+               format: str | None = None) -> dict[str, Any]:
+        """`format="e2b"`: an `e2b_…` key (for E2B's SDKs, docs/e2b.md)."""
+        return self._object("POST", "/v1/keys", json=_drop_none(name=name, scopes=scopes, format=format))
 
     def revoke(self, key_id: str) -> dict[str, Any]:
         return self._object("DELETE", f"/v1/keys/{_segment(key_id)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +19,9 @@ FULL_ACCESS = "full_access"
 class KeyCreate(RequestModel):
     name: str | None = Field(default=None, max_length=200)
     scopes: list[str] | None = None
+    format: Literal["chaser", "e2b"] = Field(
+        default="chaser", description="`e2b`: the key is `e2b_` + 40 hex, the shape E2B's JS SDK insists on "
+        "(for `E2B_API_KEY`, docs/e2b.md); either works as `Bearer` and `X-API-KEY`")
 
 
 class KeyPublic(BaseModel):

@@ -70,10 +70,12 @@ class KeyManager:
         scopes: list[str] | None = None,
         full_access: bool = False,
         by: Principal | None = None,
+        key_format: str = "chaser",
     ) -> CreatedKey:
-        """Create a key without permission checks (server start-up, tests; `by`: who asked)."""
+        """Create a key without permission checks (server start-up, tests; `by`: who asked).
+        `key_format` `e2b`: `e2b_` + 40 hex (E2B's JS SDK checks that shape), else `sk_…`."""
         self.ensure_account(account_id)
-        key = "sk_" + secrets.token_urlsafe(32)
+        key = "e2b_" + secrets.token_hex(20) if key_format == "e2b" else "sk_" + secrets.token_urlsafe(32)
         row = ApiKey(
             id="key_" + secrets.token_hex(8), account_id=account_id, key_hash=hash_key(key),
             key_prefix=key[:KEY_PREFIX_CHARS], name=name, scopes=sorted(set(scopes or [])),
@@ -87,7 +89,8 @@ class KeyManager:
                                     "full_access": full_access})  # never the key
         return CreatedKey(row=KeyRecord.of(row), key=key)
 
-    def create_for(self, principal: Principal, *, name: str | None, scopes: list[str] | None) -> CreatedKey:
+    def create_for(self, principal: Principal, *, name: str | None, scopes: list[str] | None,
+                   key_format: str = "chaser") -> CreatedKey:
         """A key created by `principal`: it can never grant more than it holds.
         No scopes means "like me": full access for a full-access caller, else the caller's scopes."""
         requested = set(scopes or [])
@@ -104,7 +107,8 @@ class KeyManager:
         if missing:
             raise errors.Forbidden(f"a key cannot grant scopes it lacks: {', '.join(sorted(missing))}")
         return self.create(account_id=principal.account_id, name=name,
-                           scopes=[] if full else sorted(requested), full_access=full, by=principal)
+                           scopes=[] if full else sorted(requested), full_access=full, by=principal,
+                           key_format=key_format)
 
     def authenticate(self, key: str | None) -> Principal:
         if not key:

@@ -263,7 +263,8 @@ def test_keys(cli, fake):
     assert fake.requests[-1]["body"] == {"name": "ci", "scopes": ["sessions:write", "exec"]}
     created = json.loads(cli("keys", "create", "--json").stdout)
     assert created["key"] == "chs_new_secret" and fake.requests[-1]["body"] == {}
-    assert len(json.loads(cli("keys", "list", "--json").stdout)["keys"]) == 3
+    assert cli("keys", "create", "--e2b").exit_code == 0 and fake.requests[-1]["body"] == {"format": "e2b"}
+    assert len(json.loads(cli("keys", "list", "--json").stdout)["keys"]) == 4
     assert cli("keys", "revoke", "k1").stdout.strip() == "revoked k1"
     result = cli("keys", "revoke", "k99")
     assert result.exit_code == 1 and result.stderr == "error: key_not_found: no such key\n"

@@ -128,3 +128,16 @@ def test_ingress_refuses_before_anything_reaches_a_vm(harness):
     harness.client.delete(f"/e2b/sandboxes/{sid}", headers=e2b(harness))
     gone = run({"E2b-Sandbox-Id": sid, "X-Access-Token": one["envdAccessToken"]})
     assert gone.status_code == 502 and gone.json()["message"] == f"sandbox {sid} was not found"
+
+
+def test_keys_in_the_e2b_shape_work_in_x_api_key(harness):
+    created = harness.client.post("/v1/keys", json={"name": "for e2b", "format": "e2b"}).json()
+    key = created["key"]
+    assert key.startswith("e2b_") and len(key) == 44 and all(c in "0123456789abcdef" for c in key[4:])
+    sandbox = harness.client.post("/e2b/v2/sandboxes", json={"templateID": "base"},
+                                  headers={"Authorization": "", "X-API-KEY": key})
+    assert sandbox.status_code == 201
+    assert harness.client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    from chaser.service.forward import is_chaser_authorization
+
+    assert is_chaser_authorization(f"Bearer {key}")

@@ -115,8 +115,9 @@ class Ingress:
         except errors.SessionNotFound:
             await self.answer(send, *_json(502, f"sandbox {sandbox_id} was not found"))
             return
-        raw = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in (b"x-access-token",)
-               or port == ENVD_PORT]
+        # A Chaser key never goes into a sandbox; the access token only to envd.
+        raw = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"x-api-key"
+               and (k.lower() not in (b"x-access-token", b"e2b-traffic-access-token") or port == ENVD_PORT)]
         query = scope.get("query_string", b"").decode("latin-1")
         path = scope.get("raw_path") or scope["path"].encode()
         request = Request(scope, receive)

@@ -28,7 +28,7 @@ async def list_keys(services: ServicesDep, principal: KeysRead) -> KeysPublic:
 async def create_key(services: ServicesDep, principal: KeysWrite,
                      body: KeyCreate | None = Body(default=None)) -> KeyCreatedPublic:
     body = body or KeyCreate()
-    created = services.keys.create_for(principal, name=body.name, scopes=body.scopes)
+    created = services.keys.create_for(principal, name=body.name, scopes=body.scopes, key_format=body.format)
     row = created.row
     return KeyCreatedPublic(id=row.id, key=created.key, key_prefix=row.key_prefix, name=row.name,
                             scopes=list(row.scopes or []), full_access=row.full_access)

@@ -46,11 +46,12 @@ def list_keys(as_json: bool = JsonOption,
 def create_key(
     name: str | None = typer.Option(None, "--name", help="A label for the key."),
     scopes: list[str] | None = typer.Option(None, "--scope", help="Scope (repeatable); none = full access."),
+    e2b: bool = typer.Option(False, "--e2b", help="An `e2b_…` key, for E2B_API_KEY (E2B's SDKs; docs/e2b.md)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Create an API key and print it (it is not shown again)."""
     with make_client() as client:
-        created = client.keys.create(name=name, scopes=scopes or None)
+        created = client.keys.create(name=name, scopes=scopes or None, format="e2b" if e2b else None)
     if as_json:
         print_json(created)
         return

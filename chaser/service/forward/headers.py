@@ -73,7 +73,7 @@ def strip_cookie(value: str, name: str = COOKIE_NAME) -> str:
 def is_chaser_authorization(value: str) -> bool:
     # Any whitespace after the scheme: a lenient upstream would still read "Bearer\tsk_…" as our key.
     scheme, _, credentials = value.strip().replace("\t", " ").partition(" ")
-    return scheme.lower() == "bearer" and credentials.strip().startswith("sk_")
+    return scheme.lower() == "bearer" and credentials.strip().startswith(("sk_", "e2b_"))  # e2b_: `keys create --e2b`
 
 
 def _injects(*parts: bytes) -> bool:
