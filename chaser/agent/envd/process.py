@@ -13,6 +13,7 @@ import signal
 import subprocess
 
 from ..pty_session import PtySession, _set_winsize
+from ..safepath import Root
 from ..userenv import check_os_string
 from .connect import RpcError, timeout_s
 
@@ -107,6 +108,15 @@ class EnvdProcess:
             raise RpcError("failed_precondition", f"process {self.pid} closed its stdin") from None
 
 
+def _exists(root_dir: str, path: str) -> bool:
+    try:
+        with Root(root_dir) as root:
+            os.close(root.open(path, os.O_PATH))
+        return True
+    except OSError:
+        return False
+
+
 def _bytes(value, what: str) -> bytes:
     try:
         return base64.b64decode(value or "", validate=True)
@@ -121,6 +131,11 @@ def _size(pty: dict) -> tuple[int, int]:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10000:
             raise RpcError("invalid_argument", "pty rows and cols must be integers in 1..10000")
     return rows, cols
+
+
+async def _cancel_when_done(p: EnvdProcess, timer) -> None:
+    await p.done.wait()
+    timer.cancel()
 
 
 class ProcessService:
@@ -143,6 +158,8 @@ class ProcessService:
                 or not all(isinstance(a, str) for a in args):
             raise RpcError("invalid_argument", "process.cmd must be a string and process.args strings")
         argv = [check_os_string(a, "command") for a in [cmd, *args]]
+        if argv[0] == "/bin/bash" and not _exists(self.envd.agent.root, "/bin/bash"):
+            argv[0] = "/bin/sh"  # the SDK runs `/bin/bash -l -c`; an image without bash (busybox) has sh
         envs = config.get("envs") or {}
         user = self.envd.user(request)
         cwd = self.envd.path(config["cwd"], user) if config.get("cwd") else user.home or "/"
@@ -212,6 +229,10 @@ class ProcessService:
     async def start(self, request, message):
         p = await self._spawn(request, message)
         queue = p.subscribe()
+        deadline = timeout_s(request)
+        if deadline:  # the process lives no longer than its call, even when the caller gave up first
+            timer = asyncio.get_running_loop().call_later(deadline, p.signal, signal.SIGKILL)
+            self.envd.agent.spawn_task(_cancel_when_done(p, timer))
         async for item in self._events(request, p, queue):
             yield item
 
