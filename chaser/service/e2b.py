@@ -147,20 +147,14 @@ class E2BSandboxes:
 
     async def pause(self, principal: Principal, sandbox_id: str) -> None:
         self.get(principal, sandbox_id)
-        pause = getattr(self.sessions, "pause", None)
-        if pause is None:
-            raise errors.FeatureNotImplemented("pausing a sandbox is not available on this server yet")
-        await pause(principal, sandbox_id)
+        await self.sessions.pause(principal, sandbox_id)  # memory and disk saved (docs/pause-and-fork.md)
 
     async def connect(self, principal: Principal, sandbox_id: str, timeout_s: int | None) -> tuple[
             E2BSandbox, SessionRecord]:
         """A running sandbox (a paused one is resumed); its timeout only grows."""
         sandbox, row = self.get(principal, sandbox_id)
         if row.status == SessionStatus.PAUSED:
-            resume = getattr(self.sessions, "resume", None)
-            if resume is None:
-                raise errors.FeatureNotImplemented("resuming a sandbox is not available on this server yet")
-            await resume(principal, sandbox_id)
+            await self.sessions.resume(principal, sandbox_id)
             sandbox, row = self.get(principal, sandbox_id)
         if timeout_s is not None:
             wanted = utcnow() + timedelta(seconds=self._ttl(timeout_s))
@@ -197,16 +191,14 @@ class E2BSandboxes:
 
     async def running(self, sandbox_id: str) -> LiveSession:
         """The running session behind an ingress request whose token was checked: SessionNotFound
-        when it is gone (a paused one is resumed first, when the server can)."""
+        when it is gone (a paused one is resumed first)."""
         sandbox = self.sandboxes.get(sandbox_id)
         if sandbox is None:
             raise errors.SessionNotFound(f"sandbox {sandbox_id} was not found")
         owner = Principal(key_id="e2b-access-token", account_id=sandbox.account_id)
         try:
-            row = self.sessions.get(owner, sandbox_id)
-            resume = getattr(self.sessions, "resume", None)  # issue 12's pause/resume, where it exists
-            if row.status == SessionStatus.PAUSED and resume is not None:
-                await resume(owner, sandbox_id)
+            if self.sessions.get(owner, sandbox_id).status == SessionStatus.PAUSED:
+                await self.sessions.resume(owner, sandbox_id)  # E2B's auto-resume: a request wakes it
             return await self.sessions.live_session(owner, sandbox_id)
         except (errors.SessionNotFound, errors.Conflict, errors.VMCrashed):
             self.sandboxes.pop(sandbox_id, None)

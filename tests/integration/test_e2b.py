@@ -199,3 +199,33 @@ def test_an_oci_image_as_template(chaser, feature_image):
         assert sbx.commands.run("cat /marker; whoami").stdout == "one\nuser\n"  # busybox: sh for bash
     finally:
         sbx.kill()
+
+
+def test_metrics_and_a_watched_directory(sandbox):
+    (sample,) = sandbox.get_metrics()
+    assert sample.cpu_count >= 1 and 0 < sample.mem_used < sample.mem_total and sample.disk_total > 0
+    sandbox.files.make_dir("/tmp/watched")
+    handle = sandbox.files.watch_dir("/tmp/watched")
+    try:
+        sandbox.files.write("/tmp/watched/new.txt", "x")
+        events = []
+        wait_until(lambda: events.extend(handle.get_new_events()) or any(
+            e.name == "new.txt" and e.type == e2b.FilesystemEventType.CREATE for e in events), 30)
+    finally:
+        handle.stop()
+
+
+def test_pause_then_connect_resumes_with_memory_and_files(chaser):
+    sbx = e2b.Sandbox.create(metadata={"which": "paused"})
+    try:
+        sbx.files.write("/tmp/kept.txt", "kept")
+        background = sbx.commands.run("sleep 900", background=True)
+        assert sbx.pause() is True
+        assert sbx.get_info().state == "paused"
+        assert sbx.pause() is False  # already paused
+        resumed = e2b.Sandbox.connect(sbx.sandbox_id)
+        assert resumed.get_info().state == "running"
+        assert resumed.files.read("/tmp/kept.txt") == "kept"
+        assert any(p.pid == background.pid for p in resumed.commands.list())  # memory came back too
+    finally:
+        sbx.kill()

@@ -250,3 +250,23 @@ async def test_files_upload_multipart_octet_stream_and_download(http, agent, tmp
     assert reply.status == 200 and hashlib.sha256(reply.body).digest() == hashlib.sha256(data).digest()
     reply = await envd(http, agent, "GET", f"/files?path={tmp_path}/up/missing")
     assert reply.status == 404 and reply.json()["code"] == 404
+
+
+async def test_a_stream_that_does_not_read_misses_output_but_not_the_end():
+    from types import SimpleNamespace
+
+    from chaser.agent.envd.process import SUBSCRIBER_BACKLOG_BYTES, EnvdProcess
+
+    p = EnvdProcess(SimpleNamespace(pid=1), {}, None, None)
+    slow, other = p.subscribe(), p.subscribe()
+    chunk = b"x" * 65536
+    for _ in range(2 * SUBSCRIBER_BACKLOG_BYTES // len(chunk)):
+        p.publish({"data": {"stdout": base64.b64encode(chunk).decode()}}, len(chunk))
+        if not other.empty():  # one that reads keeps getting everything
+            other.get_nowait()
+            other.pending_bytes = 0
+    p.publish({"end": {"exitCode": 0}})
+    assert slow.qsize() == SUBSCRIBER_BACKLOG_BYTES // len(chunk) + 1
+    assert slow.pending_bytes <= SUBSCRIBER_BACKLOG_BYTES
+    events = [slow.get_nowait()[0] for _ in range(slow.qsize())]
+    assert events[-1] == {"end": {"exitCode": 0}}

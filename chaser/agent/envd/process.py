@@ -33,6 +33,17 @@ def _status(returncode: int) -> tuple[int, bool, str]:
     return -1, False, f"signal: {'killed' if name == 'kill' else name}"
 
 
+SUBSCRIBER_BACKLOG_BYTES = 8 * 1024 * 1024  # output queued for one stream, at most
+
+
+class Subscription(asyncio.Queue):
+    """One stream's queue of (event, output bytes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending_bytes = 0
+
+
 class EnvdProcess:
     def __init__(self, proc, config: dict, tag, pty: PtySession | None):
         self.proc, self.config, self.tag, self.pty = proc, config, tag, pty
@@ -47,15 +58,21 @@ class EnvdProcess:
             info["tag"] = self.tag
         return info
 
-    def publish(self, event: dict) -> None:
+    def publish(self, event: dict, size: int = 0) -> None:
+        """To every open stream. A stream that is this far behind (its client does not read, e.g. a
+        background command's handle nobody waits on) misses output rather than grow without bound
+        or stall the process; `end` always reaches it."""
         for queue in list(self.subscribers):
-            queue.put_nowait(event)
+            if size and queue.pending_bytes + size > SUBSCRIBER_BACKLOG_BYTES:
+                continue
+            queue.pending_bytes += size
+            queue.put_nowait((event, size))
 
-    def subscribe(self) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue()
+    def subscribe(self) -> "Subscription":
+        queue = Subscription()
         self.subscribers.add(queue)
         if self.end is not None:
-            queue.put_nowait({"end": self.end})
+            queue.put_nowait(({"end": self.end}, 0))
         return queue
 
     async def run(self, envd) -> None:
@@ -84,7 +101,7 @@ class EnvdProcess:
             data = await read()
             if not data:
                 return
-            self.publish({"data": {kind: base64.b64encode(data).decode()}})
+            self.publish({"data": {kind: base64.b64encode(data).decode()}}, len(data))
 
     def signal(self, sig: int) -> None:
         try:
@@ -198,7 +215,7 @@ class ProcessService:
         self.envd.agent.spawn_task(p.run(self.envd))
         return p
 
-    async def _events(self, request, p: EnvdProcess, queue: asyncio.Queue):
+    async def _events(self, request, p: EnvdProcess, queue: Subscription):
         """start, then output and keepalives until end (or the call's deadline: the process is killed)."""
         try:
             interval = float(request.headers.get("Keepalive-Ping-Interval") or KEEPALIVE_DEFAULT_S)
@@ -212,7 +229,8 @@ class ProcessService:
             while True:
                 wait = interval if until is None else min(interval, until - loop.time())
                 try:
-                    event = await asyncio.wait_for(queue.get(), max(wait, 0))
+                    event, size = await asyncio.wait_for(queue.get(), max(wait, 0))
+                    queue.pending_bytes -= size
                 except TimeoutError:
                     if until is not None and loop.time() >= until:
                         p.signal(signal.SIGKILL)
