@@ -77,7 +77,9 @@ class ServerProcess:
             (self.home / "guest").symlink_to(default_guest)
         env = {**os.environ, "CHASER_HOME": str(self.home), "CHASER_CONFIG": str(self.config_file),
                "PYTHONUNBUFFERED": "1",  # many requests with one key at once: a limit tests reach only by setting one
-               "CHASER_RATE_LIMIT_PER_MINUTE": str(TEST_RATE_LIMIT_PER_MINUTE), **self.extra_env}
+               "CHASER_RATE_LIMIT_PER_MINUTE": str(TEST_RATE_LIMIT_PER_MINUTE),
+               # No E2B ingress unless a test asks: test servers must not fight over port 49983.
+               "CHASER_E2B_INGRESS_PORT": "0", **self.extra_env}
         self.log_path = self.home / f"server-{self.port}-{int(time.time() * 1000)}.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chaser.cli.commands.server", "--port", str(self.port), *self.args],
