@@ -9,7 +9,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils 
 	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup guest console serve lint test unit bench
+.PHONY: setup guest console serve lint test unit bench test-e2b-drift
 
 setup: .stamps/apt $(VENV)/.installed console guest
 
@@ -53,6 +53,15 @@ test: setup lint
 
 unit: lint
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+# The E2B SDK tests (tests/integration/test_e2b.py) against the newest `e2b` on PyPI instead of the
+# pinned one (a copy under build/ that shadows it): reports what drifted, never fails (docs/e2b.md).
+test-e2b-drift: setup
+	@rm -rf build/e2b-newest && $(VENV)/bin/pip install -q --upgrade --target build/e2b-newest e2b
+	@echo "e2b pinned $$($(PY) -c 'from e2b.api.metadata import package_version as v; print(v)')," \
+		"newest $$(PYTHONPATH=build/e2b-newest $(PY) -c 'from e2b.api.metadata import package_version as v; print(v)')"
+	@PYTHONPATH=build/e2b-newest flock /tmp/chaser-vm.lock $(VENV)/bin/pytest tests/integration/test_e2b.py -q -rf \
+		-p no:cacheprovider && echo "e2b drift: none" || echo "e2b drift: the failures above (only the pinned e2b must pass)"
 
 bench: setup
 	$(PY) bench/runtime.py
