@@ -9,7 +9,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils 
 	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd chromium
 PYTEST_ARGS ?=
 
-.PHONY: setup guest console serve lint test unit bench test-e2b-drift
+.PHONY: setup guest console serve lint test unit bench test-e2b-drift test-e2b-js
 
 setup: .stamps/apt $(VENV)/.installed console guest
 
@@ -62,6 +62,11 @@ test-e2b-drift: setup
 		"newest $$(PYTHONPATH=build/e2b-newest $(PY) -c 'from e2b.api.metadata import package_version as v; print(v)')"
 	@PYTHONPATH=build/e2b-newest flock /tmp/chaser-vm.lock $(VENV)/bin/pytest tests/integration/test_e2b.py -q -rf \
 		-p no:cacheprovider && echo "e2b drift: none" || echo "e2b drift: the failures above (only the pinned e2b must pass)"
+
+# E2B's JS SDK (create, run, kill: tests/integration/e2b_js/smoke.mjs), installed from npm under build/.
+test-e2b-js: setup
+	@mkdir -p build/e2b-js && cd build/e2b-js && npm install --no-audit --no-fund --silent e2b@2.51.0
+	E2B_JS_SDK=$(CURDIR)/build/e2b-js flock /tmp/chaser-vm.lock $(VENV)/bin/pytest tests/integration/test_e2b.py -q -k js_sdk
 
 bench: setup
 	$(PY) bench/runtime.py

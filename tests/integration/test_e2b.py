@@ -229,3 +229,24 @@ def test_pause_then_connect_resumes_with_memory_and_files(chaser):
         assert any(p.pid == background.pid for p in resumed.commands.list())  # memory came back too
     finally:
         sbx.kill()
+
+
+JS_SDK = os.environ.get("E2B_JS_SDK")  # a directory with node_modules/e2b: `make test-e2b-js` installs it
+
+
+@pytest.mark.skipif(not JS_SDK, reason="the JS SDK is installed from npm by `make test-e2b-js` (tests stay offline)")
+def test_the_js_sdk_creates_runs_and_kills(chaser):
+    import shutil
+    import subprocess
+
+    created = chaser.client().post("/v1/keys", json={"name": "js", "format": "e2b"})
+    key = created.json()["key"]  # the JS SDK wants an e2b_ key
+    script = os.path.join(JS_SDK, "smoke.mjs")
+    shutil.copy(os.path.join(os.path.dirname(__file__), "e2b_js", "smoke.mjs"), script)
+    run = subprocess.run(["node", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "E2B_API_KEY": key})
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    assert answer["stdout"] == "from-js\nuser\n" and answer["exitCode"] == 0
+    assert answer["failed"] == 7 and answer["running"] is False
+    assert answer["sandboxId"].startswith("ses_")
