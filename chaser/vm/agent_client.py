@@ -41,15 +41,21 @@ def error_from_agent(status: int, body: bytes) -> errors.ChaserError:
     return cls(message or cls.__doc__, code=code)
 
 
+# Below the agent's keep-alive timeout (chaser/agent/server.py `serve`: 2 s).
+AGENT_KEEPALIVE_S = 1.0
+
+
 class AgentClient:
     def __init__(self, port: int, token: str, *, host: str = "127.0.0.1") -> None:
         self.host = host  # the VM's namespace address, or 127.0.0.1 for a slirp host-forward
         self.port = port
         self.token = token
         self.base_url = f"http://{host}:{port}"
-        # trust_env=False: the host's proxy variables never apply to an agent.
+        # trust_env=False: the host's proxy variables never apply to an agent. Idle connections
+        # expire here before the agent's keep-alive (2 s) closes them, so a request is never sent
+        # on one the agent is closing; a fork's source, stopped for its save, counts that time too.
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(30.0), headers=self._headers(),
-                                       trust_env=False)
+                                       trust_env=False, limits=httpx.Limits(keepalive_expiry=AGENT_KEEPALIVE_S))
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}

@@ -66,6 +66,7 @@ class Launcher:
         on_stopped: Callable[[VirtualMachine], None],
         memory_fd: int | None = None,
         shared_memory: bool = False,
+        anonymous_memory: bool = False,
         incoming: bool = False,
     ) -> VirtualMachine:
         # Every QEMU gets a token of its own, a restored clone included (its memory still
@@ -116,7 +117,8 @@ class Launcher:
                     vcpus=self.settings.vcpus,
                     kernel_args=kernel_args(),
                     fw_cfg={BOOT_TOKEN_FW_CFG: token_file},
-                    memory_file=MemoryFile(files.fd_path(memory_fd), shared=shared_memory) if memory_fd else None,
+                    memory_file=(MemoryFile(files.fd_path(memory_fd), shared=shared_memory) if memory_fd
+                                 else MemoryFile(None) if anonymous_memory else None),
                     incoming=incoming,
                     tcg_tb_size_mib=self.settings.tcg_tb_size_mib,
                     seccomp=self.settings.jail,

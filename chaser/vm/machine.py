@@ -62,7 +62,10 @@ class VirtualMachine:
         self._oom = False
         self.writable_disk: Path | None = None  # set by the runtime; admission counts its growth
         self.image_disk: Path | None = None  # set by the runtime: a saved state names it
-        self.ram_backing = "anonymous"  # or "template": RAM a private mapping of the template's
+        # "mem": RAM under the memory backend id=mem (a private mapping of the template's RAM, or
+        # anonymous RAM after a resume); "builtin": QEMU's own (a cold boot). A saved state's
+        # stream names the block: a resume must have the same one.
+        self.ram_block = "builtin"
         self.disk_quota_bytes = 0
         self._exited = asyncio.ensure_future(process.wait())
         self._exited.add_done_callback(self._note_exit)

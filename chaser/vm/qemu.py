@@ -40,10 +40,12 @@ def netdev_user(agent_host_port: int, *, restrict: bool) -> str:
 @dataclass(frozen=True)
 class MemoryFile:
     """Guest RAM backed by a file. The template maps it shared (its RAM is the
-    file); clones map it private, i.e. copy-on-write over the template's RAM."""
+    file); clones map it private, i.e. copy-on-write over the template's RAM.
+    No path: anonymous RAM under the same backend id (its migration stream names
+    the RAM block by that id: a resumed VM must use the one its state was saved with)."""
 
-    path: Path
-    shared: bool
+    path: Path | None
+    shared: bool = False
 
 
 @dataclass
@@ -74,7 +76,10 @@ class QemuCommand:
     def argv(self) -> list[str]:
         machine = MACHINE
         args = [QEMU_BINARY, "-name", "chaser", "-nodefaults", "-no-user-config"]
-        if self.memory_file is not None:
+        if self.memory_file is not None and self.memory_file.path is None:
+            args += ["-object", f"memory-backend-ram,id=mem,size={self.memory_mib}M"]
+            machine += ",memory-backend=mem"
+        elif self.memory_file is not None:
             share = "on" if self.memory_file.shared else "off"
             args += [
                 "-object",

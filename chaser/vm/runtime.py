@@ -232,7 +232,7 @@ class Runtime:
         vm.writable_disk = writable
         vm.disk_quota_bytes = spec.writable_size_bytes or self.settings.writable_size_bytes
         vm.image_disk = spec.image_disk
-        vm.ram_backing = "anonymous" if vm.boot_method == "cold" else "template"
+        vm.ram_block = "builtin" if vm.boot_method == "cold" else "mem"
         self.vms[vm_id] = vm
         return vm
 
@@ -321,9 +321,10 @@ class Runtime:
         template.meta_file.write_text(json.dumps({"created_at": template.created_at}))
         return template
 
-    async def sealed_template_memory(self) -> int:
-        """The current template's RAM as a sealed memfd (built if missing)."""
-        return await self._sealed_template_memory(await self.ensure_template())
+    async def template_memory(self) -> tuple[Template, int]:
+        """The current template and its RAM as a sealed memfd (built if missing)."""
+        template = await self.ensure_template()
+        return template, await self._sealed_template_memory(template)
 
     async def _sealed_template_memory(self, template: Template) -> int:
         fd = self._template_memory.get(template.dir)

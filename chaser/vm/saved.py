@@ -2,7 +2,8 @@
 
 A saved state is a directory:
 
-    memory.state   QEMU's migration stream of the stopped VM: RAM and device state
+    memory.state   QEMU's migration stream of the stopped VM: RAM and device state,
+                   without the pages the template has (chaser/vm/stream_filter.py)
     writable.img   the writable disk at that instant (ephemeral sessions and forks;
                    a workspace's disk stays where it is)
     meta.json      written last (fsync, rename): a directory without it is a save
@@ -46,6 +47,15 @@ class SavedState:
     @property
     def memory_file(self) -> Path:
         return self.dir / "memory.state"
+
+    @property
+    def whole_stream(self) -> Path:
+        """QEMU's stream as it wrote it, before the template's pages are dropped."""
+        return self.dir / "memory.whole"
+
+    @property
+    def partial_stream(self) -> Path:
+        return self.dir / "memory.state.partial"
 
     @property
     def disk_file(self) -> Path:

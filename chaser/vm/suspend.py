@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import secrets
 import time
@@ -26,10 +27,13 @@ from chaser.vm import saved
 from chaser.vm.launcher import pass_fd
 from chaser.vm.machine import VirtualMachine
 from chaser.vm.saved import IGNORE_SHARED, SavedState
+from chaser.vm.stream_filter import filter_stream
 from chaser.vm.template import qemu_version
 
 if TYPE_CHECKING:
     from chaser.vm.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 def compat(runtime: Runtime) -> dict[str, Any]:
@@ -78,20 +82,11 @@ async def save(runtime: Runtime, vm: VirtualMachine, directory: Path, *, keep_ru
     await vm.guard(qmp.execute("migrate-set-capabilities", IGNORE_SHARED))
     await vm.guard(qmp.execute("stop"))
     try:
-        await vm.guard(saved.migrate_to_file(qmp, state.memory_file))
-        stream_s = time.monotonic() - started
+        await vm.guard(saved.migrate_to_file(qmp, state.whole_stream))
+        stopped_s = time.monotonic() - started
         if keep_running or own_disk:
             keep = copy_disk if keep_running else saved.link_or_copy
             await asyncio.to_thread(keep, writable, state.disk_file)
-        meta = {
-            "compat": compat(runtime),
-            "created_at": time.time(),
-            "image_disk": str(vm.image_disk),
-            "ram": vm.ram_backing,
-            "disk_in_state": keep_running or own_disk,
-            "stream_s": round(stream_s, 3),
-        }
-        await asyncio.to_thread(saved.write_meta, state, meta)
     except BaseException:
         await asyncio.to_thread(saved.discard, directory)
         if vm.alive:
@@ -100,11 +95,48 @@ async def save(runtime: Runtime, vm: VirtualMachine, directory: Path, *, keep_ru
             except Exception:  # noqa: BLE001 - the VM is going anyway
                 pass
         raise
-    if keep_running:
-        await vm.guard(qmp.execute("cont"))
-    else:
-        await vm.stop(graceful=False)  # its state is saved: nothing more to flush
+    # Stream and disk are saved: the VM goes on (fork) or ends (pause) before the rewrite.
+    try:
+        if keep_running:
+            await vm.guard(qmp.execute("cont"))
+        else:
+            await vm.stop(graceful=False)  # its state is saved: nothing more to flush
+        meta = {
+            "compat": compat(runtime),
+            "created_at": time.time(),
+            "image_disk": str(vm.image_disk),
+            "ram_block": vm.ram_block,
+            "disk_in_state": keep_running or own_disk,
+            "stopped_s": round(stopped_s, 3),
+            **await _keep_what_differs(runtime, vm, state),
+        }
+        await asyncio.to_thread(saved.write_meta, state, meta)
+    except BaseException:
+        await asyncio.to_thread(saved.discard, directory)
+        raise
     return state
+
+
+async def _keep_what_differs(runtime: Runtime, vm: VirtualMachine, state: SavedState) -> dict[str, Any]:
+    """The stream without the pages the template has (chaser/vm/stream_filter.py), when its RAM
+    block is the template's (a cold-booted VM's is not); else the whole stream. Dropping a page
+    that equals the template's is right whatever backs the VM's RAM now: a resume maps the
+    template under it. What the meta file says about it."""
+    whole = state.whole_stream
+    if vm.ram_block == "mem":
+        template, memory_fd = await runtime.template_memory()
+        started = time.monotonic()
+        size = runtime.settings.memory_mib * 1024 * 1024
+        stats = await asyncio.to_thread(filter_stream, whole, state.partial_stream, memory_fd, size)
+        if stats is not None:
+            await asyncio.to_thread(os.replace, state.partial_stream, state.memory_file)
+            await asyncio.to_thread(whole.unlink)
+            return {"filtered": True, "template_created_at": template.created_at,
+                    "filter_s": round(time.monotonic() - started, 3),
+                    "pages_kept": stats.pages + stats.zero_pages - stats.dropped, "pages_dropped": stats.dropped}
+        log.warning("VM %s: the migration stream was not rewritten (an unexpected format); kept whole", vm.id)
+    await asyncio.to_thread(os.replace, whole, state.memory_file)
+    return {"filtered": False}
 
 
 async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> VirtualMachine:
@@ -115,14 +147,21 @@ async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: s
     writable = spec.writable_disk
     if writable is None or not writable.exists():
         raise errors.SnapshotIncompatible("the saved state's disk is missing")
+    # A filtered stream lacks the pages the template has: the RAM must be the same template's.
+    # A whole one loads into anonymous RAM under the same block id (zero pages stay untouched).
     memory_fd = None
-    if meta.get("ram") == "template":
-        memory_fd = await runtime.sealed_template_memory()
+    if meta.get("filtered"):
+        template, memory_fd = await runtime.template_memory()
+        if template.created_at != meta.get("template_created_at"):
+            raise errors.SnapshotIncompatible(
+                "the template snapshot this state was saved against was rebuilt: it cannot be resumed")
     vm_id = f"vm-{secrets.token_hex(6)}"
     vm_dir = runtime.settings.vms_dir / vm_id
     vm_dir.mkdir(parents=True)
     vm = await runtime.launch_vm(vm_id, vm_dir, image=Path(meta["image_disk"]), writable=writable,
-                                 memory_fd=memory_fd, shared_memory=False, incoming=True)
+                                 memory_fd=memory_fd,
+                                 anonymous_memory=memory_fd is None and meta.get("ram_block") == "mem",
+                                 incoming=True)
     try:
         qmp = vm.qmp
         await vm.guard(qmp.execute("migrate-set-capabilities", IGNORE_SHARED))
@@ -148,7 +187,7 @@ async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: s
     vm.boot_method = "resume"
     vm.session_id = spec.session_id
     vm.image_disk = Path(meta["image_disk"])
-    vm.ram_backing = "template" if memory_fd is not None else "anonymous"
+    vm.ram_block = str(meta.get("ram_block", "builtin"))
     vm.writable_disk = writable
     vm.disk_quota_bytes = spec.writable_size_bytes or runtime.settings.writable_size_bytes
     runtime.vms[vm_id] = vm
