@@ -141,3 +141,13 @@ def test_keys_in_the_e2b_shape_work_in_x_api_key(harness):
     from chaser.service.forward import is_chaser_authorization
 
     assert is_chaser_authorization(f"Bearer {key}")
+
+
+def test_ingress_port_setting_off_and_zero_disable_it(monkeypatch):
+    from chaser.config import Settings
+
+    for value, expected in (("off", 0), ("0", 0), ("OFF", 0), ("50000", 50000)):
+        monkeypatch.setenv("CHASER_E2B_INGRESS_PORT", value)
+        assert Settings().e2b_ingress_port == expected
+    monkeypatch.delenv("CHASER_E2B_INGRESS_PORT")
+    assert Settings().e2b_ingress_port == 49983
