@@ -83,6 +83,8 @@ class BulkDeleteWorkspacesPublic(BaseModel):
 
 class SnapshotCreate(RequestModel):
     name: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+    memory: bool = Field(False, description="Also keep the running session's memory: restoring the snapshot "
+                                            "then resumes its processes (docs/pause-and-fork.md)")
 
 
 class SnapshotRestore(RequestModel):
@@ -96,6 +98,7 @@ class WorkspaceSnapshotPublic(BaseModel):
     used_bytes: int
     created_at: datetime
     restored_at: datetime | None = None
+    memory: bool = False  # holds a session's memory too
 
 
 class SnapshotDeletedPublic(BaseModel):

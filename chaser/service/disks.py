@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 from pathlib import Path
 
 from sqlalchemy import select
@@ -110,22 +112,39 @@ class WorkspaceDisks:
         return row
 
     async def create_snapshot(self, principal: Principal, workspace: WorkspaceRecord, *,
-                              name: str | None) -> SnapshotRecord:
-        """Copy the workspace's disk; a running session is frozen (guest `sync`, QMP stop/cont) around it."""
+                              name: str | None, memory: bool = False) -> SnapshotRecord:
+        """Copy the workspace's disk; a running session is frozen (guest `sync`, QMP stop/cont) around it.
+        `memory`: the running session's memory is kept too (a fork's save, chaser/service/suspend.py)."""
         async with self.sessions.workspace_lock(workspace.id):
             self._still_there(workspace)
             self.workspaces.check_snapshot_name(workspace, name)
             snapshot_id = self.workspaces.new_snapshot_id()
             disk = self.workspaces.disk_path(workspace.id)
             path = self.workspaces.snapshot_path(workspace.id, snapshot_id)
+            state = self.workspaces.snapshot_state_dir(workspace.id, snapshot_id)
             has_disk = disk.exists()
             try:
-                if has_disk:
+                if memory:
+                    live = self._running_session(workspace)
+                    await self.sessions.suspender.save_copy(live, state)
+                    await asyncio.to_thread(os.replace, state / "writable.img", path)
+                    has_disk = True
+                elif has_disk:
                     await self._consistent_copy(workspace, disk, path)
                 return self.workspaces.add_snapshot_row(workspace, snapshot_id, name=name, has_disk=has_disk)
             except BaseException:
                 path.unlink(missing_ok=True)
+                await asyncio.to_thread(shutil.rmtree, state, True)
                 raise
+
+    def _running_session(self, workspace: WorkspaceRecord) -> LiveSession:
+        live = next((item for item in self.sessions.live.values()
+                     if item.workspace_id == workspace.id and not item.terminating), None)
+        if live is None:
+            raise errors.SessionNotRunning(
+                f"workspace {workspace.name or workspace.id} has no running session: a memory snapshot "
+                "keeps a running session's memory (start one, or snapshot without memory)")
+        return live
 
     async def restore_snapshot(self, principal: Principal, workspace: WorkspaceRecord, snapshot_ref: str, *,
                                force: bool) -> SnapshotRecord:
@@ -143,7 +162,11 @@ class WorkspaceDisks:
                 await asyncio.to_thread(copy_disk, source, disk)
             else:  # taken before the workspace had a disk: the next session starts empty
                 disk.unlink(missing_ok=True)
-            return self.workspaces.mark_restored(snapshot)
+            restored = self.workspaces.mark_restored(snapshot)
+            state = self.workspaces.snapshot_state_dir(workspace.id, snapshot.id)
+            if state.is_dir():  # a memory snapshot: its processes come back in a new session
+                await self.sessions.suspender.start_from_copy(principal, workspace, state)
+            return restored
 
     async def delete_snapshot(self, principal: Principal, workspace: WorkspaceRecord, snapshot_ref: str
                               ) -> SnapshotRecord:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from chaser import errors
 from chaser.diskcopy import copy_disk
 from chaser.models.status import EndReason, SessionStatus
-from chaser.runtime import VMSpec
+from chaser.runtime import EgressPolicy, VMSpec
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession, session_not_running
-from chaser.service.records import SessionRecord
+from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.store import SessionRow
 from chaser.store.tables import utcnow
 
@@ -215,6 +215,48 @@ class Suspender:
         live.vm = vm
         live.touch()
         self.sessions.mark_running(live, vm, principal=principal, forked_from=source.id)
+        return live
+
+    # --- memory snapshots of workspaces (chaser/service/disks.py) -------------------
+    async def save_copy(self, live: LiveSession, directory: Path) -> None:
+        """The running (or paused: woken) session's memory and disk into `directory`; it goes on."""
+        await self.wake(live)
+        async with live.lock:
+            vm = live.vm
+            if vm is None or live.terminating:
+                raise session_not_running(live.id, "not running")
+            live.saving = True
+            try:
+                await self.sessions.runtime.save(vm, directory, keep_running=True)
+            finally:
+                live.saving = False
+
+    async def start_from_copy(self, principal: Principal, workspace: WorkspaceRecord, directory: Path) -> LiveSession:
+        """A new session of `workspace` resumed from the memory saved in `directory` (its disk is
+        already the workspace's): the processes of the snapshot run again."""
+        policy = EgressPolicy.from_dict(workspace.network) if workspace.network else None
+        live, row = self.sessions.new_live(principal, workspace=workspace, image_ref=workspace.image, image_digest="",
+                                           env={}, proxy=None, policy=policy, ttl_seconds=None)
+        row.status = SessionStatus.PAUSED
+        target = self.state_dir(live.id)
+
+        def copy_state() -> None:
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ("memory.state", SAVED_MARKER):  # the marker last: the state is complete then
+                shutil.copyfile(directory / name, target / name)
+
+        await asyncio.to_thread(copy_state)
+        live.paused = True
+        try:
+            self.sessions.insert(row, live)
+        except BaseException:
+            await asyncio.to_thread(self.discard, live.id)
+            raise
+        try:
+            await self.wake(live, principal=principal)
+        except errors.ChaserError:
+            await self.sessions.end(live, force=True, status=SessionStatus.TERMINATED, reason=EndReason.TERMINATED)
+            raise
         return live
 
     # --- the reaper's part ---------------------------------------------------

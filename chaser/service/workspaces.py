@@ -46,6 +46,13 @@ class WorkspaceManager:
     def disk_path(self, workspace_id: str) -> Path:
         return self.settings.workspaces_dir / workspace_id / "disk.img"
 
+    def snapshot_state_dir(self, workspace_id: str, snapshot_id: str) -> Path:
+        """A memory snapshot's saved VM state (its disk is `snapshot_path`)."""
+        return self.settings.workspaces_dir / workspace_id / "snapshots" / f"{snapshot_id}.state"
+
+    def has_memory(self, snapshot: SnapshotRecord) -> bool:
+        return (self.snapshot_state_dir(snapshot.workspace_id, snapshot.id) / "meta.json").exists()
+
     def snapshot_path(self, workspace_id: str, snapshot_id: str) -> Path:
         return self.settings.workspaces_dir / workspace_id / "snapshots" / f"{snapshot_id}.img"
 
@@ -224,6 +231,7 @@ class WorkspaceManager:
             if row is not None:
                 s.delete(row)
         self.snapshot_path(snapshot.workspace_id, snapshot.id).unlink(missing_ok=True)
+        shutil.rmtree(self.snapshot_state_dir(snapshot.workspace_id, snapshot.id), ignore_errors=True)
         if row is not None:
             self.audit.record("snapshot.deleted", account_id=snapshot.account_id, resource_type="snapshot",
                               resource_id=snapshot.id, summary=f"snapshot {snapshot.name or snapshot.id} deleted",

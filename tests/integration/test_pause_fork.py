@@ -304,3 +304,38 @@ def test_idle_workspace_session_pauses_then_wakes(tmp_path):
             assert "session.paused" in actions and "session.resumed" in actions, actions
     finally:
         srv.stop()
+
+
+def test_memory_snapshot_of_a_workspace_restores_its_processes(server, api):
+    assert api.post("/v1/workspaces", json={"name": "memsnap"}).status_code in (200, 201)
+    r = api.post("/v1/sessions", json={"workspace": "memsnap"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    held = start_holder(api, sid)
+    run(api, sid, "echo on-disk > /workspace/f.txt")
+    snap = api.post("/v1/workspaces/memsnap/snapshots", json={"name": "live", "memory": True})
+    assert snap.status_code == 200, snap.text
+    assert snap.json()["memory"] is True and snap.json()["used_bytes"] > 0
+    assert holder_value(api, sid) == held  # the session went on
+    run(api, sid, "echo later > /workspace/f.txt")
+    plain = api.post("/v1/workspaces/memsnap/snapshots", json={"name": "plain"}).json()
+    assert plain["memory"] is False
+    assert api.delete(f"/v1/sessions/{sid}").json()["status"] == "terminated"
+
+    r = api.post(f"/v1/workspaces/memsnap/snapshots/{snap.json()['id']}/restore")
+    assert r.status_code == 200, r.text
+    active = api.get("/v1/workspaces/memsnap").json()
+    restored = api.get("/v1/sessions").json()["sessions"]
+    session = next(s for s in restored if s["workspace_id"] == active["id"])
+    assert session["status"] == "running" and session["id"] != sid
+    assert holder_value(api, session["id"]) == held  # the snapshot's process, its memory
+    assert run(api, session["id"], "cat /workspace/f.txt").strip() == "on-disk"
+    listed = {s["name"]: s["memory"] for s in api.get("/v1/workspaces/memsnap/snapshots").json()}
+    assert listed == {"live": True, "plain": False}
+
+    # Without a running session there is no memory to keep.
+    assert api.delete(f"/v1/sessions/{session['id']}").json()["status"] == "terminated"
+    assert_error(api.post("/v1/workspaces/memsnap/snapshots", json={"memory": True}), 409, "session_not_running")
+    snapshots_dir = server.home / "workspaces" / active["id"] / "snapshots"
+    api.delete(f"/v1/workspaces/memsnap/snapshots/{snap.json()['id']}")
+    assert not (snapshots_dir / f"{snap.json()['id']}.state").exists()

@@ -43,10 +43,10 @@ def workspace_public(row: WorkspaceRecord, workspaces: WorkspaceManager, *, enfo
                            network=network)
 
 
-def snapshot_public(row: SnapshotRecord) -> WorkspaceSnapshotPublic:
+def snapshot_public(row: SnapshotRecord, *, memory: bool = False) -> WorkspaceSnapshotPublic:
     return WorkspaceSnapshotPublic(id=row.id, workspace_id=row.workspace_id, name=row.name,
                                    used_bytes=row.used_bytes, created_at=row.created_at,
-                                   restored_at=row.restored_at)
+                                   restored_at=row.restored_at, memory=memory)
 
 
 @router.post("", response_model=WorkspacePublic, responses=error_responses(400, 404, 409, COPY_ERROR),
@@ -114,28 +114,32 @@ async def set_workspace_template(workspace: str, body: WorkspaceTemplateSet, ser
 async def list_snapshots(workspace: str, services: ServicesDep,
                          principal: WorkspacesRead) -> list[WorkspaceSnapshotPublic]:
     row = services.workspaces.get(principal, workspace)
-    return [snapshot_public(snapshot) for snapshot in services.workspaces.list_snapshots(row)]
+    return [snapshot_public(snapshot, memory=services.workspaces.has_memory(snapshot))
+            for snapshot in services.workspaces.list_snapshots(row)]
 
 
 @router.post("/{workspace}/snapshots", response_model=WorkspaceSnapshotPublic,
              responses=error_responses(400, 404, 409, COPY_ERROR),
-             summary="Snapshot a workspace's disk (a running session is frozen for the copy)")
+             summary="Snapshot a workspace's disk (a running session is frozen for the copy); "
+                     "memory=true keeps the running session's memory too")
 async def create_snapshot(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                           body: SnapshotCreate | None = Body(default=None)) -> WorkspaceSnapshotPublic:
     row = services.workspaces.get(principal, workspace)
-    snapshot = await services.disks.create_snapshot(principal, row, name=(body or SnapshotCreate()).name)
-    return snapshot_public(snapshot)
+    request = body or SnapshotCreate()
+    snapshot = await services.disks.create_snapshot(principal, row, name=request.name, memory=request.memory)
+    return snapshot_public(snapshot, memory=services.workspaces.has_memory(snapshot))
 
 
 @router.post("/{workspace}/snapshots/{snapshot}/restore", response_model=WorkspaceSnapshotPublic,
              responses=error_responses(404, 409),
-             summary="Restore a snapshot over the workspace's disk (409 while a session runs, unless force)")
+             summary="Restore a snapshot over the workspace's disk (409 while a session runs, unless force); "
+                     "a memory snapshot's processes resume in a new session")
 async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep, principal: WorkspacesWrite,
                            body: SnapshotRestore | None = Body(default=None)) -> WorkspaceSnapshotPublic:
     row = services.workspaces.get(principal, workspace)
     restored = await services.disks.restore_snapshot(principal, row, snapshot,
                                                         force=(body or SnapshotRestore()).force)
-    return snapshot_public(restored)
+    return snapshot_public(restored, memory=services.workspaces.has_memory(restored))
 
 
 @router.delete("/{workspace}/snapshots/{snapshot}", response_model=SnapshotDeletedPublic,
