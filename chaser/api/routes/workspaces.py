@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Query
 
 from chaser.api.deps import ServicesDep, WorkspacesRead, WorkspacesWrite
-from chaser.api.routes import AUTH_ERROR_RESPONSES, error_responses
+from chaser.api.routes import AUTH_ERROR_RESPONSES, START_ERROR_RESPONSES, error_responses
 from chaser.models import WorkspaceCreate, WorkspaceDeletedPublic, WorkspacePublic
 from chaser.models.workspaces import (
     BulkDeleteWorkspaceItem,
@@ -119,7 +119,7 @@ async def list_snapshots(workspace: str, services: ServicesDep,
 
 
 @router.post("/{workspace}/snapshots", response_model=WorkspaceSnapshotPublic,
-             responses=error_responses(400, 404, 409, COPY_ERROR),
+             responses=error_responses(400, 404, 409, COPY_ERROR, 507),
              summary="Snapshot a workspace's disk (a running session is frozen for the copy); "
                      "memory=true keeps the running session's memory too")
 async def create_snapshot(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
@@ -131,7 +131,7 @@ async def create_snapshot(workspace: str, services: ServicesDep, principal: Work
 
 
 @router.post("/{workspace}/snapshots/{snapshot}/restore", response_model=WorkspaceSnapshotPublic,
-             responses=error_responses(404, 409),
+             responses={**error_responses(404, 409), **START_ERROR_RESPONSES},
              summary="Restore a snapshot over the workspace's disk (409 while a session runs, unless force); "
                      "a memory snapshot's processes resume in a new session")
 async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep, principal: WorkspacesWrite,
