@@ -72,3 +72,4 @@ bench: setup
 	$(PY) bench/runtime.py
 	$(PY) bench/interactive.py
 	$(PY) bench/network.py
+	$(PY) bench/pause.py
