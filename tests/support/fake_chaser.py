@@ -41,6 +41,9 @@ class FakeChaser:
             ("GET", r"/v1/sessions/(?P<sid>[^/]+)", lambda m, q, b: (200, self.session(m["sid"]))),
             ("DELETE", r"/v1/sessions/(?P<sid>[^/]+)", self.terminate),
             ("POST", r"/v1/sessions/(?P<sid>[^/]+)/self-test", self.self_test),
+            ("POST", r"/v1/sessions/(?P<sid>[^/]+)/pause", lambda m, q, b: self.set_status(m["sid"], "paused")),
+            ("POST", r"/v1/sessions/(?P<sid>[^/]+)/resume", lambda m, q, b: self.set_status(m["sid"], "running")),
+            ("POST", r"/v1/sessions/(?P<sid>[^/]+)/fork", self.fork),
             ("POST", r"/v1/sessions/(?P<sid>[^/]+)/exec", self.exec),
             ("POST", r"/v1/exec", self.exec),
             ("GET", r"/v1/sessions/(?P<sid>[^/]+)/commands", lambda m, q, b: (200, {"commands": [
@@ -99,6 +102,19 @@ class FakeChaser:
                               "workspace_id": workspace_id, "persistence": bool(workspace_id),
                               "image": body.get("image") or "chaser/base", "expires_at": "2026-01-01T06:00:00Z"}
         return 201, self.sessions[sid]
+
+    def set_status(self, sid: str, status: str):
+        self.session(sid)["status"] = status
+        return 200, self.sessions[sid]
+
+    def fork(self, m, q, body):
+        source = self.session(m["sid"])
+        forks = []
+        for index in range(body.get("count", 1)):
+            sid = f"{m['sid']}-fork{index}"
+            self.sessions[sid] = {**source, "id": sid, "ephemeral": not body.get("workspace_names")}
+            forks.append(self.sessions[sid])
+        return 201, {"source_id": m["sid"], "sessions": forks}
 
     def terminate(self, m, q, body):
         self.session(m["sid"])

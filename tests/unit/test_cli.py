@@ -310,3 +310,16 @@ def test_env_and_flags_override_the_config_file(cli, fake):
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     result = cli("sessions", "list", env={"CHASER_API_URL": closed})
     assert result.exit_code == 1 and result.stderr.startswith(f"error: connection_error: cannot reach {closed}")
+
+
+def test_sessions_pause_resume_fork(cli, fake):
+    sid = start_session(cli)
+    assert cli("sessions", "pause").stdout.strip() == f"paused {sid}"  # the current session by default
+    assert fake.sessions[sid]["status"] == "paused" and fake.requests[-1]["path"] == f"/v1/sessions/{sid}/pause"
+    assert json.loads(cli("sessions", "resume", sid, "--json").stdout)["status"] == "running"
+    forked = cli("sessions", "fork", "--count", "2").stdout.split()
+    assert forked == [f"{sid}-fork0", f"{sid}-fork1"]
+    assert fake.requests[-1]["body"] == {"count": 2}
+    result = json.loads(cli("sessions", "fork", sid, "--workspace", "a", "--json").stdout)
+    assert result["source_id"] == sid and fake.requests[-1]["body"] == {"count": 1, "workspace_names": ["a"]}
+    assert cli("sessions", "fork", "--count", "0").exit_code == 2  # refused before any request
