@@ -111,3 +111,8 @@ async def open_connection(agent):
         theirs.close()
         raise
     return await asyncio.open_connection(sock=ours)
+
+
+# The relay imports this module before the agent first answers (server.WARM_MODULES), so the
+# template snapshot already holds envd's modules: a restored clone's first E2B call imports nothing.
+from . import app as _app  # noqa: E402, F401
