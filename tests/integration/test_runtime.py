@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from chaser import errors
+from chaser.diskcopy import copy_disk
 from chaser.vm.runtime import VMSpec
 from tests.integration.vm_fixtures import pid_alive
 from tests.support import async_wait_until
@@ -317,3 +319,39 @@ async def test_every_vm_has_its_own_token_and_none_is_on_a_command_line(runtime,
                         assert refused.status_code == 401, (other, machine.id)
     finally:
         await cold.stop()
+
+
+async def test_forks_have_their_own_tokens_identity_and_entropy(runtime, vm, tmp_path):
+    """Two forks of a running VM: each its own QEMU token, session token, hostname and
+    RNG output; none accepts another's token; the source goes on (docs/pause-and-fork.md)."""
+    await vm.exec("echo before > /tmp/fork-marker")
+    state = runtime.settings.sessions_dir / f"test-fork-{os.getpid()}"
+    forks = []
+    try:
+        disk = await runtime.save(vm, state, keep_running=True)
+        for index in range(2):
+            copy = tmp_path / f"fork-{index}.img"
+            await asyncio.to_thread(copy_disk, disk, copy)
+            forks.append(await runtime.resume(
+                VMSpec(image_disk=runtime.base_image_disk, writable_disk=copy, session_id=f"fork-{index}"),
+                state, hostname=f"fork-{index}"))
+        machines = [vm, *forks]
+        tokens = [m.agent.token for m in machines]
+        assert len(set(tokens)) == 3
+        outputs = [await m.exec("hostname; cat /tmp/fork-marker; head -c 16 /dev/urandom | od -An -tx1")
+                   for m in machines]
+        lines = [text(o).split("\n") for o in outputs]
+        assert [line[0] for line in lines[1:]] == ["fork-0", "fork-1"] and lines[0][0] != "fork-0"
+        assert all(line[1] == "before" for line in lines)
+        assert len({line[2] for line in lines}) == 3  # the CRNG was reseeded in each
+        async with httpx.AsyncClient() as client:
+            for machine in machines:
+                for token in tokens:
+                    answer = await client.get(f"{machine.agent.base_url}/health",
+                                              headers={"Authorization": f"Bearer {token}"})
+                    assert answer.status_code == (200 if token == machine.agent.token else 401)
+    finally:
+        for fork in forks:
+            await fork.stop(graceful=False)
+        await asyncio.to_thread(shutil.rmtree, state, True)
+    assert text(await vm.exec("cat /tmp/fork-marker")) == "before\n"
