@@ -134,9 +134,12 @@ class Runtime(Protocol):
         (fork). Any failure leaves the VM running: `errors.InsufficientStorage` when the
         disk is too full. Returns where the saved disk copy is (ephemeral disks and forks)."""
         ...
-    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> SandboxVM:
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None,
+                     consume: bool = False) -> SandboxVM:
         """A running VM from the state saved in `directory`, on `spec.writable_disk`, with
-        a new token, clock and entropy (and a new `hostname`, for a fork). The state stays."""
+        a new token, clock and entropy (and a new `hostname`, for a fork); `spec.image_disk`
+        is ignored (the state names its image). `consume` (a pause's state): its meta file
+        goes before the VM runs again, so it is never resumed twice; else (a fork's) it stays."""
         ...
     def check_saved(self, directory: Path) -> None:
         """`errors.SnapshotIncompatible` unless `directory` holds a state this runtime resumes."""

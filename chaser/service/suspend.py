@@ -100,7 +100,9 @@ class Suspender:
         return self.sessions.get(principal, session_id)
 
     async def wake(self, live: LiveSession, *, principal: Principal | None = None) -> None:
-        """Resume `live` if it is paused (every request that needs its VM calls this)."""
+        """Resume `live` if it is paused (every request that needs its VM calls this). A resume
+        that fails after its state was consumed (the VM ran, then died) ends the session."""
+        lost: errors.ChaserError | None = None
         async with live.lock:
             if not live.paused or live.terminating:
                 return
@@ -109,16 +111,27 @@ class Suspender:
             spec = VMSpec(image_disk=Path(), writable_disk=self._writable(live),
                           writable_size_bytes=self.settings.writable_size_bytes, session_id=live.id,
                           network=live.network)
-            vm = await self.sessions.runtime.resume(spec, self.state_dir(live.id))
-            live.vm, live.paused = vm, False
-            live.touch()
-            # The lifetime counts running time: the pause does not use it up.
-            live.expires_at += timedelta(seconds=max(0.0, time.time() - paused_since))
-            with self.sessions.db.session() as s:
-                row = s.get(SessionRow, live.id)
-                if row is not None:
-                    row.status, row.vm_id, row.expires_at = SessionStatus.RUNNING, vm.id, live.expires_at
-            await asyncio.to_thread(self._drop_memory_state, live.id)
+            self.sessions.admit_many(live.account_id, 1)  # it holds a VM again: the account's limit applies
+            try:
+                vm = await self.sessions.runtime.resume(spec, self.state_dir(live.id), consume=True)
+            except errors.ChaserError as exc:
+                if self.has_saved_state(live.id):  # nothing changed: it stays paused
+                    raise
+                lost = exc
+            else:
+                live.vm, live.paused = vm, False
+                live.touch()
+                # The lifetime counts running time: the pause does not use it up.
+                live.expires_at += timedelta(seconds=max(0.0, time.time() - paused_since))
+                with self.sessions.db.session() as s:
+                    row = s.get(SessionRow, live.id)
+                    if row is not None:
+                        row.status, row.vm_id, row.expires_at = SessionStatus.RUNNING, vm.id, live.expires_at
+                await asyncio.to_thread(self._drop_memory_state, live.id)
+        if lost is not None:
+            await self.sessions.end(live, force=True, status=SessionStatus.FAILED, reason=lost.code,
+                                    message=lost.message)
+            raise lost
         self.sessions.audit.record(
             "session.resumed", account_id=live.account_id, resource_type="session", resource_id=live.id,
             principal=principal, summary=f"session {live.id} resumed",
@@ -126,10 +139,9 @@ class Suspender:
         log.info("session %s resumed in %.2fs", live.id, time.monotonic() - started)
 
     def _drop_memory_state(self, session_id: str) -> None:
-        """A resumed VM outdates its saved memory; an ephemeral disk stays (the VM runs on it)."""
-        directory = self.state_dir(session_id)
-        (directory / SAVED_MARKER).unlink(missing_ok=True)
-        (directory / "memory.state").unlink(missing_ok=True)
+        """A resumed VM outdates its saved memory (its meta file went before the VM ran again);
+        an ephemeral disk stays (the VM runs on it)."""
+        (self.state_dir(session_id) / "memory.state").unlink(missing_ok=True)
 
     def discard(self, session_id: str) -> None:
         """Everything a session kept under CHASER_HOME/sessions (on its end)."""

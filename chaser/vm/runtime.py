@@ -186,13 +186,14 @@ class Runtime:
         await suspend.save(self, vm, directory, keep_running=keep_running)
         return SavedState(directory).disk_file
 
-    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> VirtualMachine:
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None,
+                     consume: bool = False) -> VirtualMachine:
         """A VM running from the state saved in `directory`, on `spec.writable_disk`."""
         self.check_capacity()
         self._starting += 1
         try:
             started = time.monotonic()
-            vm = await suspend.resume(self, spec, directory, hostname=hostname)
+            vm = await suspend.resume(self, spec, directory, hostname=hostname, consume=consume)
             vm.boot_ms = (time.monotonic() - started) * 1000
             return vm
         finally:

@@ -139,9 +139,12 @@ async def _keep_what_differs(runtime: Runtime, vm: VirtualMachine, state: SavedS
     return {"filtered": False}
 
 
-async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> VirtualMachine:
+async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: str | None = None,
+                 consume: bool = False) -> VirtualMachine:
     """A running VM from the saved state in `directory` on `spec.writable_disk`,
-    with a new token, clock and entropy (and `hostname`, for a fork)."""
+    with a new token, clock and entropy (and `hostname`, for a fork). `consume`: the
+    state's meta file goes once it is loaded, before the VM runs again, so a state
+    whose VM has since written to its disk is never resumed a second time."""
     state = SavedState(directory)
     meta = await asyncio.to_thread(check_compatible, runtime, state)
     writable = spec.writable_disk
@@ -169,6 +172,8 @@ async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: s
             await pass_fd(qmp, stream.fileno(), "saved-state")
         await vm.guard(qmp.execute("migrate-incoming", {"uri": "fd:saved-state"}))
         await runtime.wait_loaded(vm)
+        if consume:
+            await asyncio.to_thread(state.meta_file.unlink, missing_ok=True)
         await vm.guard(qmp.execute("cont"))
         await runtime.wait_for_agent(vm, runtime.settings.restore_timeout_s)
         token = secrets.token_urlsafe(32)

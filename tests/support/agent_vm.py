@@ -194,7 +194,8 @@ class AgentRuntime:
     async def save(self, vm: Any, directory: Path, *, keep_running: bool) -> Path:
         raise errors.FeatureNotImplemented("one agent process has no VM state to save")
 
-    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> AgentVM:
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None,
+                     consume: bool = False) -> AgentVM:
         raise errors.FeatureNotImplemented("one agent process has no VM state to resume")
 
     def check_saved(self, directory: Path) -> None:

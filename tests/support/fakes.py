@@ -553,6 +553,7 @@ class FakeRuntime:
         self.saved: dict[Path, tuple[dict[str, bytes], set[str], dict[str, Any]]] = {}
         self.resumed: list[FakeVM] = []
         self.save_error: Exception | None = None  # raised by save (e.g. InsufficientStorage)
+        self.resume_error: Exception | None = None  # raised by resume once the state is loaded (consumed)
 
     @property
     def network_mode(self) -> str:
@@ -612,8 +613,13 @@ class FakeRuntime:
             await vm.stop(graceful=False)
         return directory / "writable.img"
 
-    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None) -> FakeVM:
+    async def resume(self, spec: VMSpec, directory: Path, *, hostname: str | None = None,
+                     consume: bool = False) -> FakeVM:
         self.check_saved(directory)
+        if consume:
+            (directory / "meta.json").unlink()
+        if self.resume_error is not None:  # as a VM that loaded its state and then died
+            raise self.resume_error
         files, dirs, procs = self.saved[directory]
         vm = FakeVM(spec)
         vm.files, vm.dirs, vm.procs = dict(files), set(dirs), dict(procs)

@@ -126,3 +126,33 @@ def test_a_paused_session_is_taken_back_after_a_restart(tmp_path):
     assert h.client.get(f"/v1/sessions/{sid}").json()["status"] == "paused"
     assert h.services.sessions.live[sid].paused
     h.close()
+
+
+def test_a_resume_that_fails_keeps_the_state_unless_it_was_consumed(harness):
+    sid = harness.session()["id"]
+    pause(harness, sid)
+    # Refused before anything loaded (the host is full): still paused, still resumable.
+    harness.runtime.capacity_error = errors.CapacityExhausted("full", retry_after_s=3)
+    assert_error(harness.client.post(f"/v1/sessions/{sid}/resume"), 503, "capacity_exhausted")
+    harness.runtime.capacity_error = None
+    assert harness.client.get(f"/v1/sessions/{sid}").json()["status"] == "paused"
+    # Loaded (its meta file consumed), then the VM died: the session ends, failed.
+    harness.runtime.resume_error = errors.VMCrashed("QEMU exited after loading")
+    assert_error(harness.client.post(f"/v1/sessions/{sid}/exec", json={"command": "ls"}), 503, "vm_crashed")
+    row = harness.client.get(f"/v1/sessions/{sid}").json()
+    assert row["status"] == "failed" and row["end_reason"] == "vm_crashed"
+    assert not (harness.settings.sessions_dir / sid).exists()
+
+
+def test_waking_counts_against_the_account_limit(tmp_path):
+    h = Harness(tmp_path, max_sessions_per_account=1)
+    try:
+        sid = h.session()["id"]
+        pause(h, sid)
+        other = h.session()["id"]  # a paused session holds no VM: room for another
+        assert_error(h.client.post(f"/v1/sessions/{sid}/resume"), 429, "quota_exceeded")
+        assert h.client.get(f"/v1/sessions/{sid}").json()["status"] == "paused"
+        h.client.delete(f"/v1/sessions/{other}")
+        assert h.client.post(f"/v1/sessions/{sid}/resume").json()["status"] == "running"
+    finally:
+        h.close()
