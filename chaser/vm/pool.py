@@ -25,6 +25,7 @@ class PoolableVM(Protocol):
 
     @property
     def alive(self) -> bool: ...
+    async def wait_exit(self, timeout: float | None = None) -> bool: ...
     async def prepare(self, disks: dict[str, str]) -> dict[str, Any]: ...
     async def stop(self, *, graceful: bool = True) -> None: ...
 
@@ -47,6 +48,7 @@ class WarmPool(Generic[VM]):
         self._filler: asyncio.Task[None] | None = None
         self._closed = False
         self._stopping: set[asyncio.Future[None]] = set()
+        self._watchers: dict[int, asyncio.Task[None]] = {}  # id(vm) → the task that notices its death
 
     def start(self, image: Path) -> None:
         """Keep `size` VMs of `image` ready (the image sessions use by default)."""
@@ -75,12 +77,32 @@ class WarmPool(Generic[VM]):
         vm: VM | None = None
         while self.ready and vm is None:
             candidate = self.ready.pop(0)
+            self._unwatch(candidate)
             if candidate.alive:
                 vm = candidate
             else:
                 self._stop_later(candidate)
         self.refill()
         return vm
+
+    def _watch(self, vm: VM) -> None:
+        """A pooled VM that dies (killed from outside, its memory limit) leaves the pool at once
+        and is replaced then, not found dead by the next create."""
+        async def watch() -> None:
+            await vm.wait_exit()
+            if vm in self.ready:
+                self.ready.remove(vm)
+                log.warning("warm pool: a ready VM died; replacing it")
+                self._stop_later(vm)  # its namespace, cgroup and directory
+                self.refill()
+            self._watchers.pop(id(vm), None)
+
+        self._watchers[id(vm)] = asyncio.ensure_future(watch())
+
+    def _unwatch(self, vm: VM) -> None:
+        task = self._watchers.pop(id(vm), None)
+        if task is not None:
+            task.cancel()
 
     def refill(self) -> None:
         if self.size <= 0 or self.image is None or self._closed:
@@ -113,9 +135,11 @@ class WarmPool(Generic[VM]):
                 continue
             vm.pooled = True
             self.ready.append(vm)
+            self._watch(vm)
 
     def _discard_ready(self) -> None:
         for vm in self.ready:
+            self._unwatch(vm)
             self._stop_later(vm)
         self.ready.clear()
 
@@ -131,4 +155,6 @@ class WarmPool(Generic[VM]):
             self._filler.cancel()
             await asyncio.gather(self._filler, return_exceptions=True)
         ready, self.ready = self.ready, []
+        for vm in ready:
+            self._unwatch(vm)
         await asyncio.gather(*(vm.stop(graceful=False) for vm in ready), return_exceptions=True)

@@ -26,9 +26,19 @@ class PoolVM:
         self.prepared: list[dict[str, str]] = []
         self.prepare_error = prepare_error
 
+        self.exited = asyncio.Event()
+
     @property
     def alive(self) -> bool:
         return not self.stopped and not self.dead
+
+    def die(self) -> None:
+        self.dead = True
+        self.exited.set()
+
+    async def wait_exit(self, timeout: float | None = None) -> bool:
+        await self.exited.wait()
+        return True
 
     async def prepare(self, disks: dict[str, str]) -> dict[str, Any]:
         if self.prepare_error is not None:
@@ -38,6 +48,7 @@ class PoolVM:
 
     async def stop(self, *, graceful: bool = True) -> None:
         self.stopped = True
+        self.exited.set()
 
 
 class Booter:
@@ -162,3 +173,22 @@ async def test_size_zero_never_boots(booter: Booter) -> None:
     await asyncio.sleep(0)  # one loop iteration: a fill task start() made would have called boot by now
     assert booter.calls == 0 and pool.take(plain()) is None
     await pool.close()
+
+
+async def test_a_ready_vm_that_dies_is_replaced_at_once():
+    booter = Booter()
+    pool = WarmPool(booter, size=2, writable_size_bytes=WRITABLE, retry_after_s=0.01)
+    pool.start(IMAGE)
+    await async_wait_until(lambda: len(pool.ready) == 2, 5, interval=0.01, message="pool never filled")
+    victim = pool.ready[0]
+    victim.die()  # killed from outside, not taken by anyone
+    await async_wait_until(lambda: victim not in pool.ready and len(pool.ready) == 2 and booter.calls == 3, 5,
+                           interval=0.01, message="the dead VM was not replaced")
+    assert victim.stopped  # its leftovers are cleaned up
+    taken = pool.take(VMSpec(image_disk=IMAGE))
+    assert taken is not None and taken.alive and taken is not victim
+    taken.die()  # a VM handed out is no longer the pool's business
+    await async_wait_until(lambda: len(pool.ready) == 2, 5, interval=0.01, message="pool not refilled after take")
+    assert booter.calls == 4 and not taken.stopped
+    await pool.close()
+    assert all(vm.stopped for vm in booter.booted if vm is not taken)
