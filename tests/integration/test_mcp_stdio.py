@@ -22,7 +22,8 @@ from tests.integration.conftest import REPO
 pytestmark = pytest.mark.vm
 
 CHASER = REPO / ".venv" / "bin" / "chaser"
-TOOLS = {"terminal", "sessions_list", "session_create", "session_terminate", "workspaces_list", "workspace_create"}
+TOOLS = {"terminal", "sessions_list", "session_create", "session_terminate", "workspaces_list", "workspace_create",
+         "chaser_pause_session", "chaser_resume_session", "chaser_fork_session"}
 
 
 def agent_config(server, tmp_path: Path) -> dict:
