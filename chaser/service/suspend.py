@@ -164,15 +164,7 @@ class Suspender:
             workspaces.check_new_name(principal.account_id, name)
         fork_dir = self.settings.sessions_dir / f"fork-{secrets.token_hex(6)}"
         try:
-            async with source.lock:
-                vm = source.vm
-                if vm is None or source.terminating:
-                    raise session_not_running(source.id, "not running")
-                source.saving = True
-                try:
-                    saved_disk = await self.sessions.runtime.save(vm, fork_dir, keep_running=True)
-                finally:
-                    source.saving = False
+            saved_disk = await self.save_copy(source, fork_dir)
             names: list[str | None] = list(workspace_names) if workspace_names is not None else [None] * count
             results = await asyncio.gather(
                 *(self._start_fork(principal, source, fork_dir, saved_disk, name) for name in names),
@@ -230,8 +222,9 @@ class Suspender:
         return live
 
     # --- memory snapshots of workspaces (chaser/service/disks.py) -------------------
-    async def save_copy(self, live: LiveSession, directory: Path) -> None:
-        """The running (or paused: woken) session's memory and disk into `directory`; it goes on."""
+    async def save_copy(self, live: LiveSession, directory: Path) -> Path:
+        """The running (or paused: woken) session's memory and disk into `directory`; it goes on.
+        Where the disk's copy is. Under its lock: no pause or terminate meanwhile."""
         await self.wake(live)
         async with live.lock:
             vm = live.vm
@@ -239,7 +232,7 @@ class Suspender:
                 raise session_not_running(live.id, "not running")
             live.saving = True
             try:
-                await self.sessions.runtime.save(vm, directory, keep_running=True)
+                return await self.sessions.runtime.save(vm, directory, keep_running=True)
             finally:
                 live.saving = False
 

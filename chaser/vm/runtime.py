@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
-
 from chaser import errors
 from chaser.agent.protocol import IMAGE_DISK_SERIAL, WRITABLE_DISK_SERIAL
 from chaser.config import Settings
@@ -32,7 +30,7 @@ from chaser.guest.build import GuestAssets, load_guest_assets
 from chaser.runtime.egress import EgressPolicy
 from chaser.runtime.interface import NetworkMode, SandboxVM
 from chaser.runtime.spec import VMSpec
-from chaser.vm import memory, suspend
+from chaser.vm import memory, saved, suspend
 from chaser.vm.accel import resolve_accel
 from chaser.vm.admission import Admission
 from chaser.vm.cgroup import detect as detect_cgroups
@@ -304,7 +302,7 @@ class Runtime:
             with open(template.state_file, "wb") as state:  # noqa: ASYNC230 - opened to pass its descriptor
                 await pass_fd(qmp, state.fileno(), "snapshot")
                 await qmp.execute("migrate", {"uri": "fd:snapshot"})
-                await self._wait_migration(qmp)
+                await saved.wait_migration(qmp, what="the template snapshot")
         except BaseException:
             os.close(ram)
             raise
@@ -343,17 +341,6 @@ class Runtime:
         fd = self._template_memory.pop(directory, None)
         if fd is not None:
             os.close(fd)
-
-    @staticmethod
-    async def _wait_migration(qmp: QMPClient) -> None:
-        while True:
-            answer = await qmp.execute("query-migrate")
-            status = answer.get("status") if isinstance(answer, dict) else None
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise errors.SandboxRuntimeError(f"template snapshot failed: {status}")
-            await asyncio.sleep(0.02)
 
     async def _restore(self, vm_id: str, vm_dir: Path, template: Template, image: Path,
                        writable: Path) -> VirtualMachine | None:

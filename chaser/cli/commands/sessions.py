@@ -89,31 +89,30 @@ def terminate_session(
         console().print(f"terminated {session_id}", markup=False)
 
 
+def _change_state(session_id: str | None, as_json: bool, verb: str) -> None:
+    """`pause` or `resume` the session (the current one by default)."""
+    session_id = resolve_session(session_id)
+    with make_client() as client:
+        result = getattr(client.sessions, verb)(session_id)
+    if as_json:
+        print_json(result)
+    else:
+        console().print(f"{verb}d {session_id}", markup=False)
+
+
 @app.command("pause")
 @api_command
 def pause_session(session_id: str | None = IdArgument, as_json: bool = JsonOption) -> None:
     """Pause a session: its memory and disk are saved, its VM ends; any request (exec, files, a shell,
     a forwarded port) or `resume` brings it back with its processes."""
-    session_id = resolve_session(session_id)
-    with make_client() as client:
-        result = client.sessions.pause(session_id)
-    if as_json:
-        print_json(result)
-    else:
-        console().print(f"paused {session_id}", markup=False)
+    _change_state(session_id, as_json, "pause")
 
 
 @app.command("resume")
 @api_command
 def resume_session(session_id: str | None = IdArgument, as_json: bool = JsonOption) -> None:
     """Resume a paused session (its processes, files and memory as they were)."""
-    session_id = resolve_session(session_id)
-    with make_client() as client:
-        result = client.sessions.resume(session_id)
-    if as_json:
-        print_json(result)
-    else:
-        console().print(f"resumed {session_id}", markup=False)
+    _change_state(session_id, as_json, "resume")
 
 
 @app.command("fork")
