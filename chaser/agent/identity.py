@@ -65,6 +65,8 @@ async def handle_resume(agent, request):
         raise bad_request("session_id must be a string")
     if not agent.initialized:
         raise conflict("agent is not initialized: /init first")
+    if entropy:  # first: what follows (a fork's machine id) draws on it
+        feed_entropy(entropy, credit=not agent.dev_mode)
     if not agent.dev_mode:
         if time_ns:
             time.clock_settime_ns(time.CLOCK_REALTIME, time_ns)
@@ -73,10 +75,9 @@ async def handle_resume(agent, request):
             if agent.prepared_disks is not None:
                 from . import sandbox
                 from .protocol import DEFAULT_WORKDIR
+                # A fork is another machine: a new machine id too (after the entropy above).
                 await asyncio.get_running_loop().run_in_executor(
-                    None, sandbox.set_identity, hostname, agent.workdir or DEFAULT_WORKDIR)
-    if entropy:
-        feed_entropy(entropy, credit=not agent.dev_mode)
+                    None, lambda: sandbox.set_identity(hostname, agent.workdir or DEFAULT_WORKDIR, new_machine=True))
     if session_id:
         agent.session_id = session_id
     agent.token = token  # the boot token of this QEMU is dead from here on

@@ -12,6 +12,7 @@ import ctypes
 import fcntl
 import glob
 import os
+import secrets
 
 from .protocol import DATA_MOUNT, LOWER_MOUNT, SANDBOX_NAMESERVER, SANDBOX_ROOT
 
@@ -126,9 +127,13 @@ def prepare(image_serial: str, writable_serial: str) -> None:
     os.chmod(_inside("tmp"), 0o1777)
 
 
-def set_identity(hostname: str, workdir: str) -> None:
-    """The per-session files of a mounted sandbox root."""
+def set_identity(hostname: str, workdir: str, *, new_machine: bool = False) -> None:
+    """The per-session files of a mounted sandbox root. /etc/machine-id is made anew on a
+    fresh writable disk (the image's would be every session's) and for a fork
+    (`new_machine`); a workspace keeps the one its disk holds."""
     os.makedirs(_inside(workdir), exist_ok=True)
+    if new_machine or not os.path.exists(os.path.join(DATA_MOUNT, "upper", "etc", "machine-id")):
+        _write_etc(SANDBOX_ROOT, "machine-id", secrets.token_hex(16) + "\n")
     _write_etc(SANDBOX_ROOT, "hostname", hostname + "\n")
     _write_etc(SANDBOX_ROOT, "hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost\n")
     _write_etc(SANDBOX_ROOT, "resolv.conf", f"nameserver {SANDBOX_NAMESERVER}\n")

@@ -54,6 +54,11 @@ class LiveSession:
         self.last_activity = time.time()
 
 
+def session_hostname(session_id: str) -> str:
+    """Every session its own hostname (a fork's too): `sandbox-` and the id's last 6 characters."""
+    return "sandbox-" + session_id[-6:]
+
+
 def proxy_env(proxy: str | None) -> dict[str, str]:
     if not proxy:
         return {}

@@ -39,7 +39,7 @@ from chaser.runtime import EgressPolicy, Runtime, SandboxVM, VMSpec
 from chaser.service import audit
 from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
-from chaser.service.live import LiveSession, check_proxy, proxy_env, session_not_running
+from chaser.service.live import LiveSession, check_proxy, proxy_env, session_hostname, session_not_running
 from chaser.service.network import effective_policy
 from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.service.session_network import SessionNetworks
@@ -292,7 +292,7 @@ class SessionManager:
         }
         spec = VMSpec(image_disk=image.disk, writable_disk=writable,
                       writable_size_bytes=self.settings.writable_size_bytes,
-                      session_id=live.id, env=vm_env, hostname="sandbox",
+                      session_id=live.id, env=vm_env, hostname=session_hostname(live.id),
                       user=image.config.user, workdir=image.config.workdir, network=live.network)
         started = time.monotonic()
         try:

@@ -25,7 +25,7 @@ from chaser.diskcopy import copy_disk
 from chaser.models.status import EndReason, SessionStatus
 from chaser.runtime import EgressPolicy, VMSpec
 from chaser.service.keys import Principal
-from chaser.service.live import LiveSession, session_not_running
+from chaser.service.live import LiveSession, session_hostname, session_not_running
 from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.store import SessionRow
 from chaser.store.tables import utcnow
@@ -205,7 +205,7 @@ class Suspender:
             await asyncio.to_thread(copy_disk, saved_disk, disk)
             spec = VMSpec(image_disk=Path(), writable_disk=disk, writable_size_bytes=self.settings.writable_size_bytes,
                           session_id=live.id, network=live.network)
-            vm = await self.sessions.runtime.resume(spec, fork_dir, hostname=f"sandbox-{live.id[-6:]}")
+            vm = await self.sessions.runtime.resume(spec, fork_dir, hostname=session_hostname(live.id))
         except BaseException as exc:
             self.sessions.live.pop(live.id, None)
             failure = exc if isinstance(exc, errors.ChaserError) else errors.SandboxRuntimeError(

@@ -136,6 +136,7 @@ class WarmPool(Generic[VM]):
             vm.pooled = True
             self.ready.append(vm)
             self._watch(vm)
+            log.info("warm pool: %d of %d ready", len(self.ready), self.size)
 
     def _discard_ready(self) -> None:
         for vm in self.ready:

@@ -165,6 +165,8 @@ class Runtime:
         vm = self.pool.take(spec)
         if vm is None:
             vm = await self.boot(spec)
+        else:
+            vm.boot_method = "pool"  # restored from the template earlier, claimed now
         try:
             init = self._init_payload(spec)
             policy = spec.network or EgressPolicy(internet=self.settings.network_internet_default)

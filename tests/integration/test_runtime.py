@@ -266,7 +266,7 @@ async def test_warm_pool_hands_out_a_prepared_vm_with_its_own_identity(runtime, 
     pooled = await runtime.start(VMSpec(image_disk=runtime.base_image_disk, session_id="from-pool",
                                         hostname="poolhost", env={"X": "1"}))
     try:
-        assert pooled.pooled and pooled.boot_method == "template"
+        assert pooled.pooled and pooled.boot_method == "pool"
         command = "hostname; cat /etc/hostname; echo $X $CHASER_SESSION_ID; pwd; ls /workspace | wc -l"
         result = await pooled.exec(command)
         assert text(result).split() == ["poolhost", "poolhost", "1", "from-pool", "/workspace", "0"]

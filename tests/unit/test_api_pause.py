@@ -88,7 +88,7 @@ def test_fork_validation_quota_and_all_or_nothing(tmp_path):
         forks = response.json()["sessions"]
         assert len(forks) == 2 and all(f["status"] == "running" and f["ephemeral"] for f in forks)
         hostnames = {h.vm(f["id"]).hostname for f in forks}
-        assert len(hostnames) == 2 and "sandbox" not in hostnames
+        assert len(hostnames) == 2 and h.vm(sid).spec.hostname not in hostnames
         assert not h.vm(sid).stopped  # the source goes on
         assert not list(h.settings.sessions_dir.glob("fork-*"))
     finally:
