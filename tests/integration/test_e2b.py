@@ -17,7 +17,7 @@ import pytest
 from tests.integration.conftest import ServerProcess
 from tests.integration.registry import build_feature_image, registry
 from tests.support.net import free_port
-from tests.support.wait import wait_until
+from tests.support.wait import async_wait_until, wait_until
 
 e2b = pytest.importorskip("e2b")
 pytestmark = pytest.mark.vm
@@ -214,6 +214,21 @@ def test_metrics_and_a_watched_directory(sandbox):
     finally:
         handle.stop()
 
+
+async def test_the_async_sdk_and_a_watch_dir_stream(chaser, sandbox):
+    sbx = await e2b.AsyncSandbox.connect(sandbox.sandbox_id)
+    assert (await sbx.commands.run("echo async")).stdout == "async\n"
+    await sbx.files.make_dir("/tmp/streamed")
+    events = []
+    handle = await sbx.files.watch_dir("/tmp/streamed", on_event=events.append, recursive=True)
+    try:
+        await sbx.files.write("/tmp/streamed/a.txt", "x")
+        await sbx.files.make_dir("/tmp/streamed/sub")
+        await sbx.files.write("/tmp/streamed/sub/b.txt", "y")
+        await async_wait_until(lambda: {e.name for e in events} >= {"a.txt", "sub", "sub/b.txt"}, 30)
+        assert {e.name for e in events if e.type == e2b.FilesystemEventType.CREATE} >= {"a.txt", "sub", "sub/b.txt"}
+    finally:
+        await handle.stop()
 
 def test_pause_then_connect_resumes_with_memory_and_files(chaser):
     sbx = e2b.Sandbox.create(metadata={"which": "paused"})
