@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup guest console serve lint test unit bench test-e2b-drift test-e2b-js
 
-setup: .stamps/apt $(VENV)/.installed console guest
+setup: .stamps/apt $(VENV)/.installed console guest build/e2b-js/.installed
 
 .stamps/apt: Makefile
 	@mkdir -p .stamps
@@ -63,10 +63,16 @@ test-e2b-drift: setup
 	@PYTHONPATH=build/e2b-newest flock /tmp/chaser-vm.lock $(VENV)/bin/pytest tests/integration/test_e2b.py -q -rf \
 		-p no:cacheprovider && echo "e2b drift: none" || echo "e2b drift: the failures above (only the pinned e2b must pass)"
 
-# E2B's JS SDK (create, run, kill: tests/integration/e2b_js/smoke.mjs), installed from npm under build/.
+# E2B's JS SDK (create, run, kill: tests/integration/e2b_js/smoke.mjs), installed from npm under build/
+# once (Debian's nodejs and npm when the machine has no node); make test runs its test.
+E2B_JS_VERSION := 2.51.0
+build/e2b-js/.installed: Makefile
+	@command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm)
+	@mkdir -p build/e2b-js && cd build/e2b-js && npm install --no-audit --no-fund --silent e2b@$(E2B_JS_VERSION)
+	@touch $@
+
 test-e2b-js: setup
-	@mkdir -p build/e2b-js && cd build/e2b-js && npm install --no-audit --no-fund --silent e2b@2.51.0
-	E2B_JS_SDK=$(CURDIR)/build/e2b-js flock /tmp/chaser-vm.lock $(VENV)/bin/pytest tests/integration/test_e2b.py -q -k js_sdk
+	flock /tmp/chaser-vm.lock $(VENV)/bin/pytest tests/integration/test_e2b.py -q -k js_sdk
 
 bench: setup
 	$(PY) bench/runtime.py

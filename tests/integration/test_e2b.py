@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import socket
+from pathlib import Path
 
+import e2b
 import httpx
 import pytest
 
@@ -19,7 +21,6 @@ from tests.integration.registry import build_feature_image, registry
 from tests.support.net import free_port
 from tests.support.wait import async_wait_until, wait_until
 
-e2b = pytest.importorskip("e2b")
 pytestmark = pytest.mark.vm
 
 SIXTEEN_MIB = 16 * 1024 * 1024
@@ -246,11 +247,12 @@ def test_pause_then_connect_resumes_with_memory_and_files(chaser):
         sbx.kill()
 
 
-JS_SDK = os.environ.get("E2B_JS_SDK")  # a directory with node_modules/e2b: `make test-e2b-js` installs it
+# A directory with node_modules/e2b: `make setup` installs it there from npm.
+JS_SDK = os.environ.get("E2B_JS_SDK") or str(Path(__file__).resolve().parents[2] / "build" / "e2b-js")
 
 
-@pytest.mark.skipif(not JS_SDK, reason="the JS SDK is installed from npm by `make test-e2b-js` (tests stay offline)")
 def test_the_js_sdk_creates_runs_and_kills(chaser):
+    assert os.path.isdir(os.path.join(JS_SDK, "node_modules", "e2b")), "the JS SDK is missing: run `make setup`"
     import shutil
     import subprocess
 
