@@ -97,3 +97,16 @@ def test_server_logs_never_show_a_token_from_a_url(harness):
     plain = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s %d", ("/v1/sessions", 200), None)
     RedactTokens().filter(plain)
     assert plain.getMessage() == "/v1/sessions 200"
+
+
+def test_a_session_host_does_not_serve_the_console(tmp_path):
+    from tests.support.harness import Harness
+
+    harness = Harness(tmp_path, base_domain="chaser.test")
+    try:
+        session = harness.session()
+        response = harness.client.get("/console/", headers={"Host": f"{session['id']}.chaser.test"})
+        assert response.status_code == 404 and response.json()["code"] == "not_found", response.text
+        assert "content-security-policy" not in response.headers  # the host middleware answered, not the files
+    finally:
+        harness.close()

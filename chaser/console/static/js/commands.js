@@ -51,7 +51,7 @@ export function commandsTab(panel, sessionId) {
             })}, "Kill")
           : null;
         return h("tr", {dataset: {command: c.command_id}, class: c.command_id === shown ? "selected" : ""},
-          h("td", {}, h("button", {type: "button", class: "link mono", title: c.command_id,
+          h("td", {}, h("button", {type: "button", class: "link mono cut", title: c.command,
                                    onclick: () => follow(c.command_id, c.command)}, c.command)),
           h("td", {}, statusBadge(c.status)), h("td", {}, c.exit_code ?? ""), h("td", {}, kill));
       }));

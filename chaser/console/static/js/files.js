@@ -50,6 +50,7 @@ export function filesTab(panel, sessionId) {
 // Listening TCP sockets, read from the guest's /proc/net/tcp{,6} through the exec API (the
 // API lists public ports, not listening ones).
 const LISTEN = "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null";
+const AGENT_PORT = 8420;  // the in-guest agent (chaser/agent/protocol.py): the API's, not the sandbox's
 
 function listeningPorts(text) {
   const ports = new Set();
@@ -57,7 +58,7 @@ function listeningPorts(text) {
     const parts = line.trim().split(/\s+/);
     if (parts.length < 4 || parts[3] !== "0A") continue;  // 0A: TCP_LISTEN
     const port = parseInt(parts[1].split(":").pop(), 16);
-    if (port) ports.add(port);
+    if (port && port !== AGENT_PORT) ports.add(port);
   }
   return [...ports].sort((a, b) => a - b);
 }
@@ -65,7 +66,7 @@ function listeningPorts(text) {
 export function portsTab(panel, sessionId) {
   const base = `/v1/sessions/${api.enc(sessionId)}`;
   const body = h("tbody", {id: "ports-body"});
-  const note = h("p", {class: "muted", id: "ports-note"});
+  const note = h("p", {class: "muted", id: "ports-note", hidden: true});
   const refreshButton = h("button", {type: "button", class: "secondary", id: "ports-refresh"}, "Refresh");
   const error = h("p", {class: "error", role: "alert", hidden: true});
 
@@ -79,7 +80,8 @@ export function portsTab(panel, sessionId) {
       const open = new Map((publicPorts.ports || []).map((p) => [p.port, p.url]));
       const ports = listeningPorts(answer.output || "");
       for (const port of open.keys()) if (!ports.includes(port)) ports.push(port);
-      note.textContent = ports.length ? "" : "Nothing listens on a TCP port in this session.";
+      note.textContent = "Nothing listens on a TCP port in this session.";
+      note.hidden = ports.length > 0;
       clear(body, ports.map((port) => portRow(base, port, open.get(port), refresh)));
     } catch (e) {
       error.textContent = describe(e);

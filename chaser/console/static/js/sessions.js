@@ -196,7 +196,7 @@ function renderFacts(info, s) {
 }
 
 function overviewTab(panel, id, info) {
-  const network = h("pre", {class: "output", id: "network-policy"}, "…");
+  const network = h("dl", {class: "facts", id: "network-policy"});
   const result = h("div", {id: "self-test"});
   const run = h("button", {type: "button", id: "run-self-test"}, "Run self-test");
   run.addEventListener("click", () => busy(run, async () => {
@@ -212,9 +212,12 @@ function overviewTab(panel, id, info) {
     h("div", {class: "card"}, h("h2", {}, "Network policy"), network)),
     h("div", {class: "card stack"}, h("div", {class: "toolbar"}, h("h2", {}, "Self-test"), h("div", {class: "spacer"}), run),
       result));
+  const list = (items) => (items && items.length ? items.join(", ") : "—");
   api.get(`/v1/sessions/${api.enc(id)}/network`).then((policy) => {
-    network.textContent = JSON.stringify(policy, null, 2);
-  }).catch((error) => { network.textContent = describe(error); });
+    clear(network, [["Internet", policy.internet ? "yes" : "no"], ["Allow out", list(policy.allow_out)],
+                    ["Deny out", list(policy.deny_out)], ["Enforced", policy.enforced ? "yes" : "no (no network isolation)"]]
+      .map(([k, v]) => [h("dt", {}, k), h("dd", {class: "mono"}, v)]));
+  }).catch((error) => { clear(network, h("dd", {class: "error"}, describe(error))); });
   return null;
 }
 

@@ -22,8 +22,8 @@ class Term {
     this.number = number;
     this.title = `Shell ${number}`;
     this.state = "connecting";
-    this.element = h("div", {class: "terminal", dataset: {terminal: String(number)}});
-    this.xterm = new Terminal({cursorBlink: true, fontSize: 14, scrollback: 5000, theme: palette(),
+    this.element = h("div", {class: "term-pane", dataset: {terminal: String(number)}});
+    this.xterm = new Terminal({cursorBlink: true, fontSize: 14, lineHeight: 1.15, scrollback: 5000, theme: palette(),
                                fontFamily: "ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace"});
     this.fit = new FitAddon();
     this.xterm.loadAddon(this.fit);

@@ -37,7 +37,7 @@ export function workspacesView(main) {
     const snaps = h("button", {type: "button", class: "small"}, "Snapshots");
     rename.addEventListener("click", async () => {
       const data = await formDialog(`Rename ${label}`, [field("Name", h("input", {name: "name", value: ws.name || "",
-        id: "rename-input", pattern: "[A-Za-z0-9][A-Za-z0-9._-]*", maxlength: 64}), "Empty: no name")], "Rename");
+        id: "rename-input", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", maxlength: 64}), "Empty: no name")], "Rename");
       if (!data) return;
       const name = data.get("name").trim() || null;
       if (await busy(rename, () => api.put(`${w(ws.id)}/name`, {name}))) { toast(`Renamed to ${name || ws.id}`); refresh(); }
@@ -61,7 +61,7 @@ export function workspacesView(main) {
 
   create.addEventListener("click", async () => {
     const data = await formDialog("New workspace", [
-      field("Name", h("input", {name: "name", id: "workspace-name", pattern: "[A-Za-z0-9][A-Za-z0-9._-]*", maxlength: 64,
+      field("Name", h("input", {name: "name", id: "workspace-name", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", maxlength: 64,
                                 autocomplete: "off"})),
       field("Image", h("input", {name: "image", id: "workspace-image", placeholder: "chaser/base"})),
       h("label", {class: "check"}, h("input", {type: "checkbox", name: "internet", checked: true}), " Internet"),
