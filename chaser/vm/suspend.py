@@ -127,14 +127,20 @@ async def _keep_what_differs(runtime: Runtime, vm: VirtualMachine, state: SavedS
         template, memory_fd = await runtime.template_memory()
         started = time.monotonic()
         size = runtime.settings.memory_mib * 1024 * 1024
-        stats = await asyncio.to_thread(filter_stream, whole, state.partial_stream, memory_fd, size)
+        try:
+            stats = await asyncio.to_thread(filter_stream, whole, state.partial_stream, memory_fd, size)
+        except OSError as exc:  # e.g. the disk filled up: the whole stream is as good, only bigger
+            log.warning("VM %s: rewriting the migration stream failed (%s); kept whole", vm.id, exc)
+            await asyncio.to_thread(state.partial_stream.unlink, missing_ok=True)
+            stats = None
         if stats is not None:
             await asyncio.to_thread(os.replace, state.partial_stream, state.memory_file)
             await asyncio.to_thread(whole.unlink)
             return {"filtered": True, "template_created_at": template.created_at,
                     "filter_s": round(time.monotonic() - started, 3),
                     "pages_kept": stats.pages + stats.zero_pages - stats.dropped, "pages_dropped": stats.dropped}
-        log.warning("VM %s: the migration stream was not rewritten (an unexpected format); kept whole", vm.id)
+        else:
+            log.warning("VM %s: the migration stream was not rewritten; kept whole", vm.id)
     await asyncio.to_thread(os.replace, whole, state.memory_file)
     return {"filtered": False}
 
