@@ -212,26 +212,31 @@ def _rmtree_at(dir_fd: int) -> None:
             os.unlink(entry.name, dir_fd=dir_fd)
 
 
+def remove_at(sandbox_root, path: str, *, recursive: bool) -> None:
+    """Remove `path` inside the sandbox without following a symlink on the way (OSError as it is)."""
+    with Root(sandbox_root) as root:
+        pfd, name = root.open_parent(path)
+        try:
+            mode = os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode
+            if st.S_ISDIR(mode):
+                if recursive:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                    try:
+                        _rmtree_at(fd)
+                    finally:
+                        os.close(fd)
+                os.rmdir(name, dir_fd=pfd)
+            else:
+                os.unlink(name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+
 async def delete(agent, request):
     path = normalize(request.query.get("path"))
     recursive = request.query.get("recursive", "false").lower() in ("1", "true", "yes")
     try:
-        with Root(agent.root) as root:
-            pfd, name = root.open_parent(path)
-            try:
-                mode = os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode
-                if st.S_ISDIR(mode):
-                    if recursive:
-                        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-                        try:
-                            _rmtree_at(fd)
-                        finally:
-                            os.close(fd)
-                    os.rmdir(name, dir_fd=pfd)
-                else:
-                    os.unlink(name, dir_fd=pfd)
-            finally:
-                os.close(pfd)
+        remove_at(agent.root, path, recursive=recursive)
     except OSError as e:
         raise _os_error(e, path) from e
     return web.json_response({"path": path, "deleted": True})

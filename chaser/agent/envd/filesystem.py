@@ -9,7 +9,7 @@ import secrets
 import stat as st
 from datetime import UTC, datetime
 
-from ..files import _os_error, _rmtree_at
+from ..files import _os_error, remove_at
 from ..safepath import Root, read_text
 from .connect import RpcError
 
@@ -154,20 +154,7 @@ class FilesystemService:
     async def remove(self, request, message):
         path, _user = self._resolve(request, message.get("path"))
         try:
-            with Root(self.envd.agent.root) as root:
-                pfd, name = root.open_parent(path)
-                try:
-                    if st.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
-                        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-                        try:
-                            _rmtree_at(fd)
-                        finally:
-                            os.close(fd)
-                        os.rmdir(name, dir_fd=pfd)
-                    else:
-                        os.unlink(name, dir_fd=pfd)
-                finally:
-                    os.close(pfd)
+            remove_at(self.envd.agent.root, path, recursive=True)
         except OSError as e:
             raise fs_error(e, path) from e
         return {}

@@ -9,6 +9,7 @@ import posixpath
 import struct
 
 from ..safepath import Root
+from ..sandbox import libc
 from .connect import RpcError
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
@@ -18,14 +19,6 @@ MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELE
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 EVENT = struct.Struct("iIII")
 
-_libc = None
-
-
-def _c():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
 
 
 def _event_type(mask: int) -> str | None:
@@ -48,7 +41,7 @@ class Watcher:
 
     def __init__(self, root_dir: str, path: str, recursive: bool, buffered: int | None = None):
         self.root_dir, self.path, self.recursive, self.buffered = root_dir, path, recursive, buffered
-        self.fd = _c().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        self.fd = libc().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self.fd < 0:
             raise RpcError("internal", f"inotify_init1: {os.strerror(ctypes.get_errno())}")
         self.dirs: dict = {}  # wd -> path relative to the watched directory
@@ -72,7 +65,7 @@ class Watcher:
                 raise RpcError(code, f"{full}: {e.strerror}") from None
             return
         try:
-            wd = _c().inotify_add_watch(self.fd, f"/proc/self/fd/{dfd}".encode(), MASK)
+            wd = libc().inotify_add_watch(self.fd, f"/proc/self/fd/{dfd}".encode(), MASK)
             if wd >= 0:
                 self.dirs[wd] = rel
             if self.recursive:
