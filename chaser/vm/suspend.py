@@ -26,6 +26,7 @@ from chaser.runtime.spec import VMSpec
 from chaser.vm import saved
 from chaser.vm.launcher import pass_fd
 from chaser.vm.machine import VirtualMachine
+from chaser.vm.qemu import MACHINE
 from chaser.vm.saved import IGNORE_SHARED, SavedState
 from chaser.vm.stream_filter import filter_stream
 from chaser.vm.template import qemu_version
@@ -43,6 +44,7 @@ def compat(runtime: Runtime) -> dict[str, Any]:
         "guest": runtime.assets.fingerprint,
         "agent_protocol": AGENT_PROTOCOL_VERSION,
         "qemu": qemu_version(),
+        "machine": MACHINE,
         "memory_mib": runtime.settings.memory_mib,
         "vcpus": runtime.settings.vcpus,
         "accel": runtime.accel,

@@ -13,8 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from chaser.agent.protocol import AGENT_PROTOCOL_VERSION
+from chaser.vm.qemu import MACHINE
 
-TEMPLATE_FORMAT = 4  # bump when the way templates are made changes
+TEMPLATE_FORMAT = 5  # bump when the way templates are made changes
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def template_key(
     migration stream and does not restore with a tap, nor the reverse."""
     parts = [
         fingerprint, str(memory_mib), str(vcpus), accel, str(image_slot), str(writable_slot), network,
-        qemu_version(), str(TEMPLATE_FORMAT), str(AGENT_PROTOCOL_VERSION),
+        qemu_version(), str(TEMPLATE_FORMAT), str(AGENT_PROTOCOL_VERSION), MACHINE,
     ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
