@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 CHASER := $(VENV)/bin/chaser
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils mmdebstrap \
 	kmod xz-utils zstd cpio skopeo umoci docker-registry apache2-utils tmux python3-venv \
-	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd chromium
+	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd chromium \
+	postgresql
 PYTEST_ARGS ?=
 
 .PHONY: setup guest console serve lint test unit bench test-e2b-drift test-e2b-js
@@ -75,7 +76,4 @@ test-e2b-js: setup
 	flock /tmp/chaser-vm.lock $(VENV)/bin/pytest tests/integration/test_e2b.py -q -k js_sdk
 
 bench: setup
-	$(PY) bench/runtime.py
-	$(PY) bench/interactive.py
-	$(PY) bench/network.py
-	$(PY) bench/pause.py
+	$(PY) bench/all.py
