@@ -7,11 +7,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The PostgreSQL advisory lock `upgrade()` holds: replicas starting at once against one database
+# migrate one after another (the others then find head and do nothing). A fixed number, the same
+# in every version of Chaser, so old and new replicas exclude each other; "chaser" in ASCII, so it
+# is unlikely to be another application's key in a shared database.
+MIGRATION_LOCK_KEY = 0x636861736572
 
 
 def alembic_config(url: str, connection=None):
@@ -57,11 +62,21 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def upgrade(self) -> None:
-        """Apply every migration up to head."""
+        """Apply every migration up to head; on PostgreSQL under MIGRATION_LOCK_KEY."""
         from alembic import command
 
-        with self.engine.begin() as connection:
-            command.upgrade(alembic_config(self.url, connection), "head")
+        with self.engine.connect() as connection:
+            postgres = connection.dialect.name == "postgresql"
+            if postgres:  # held for the session, across the transaction below (SQLite: one writer anyway)
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()
+            try:
+                with connection.begin():
+                    command.upgrade(alembic_config(self.url, connection), "head")
+            finally:
+                if postgres:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    connection.commit()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
