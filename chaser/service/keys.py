@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from chaser import errors
 from chaser.models.keys import FULL_ACCESS, SCOPES
@@ -54,9 +55,12 @@ class KeyManager:
         self.audit = audit or AuditLog(db)
 
     def ensure_account(self, account_id: str = PERSONAL_ACCOUNT_ID, name: str | None = None) -> None:
-        with self.db.session() as s:
-            if s.get(Account, account_id) is None:
-                s.add(Account(id=account_id, name=name or account_id))
+        try:
+            with self.db.session() as s:
+                if s.get(Account, account_id) is None:
+                    s.add(Account(id=account_id, name=name or account_id))
+        except IntegrityError:
+            pass  # made meanwhile by another server sharing the database (replicas starting at once)
 
     def has_any_key(self, account_id: str = PERSONAL_ACCOUNT_ID) -> bool:
         with self.db.session() as s:

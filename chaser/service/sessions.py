@@ -46,6 +46,7 @@ from chaser.service.session_network import SessionNetworks
 from chaser.service.suspend import Suspender
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database, SessionRow, Workspace
+from chaser.store.claims import WorkspaceGone, claim_workspace
 from chaser.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -256,10 +257,20 @@ class SessionManager:
         self.runtime.check_capacity()
 
     def insert(self, row: SessionRow, live: LiveSession) -> None:
-        """Admit, then record the session: no await in between, so concurrent creates cannot both pass."""
+        """Admit, then record the session: no await in between, so concurrent creates cannot both pass.
+        A workspace's session is claimed in the database: another server sharing it may hold one."""
         self._admit(live.account_id)
         with self.db.session() as s:
-            s.add(row)
+            if row.workspace_id is None:
+                s.add(row)
+            else:
+                try:
+                    holder = claim_workspace(s, row, active=ACTIVE_STATUSES, known=self.live)
+                except WorkspaceGone:
+                    raise errors.WorkspaceNotFound(f"no workspace {row.workspace_id!r}") from None
+                if holder is not None:
+                    raise errors.WorkspaceBusy(f"workspace {live.workspace_name} has an active session {holder} "
+                                               "on another server sharing this database")
         self.live[live.id] = live
 
     def _active_for_workspace(self, workspace: WorkspaceRecord) -> LiveSession | None:
