@@ -74,7 +74,7 @@ class Database:
                 with connection.begin():
                     command.upgrade(alembic_config(self.url, connection), "head")
             finally:
-                if postgres:
+                if postgres and not connection.invalidated:  # a lost connection released it already
                     connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
                     connection.commit()
 
