@@ -150,6 +150,17 @@ def server_factory(tmp_path):
         srv.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server of our own for the run (tests/support/postgres.py); a test makes
+    its own database with `postgres.create_database()`. A missing server binary fails, never skips."""
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
 # The VM fixtures live in this conftest's scope, not imported into each module: a session
 # fixture imported into two modules is two fixtures, i.e. two Runtimes (two warm pools),
 # and the first one torn down would see the other's VMs as leftovers.
