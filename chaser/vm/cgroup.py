@@ -82,6 +82,14 @@ class VMCgroup:
             _write(cpu / "cpu.cfs_quota_us", str(quota))
             _write(pids / "pids.max", str(limits.pids))
 
+    def set_cpu_weight(self, weight: int) -> None:
+        """The VM's share of contended CPU, in cgroup v2 units (1 to 10000, default 100; v1 `cpu.shares`
+        is 1024 per 100). Best effort: without the cpu controller it changes nothing."""
+        if self.version == "v2":
+            _write(self.dirs[0] / "cpu.weight", str(weight), required=False)
+        else:
+            _write(self.dirs[1] / "cpu.shares", str(max(2, weight * 1024 // 100)), required=False)
+
     def oom_killed(self) -> bool:
         """Whether the memory limit killed a process of this cgroup."""
         if self.version == "v2":

@@ -53,6 +53,7 @@ class VirtualMachine:
         self.session_id = ""
         self.boot_method = "cold"
         self.pooled = False  # taken ready-made from the warm pool
+        self.call_finished = asyncio.Event()  # set as each agent call ends (the warm pool waits for one)
         self.boot_ms = 0.0
         self.started_at = time.time()
         self._on_stopped = on_stopped
@@ -91,6 +92,11 @@ class VirtualMachine:
         except OSError:
             return 0
         return max(0, self.disk_quota_bytes - allocated)
+
+    def set_cpu_weight(self, weight: int) -> None:
+        """Its share of contended CPU (chaser/vm/cgroup.py); the warm pool lowers it while a VM waits."""
+        if self.cgroup is not None:
+            self.cgroup.set_cpu_weight(weight)
 
     @property
     def oom_killed(self) -> bool:
@@ -146,6 +152,7 @@ class VirtualMachine:
                 awaitable.close()
             raise errors.VMCrashed(self.exit_reason or "the VM is not running")
         task = asyncio.ensure_future(awaitable)
+        task.add_done_callback(lambda _: self.call_finished.set())
         done, _ = await asyncio.wait({task, self._exited}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             try:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -15,6 +16,9 @@ from chaser.runtime.spec import VMSpec
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_FAILURE_S = 30.0
+# cgroup CPU weights (v2 units): a VM being made ready for the pool yields the CPU to running sessions.
+BACKGROUND_CPU_WEIGHT = 10
+SESSION_CPU_WEIGHT = 100
 DISKS = {"image": IMAGE_DISK_SERIAL, "writable": WRITABLE_DISK_SERIAL}
 
 
@@ -27,6 +31,7 @@ class PoolableVM(Protocol):
     def alive(self) -> bool: ...
     async def wait_exit(self, timeout: float | None = None) -> bool: ...
     async def prepare(self, disks: dict[str, str]) -> dict[str, Any]: ...
+    def set_cpu_weight(self, weight: int) -> None: ...
     async def stop(self, *, graceful: bool = True) -> None: ...
 
 
@@ -49,6 +54,10 @@ class WarmPool(Generic[VM]):
         self._closed = False
         self._stopping: set[asyncio.Future[None]] = set()
         self._watchers: dict[int, asyncio.Task[None]] = {}  # id(vm) → the task that notices its death
+        self._starts = 0  # session starts in flight (`starting`, `hold_until`)
+        self._quiet = asyncio.Event()  # set while there are none: the filler boots only then
+        self._quiet.set()
+        self._holds: set[asyncio.Task[None]] = set()
 
     def start(self, image: Path) -> None:
         """Keep `size` VMs of `image` ready (the image sessions use by default)."""
@@ -80,10 +89,49 @@ class WarmPool(Generic[VM]):
             self._unwatch(candidate)
             if candidate.alive:
                 vm = candidate
+                vm.set_cpu_weight(SESSION_CPU_WEIGHT)
             else:
                 self._stop_later(candidate)
         self.refill()
         return vm
+
+    @contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around a session's start: the pool boots nothing meanwhile and refills after the last
+        one. A refill's restore would take the CPU that the claimed VM's `/init` and first
+        command need (docs/performance.md, "Warm pool")."""
+        self._hold()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def hold_until(self, done: Awaitable[Any], timeout_s: float) -> None:
+        """Keep the filler paused, as `starting` does, until `done` or `timeout_s` (a session's first
+        command, which a caller sends right after the create, is the other half of its start)."""
+        self._hold()
+
+        async def release() -> None:
+            try:
+                await asyncio.wait_for(done, timeout_s)
+            except (TimeoutError, Exception):  # noqa: BLE001 - whatever happened, the hold ends
+                pass
+            finally:
+                self._release()
+
+        task = asyncio.ensure_future(release())
+        self._holds.add(task)
+        task.add_done_callback(self._holds.discard)
+
+    def _hold(self) -> None:
+        self._starts += 1
+        self._quiet.clear()
+
+    def _release(self) -> None:
+        self._starts -= 1
+        if self._starts == 0:
+            self._quiet.set()
+            self.refill()
 
     def _watch(self, vm: VM) -> None:
         """A pooled VM that dies (killed from outside, its memory limit) leaves the pool at once
@@ -112,6 +160,7 @@ class WarmPool(Generic[VM]):
 
     async def _fill(self) -> None:
         while len(self.ready) < self.size and not self._closed:
+            await self._quiet.wait()
             image = self.image
             if image is None:
                 return
@@ -121,6 +170,7 @@ class WarmPool(Generic[VM]):
                 log.warning("warm pool: boot failed (%s); retrying in %.0fs", exc, self.retry_after_s)
                 await asyncio.sleep(self.retry_after_s)
                 continue
+            vm.set_cpu_weight(BACKGROUND_CPU_WEIGHT)
             try:
                 await vm.prepare(DISKS)
             except BaseException as exc:
@@ -152,6 +202,8 @@ class WarmPool(Generic[VM]):
 
     async def close(self) -> None:
         self._closed = True
+        for task in list(self._holds):
+            task.cancel()
         if self._filler is not None:
             self._filler.cancel()
             await asyncio.gather(self._filler, return_exceptions=True)

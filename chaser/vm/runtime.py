@@ -54,6 +54,8 @@ from chaser.vm.template import (
 )
 
 log = logging.getLogger(__name__)
+# How long a started session's first command holds the warm pool's refill back (chaser/vm/pool.py).
+FIRST_CALL_GRACE_S = 2.0
 
 
 class Runtime:
@@ -152,7 +154,8 @@ class Runtime:
         self.check_capacity()  # again here: concurrent creates must not overshoot
         self._starting += 1
         try:
-            return await self._start(spec)
+            with self.pool.starting():
+                return await self._start(spec)
         finally:
             self._starting -= 1
 
@@ -177,6 +180,8 @@ class Runtime:
             raise
         vm.session_id = spec.session_id
         vm.boot_ms = (time.monotonic() - started) * 1000
+        vm.call_finished.clear()
+        self.pool.hold_until(vm.call_finished.wait(), FIRST_CALL_GRACE_S)
         return vm
 
     async def save(self, vm: SandboxVM, directory: Path, *, keep_running: bool) -> Path:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from chaser.runtime.spec import VMSpec
-from chaser.vm.pool import DISKS, WarmPool
+from chaser.vm.pool import BACKGROUND_CPU_WEIGHT, DISKS, SESSION_CPU_WEIGHT, WarmPool
 from tests.support import async_wait_until
 
 IMAGE = Path("/images/base.erofs")
@@ -25,7 +25,7 @@ class PoolVM:
         self.dead = False
         self.prepared: list[dict[str, str]] = []
         self.prepare_error = prepare_error
-
+        self.cpu_weights: list[int] = []
         self.exited = asyncio.Event()
 
     @property
@@ -45,6 +45,9 @@ class PoolVM:
             raise self.prepare_error
         self.prepared.append(disks)
         return {"prepared": True}
+
+    def set_cpu_weight(self, weight: int) -> None:
+        self.cpu_weights.append(weight)
 
     async def stop(self, *, graceful: bool = True) -> None:
         self.stopped = True
@@ -99,6 +102,32 @@ async def test_take_hands_out_a_ready_vm_and_refills(booter: Booter) -> None:
     assert pool.take(plain()) is first
     await until(lambda: len(pool.ready) == 1)
     assert pool.ready[0] is not first and len(booter.booted) == 2
+    await pool.close()
+
+
+async def test_a_vm_waits_at_a_low_cpu_weight_and_gets_the_normal_one_when_taken(booter: Booter) -> None:
+    pool = WarmPool(booter, size=1, writable_size_bytes=WRITABLE)
+    pool.start(IMAGE)
+    await until(lambda: len(pool.ready) == 1)
+    vm = pool.ready[0]
+    assert vm.cpu_weights == [BACKGROUND_CPU_WEIGHT]
+    assert pool.take(plain()) is vm
+    assert vm.cpu_weights == [BACKGROUND_CPU_WEIGHT, SESSION_CPU_WEIGHT]
+    await pool.close()
+
+
+async def test_no_refill_boots_while_a_session_starts(booter: Booter) -> None:
+    pool = WarmPool(booter, size=1, writable_size_bytes=WRITABLE)
+    pool.start(IMAGE)
+    await until(lambda: len(pool.ready) == 1)
+    with pool.starting():
+        with pool.starting():
+            assert pool.take(plain()) is not None
+        for _ in range(20):  # loop iterations in which an unheld filler would have booted
+            await asyncio.sleep(0)
+        assert booter.calls == 1 and pool.ready == []
+    await until(lambda: len(pool.ready) == 1)  # the last start to end refills
+    assert booter.calls == 2
     await pool.close()
 
 
@@ -192,3 +221,24 @@ async def test_a_ready_vm_that_dies_is_replaced_at_once():
     assert booter.calls == 4 and not taken.stopped
     await pool.close()
     assert all(vm.stopped for vm in booter.booted if vm is not taken)
+
+
+async def test_a_started_session_holds_the_refill_until_its_first_call_or_the_timeout(booter: Booter) -> None:
+    pool = WarmPool(booter, size=1, writable_size_bytes=WRITABLE)
+    pool.start(IMAGE)
+    await until(lambda: len(pool.ready) == 1)
+    first_call = asyncio.Event()
+    with pool.starting():
+        assert pool.take(plain()) is not None
+        pool.hold_until(first_call.wait(), timeout_s=60)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert booter.calls == 1  # the start ended, its first call has not
+    first_call.set()
+    await until(lambda: len(pool.ready) == 1)
+
+    pool.take(plain())
+    pool.hold_until(asyncio.Event().wait(), timeout_s=0.01)  # a session that never calls
+    await until(lambda: len(pool.ready) == 1)
+    assert booter.calls == 3
+    await pool.close()
