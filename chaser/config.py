@@ -140,6 +140,12 @@ class Settings(BaseSettings):
         "in its cgroup memory limit and in admission's charge per VM.",
     )
     vm_pids_max: int = Field(256, description="Cgroup `pids.max` of every VM's QEMU.")
+    keep_vms_on_exit: bool = Field(
+        False,
+        description="A clean exit (SIGTERM, Ctrl-C) leaves running sessions' VMs running for the next server "
+        "on this home to adopt; `false`: it stops them (sessions end `server_shutdown`). A killed server's "
+        "VMs are always adopted (docs/operations.md, \"What survives what\").",
+    )
     serial_log_max_bytes: int = Field(
         256 * 1024, description="Serial console output kept in memory per VM (the newest); boot errors quote its tail."
     )

@@ -17,6 +17,7 @@ from chaser.api.errors import RequestIdMiddleware, install_error_handlers
 from chaser.api.ratelimit import RateLimitHeadersMiddleware
 from chaser.config import Settings
 from chaser.runtime import Runtime
+from chaser.service import recovery
 from chaser.service.container import build_services
 
 log = logging.getLogger("chaser.api")
@@ -40,6 +41,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
             assert runtime_factory is not None
             services.sessions.attach_runtime(runtime_factory())
         await services.sessions.runtime.prepare_host()  # e.g. removes a dead server's namespaces
+        await recovery.adopt_running(services.sessions)  # VMs an earlier process left running
         services.reaper.recover_on_start()
         warm = asyncio.create_task(services.sessions.start_warm_pool(), name="warm-pool")
         reaper = asyncio.create_task(services.reaper.run(reaper_interval), name="session-reaper")
@@ -50,7 +52,10 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(warm, reaper)
-            await services.sessions.shutdown()
+            if settings.keep_vms_on_exit:  # they run on for the next server (docs/operations.md)
+                await recovery.detach(services.sessions)
+            else:
+                await services.sessions.shutdown()
             await services.audit.flush()  # the shutdown's own events (server_shutdown ends) included
             services.db.dispose()
 

@@ -146,6 +146,18 @@ class Runtime(Protocol):
         ...
     async def stop_all(self, *, graceful: bool = False) -> None: ...
 
+    # --- restarts that keep VMs (docs/operations.md, "What survives what") ---
+    async def adopt(self, session_id: str, *, network: EgressPolicy | None) -> SandboxVM | None:
+        """The VM an earlier server process left running for `session_id`, now this one's;
+        None when it left none; `errors.VMCrashed` when it left one that is lost."""
+        ...
+    async def finish_adoption(self) -> None:
+        """After every session had its chance to adopt: remove the VMs left that nobody adopted."""
+        ...
+    async def detach_all(self) -> None:
+        """The server exits: its sessions' VMs run on, for the next server to adopt."""
+        ...
+
 
 __all__ = [
     "UNENFORCED_MODES",

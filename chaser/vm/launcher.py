@@ -79,13 +79,14 @@ class Launcher:
             cgroup: VMCgroup | None = None
             placeholder: int | None = None
             files = PassedFiles()
-            confinement = Confinement()
+            confinement = Confinement(die_with_parent=False)  # it outlives us: chaser/vm/adopt.py
             try:
                 if self.network.isolated:
                     network = await self.network.acquire()
                     # A free fd number for the tap, which the child opens inside the namespace.
                     placeholder = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-                    confinement = Confinement(netns=network.netns_path, tap="tap0", tap_fd=placeholder)
+                    confinement = Confinement(netns=network.netns_path, tap="tap0", tap_fd=placeholder,
+                                              die_with_parent=False)
                     netdev, agent_address = netdev_tap(placeholder), (network.agent_host, AGENT_PORT)
                     slot = network.slot.index
                 else:
@@ -124,7 +125,9 @@ class Launcher:
                     seccomp=self.settings.jail,
                     fd_args=files.qemu_args(),
                 )
-                confinement.pass_fds = files.all_fds
+                # QEMU holds its slot's lock too (the same open file): while it runs, no server
+                # reaps or reuses its namespace, ours dead or not (chaser/vm/adopt.py).
+                confinement.pass_fds = [*files.all_fds, *([network.slot.lock_fd] if network is not None else [])]
                 process = await spawn_qemu(command.argv(), vm_dir=vm_dir, log_path=vm_dir / "qemu.log",
                                            confinement=confinement)
             except BaseException:

@@ -22,7 +22,7 @@ from chaser.vm.agent_client import AgentClient
 from chaser.vm.cgroup import VMCgroup
 from chaser.vm.console import ConsoleLog
 from chaser.vm.network.manager import SandboxNetwork
-from chaser.vm.process import kill_process_group
+from chaser.vm.process import QemuProcess, kill_process_group
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,7 +34,7 @@ class VirtualMachine:
         *,
         vm_id: str,
         vm_dir: Path,
-        process: asyncio.subprocess.Process,
+        process: QemuProcess,
         qmp: QMPClient,
         agent: AgentClient,
         on_stopped: Callable[[VirtualMachine], None] | None = None,
@@ -135,7 +135,8 @@ class VirtualMachine:
             if self._oom:
                 self.exit_reason = "the VM used more memory than its limit and was killed (vm_oom)"
             else:
-                self.exit_reason = f"QEMU exited unexpectedly (code {self.qemu.returncode})"
+                code = self.qemu.returncode  # None: an adopted QEMU (not our child)
+                self.exit_reason = "QEMU exited unexpectedly" + (f" (code {code})" if code is not None else "")
             log.warning("VM %s: %s", self.id, self.exit_reason)
 
     async def wait_exit(self, timeout: float | None = None) -> bool:
@@ -298,6 +299,19 @@ class VirtualMachine:
             await asyncio.to_thread(shutil.rmtree, self.dir, ignore_errors=True)  # not on the event loop
             if self._on_stopped:
                 self._on_stopped(self)
+
+    async def detach(self) -> None:
+        """The server exits and leaves the VM running for the next one to adopt (chaser/vm/adopt.py):
+        connections and the resolver go; QEMU, its namespace, cgroup and directory stay."""
+        self._stopping = True
+        self._exited.cancel()
+        await self._close_connections()
+        if self.console is not None:
+            await self.console.close()
+        if self.network is not None:
+            await self.network.detach()
+        if self._on_stopped:
+            self._on_stopped(self)
 
     async def _close_connections(self) -> None:
         try:

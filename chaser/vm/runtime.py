@@ -30,6 +30,7 @@ from chaser.guest.build import GuestAssets, load_guest_assets
 from chaser.runtime.egress import EgressPolicy
 from chaser.runtime.interface import NetworkMode, SandboxVM
 from chaser.runtime.spec import VMSpec
+from chaser.vm import adopt as adoption
 from chaser.vm import memory, saved, suspend
 from chaser.vm.accel import resolve_accel
 from chaser.vm.admission import Admission
@@ -70,7 +71,11 @@ class Runtime:
         self.pool: WarmPool[VirtualMachine] = WarmPool(
             self.boot, size=settings.warm_pool_size, writable_size_bytes=settings.writable_size_bytes)
         settings.vms_dir.mkdir(parents=True, exist_ok=True)
-        reaped = reap_orphans(settings.vms_dir)
+        # VMs a dead server left running wait for their sessions (adopt); the rest are reaped now.
+        self._adoptable, self._lost = adoption.scan(settings.vms_dir)
+        self._reaped: list[tuple[int, str]] = []  # QEMUs killed here: prepare_host waits for their ends
+        reaped = reap_orphans(settings.vms_dir, keep=frozenset(s.vm_id for s in self._adoptable.values()),
+                              killed=self._reaped)
         if reaped:
             log.warning("reaped %d VMs left by a dead process", len(reaped))
         self.network = NetworkManager(settings)
@@ -138,6 +143,8 @@ class Runtime:
         namespaces a killed server left behind are removed (QEMUs and VM
         directories were reaped in __init__); the accelerator (a KVM probe may
         boot a guest) and QEMU's version are resolved off the event loop."""
+        reaped, self._reaped = self._reaped, []
+        await asyncio.gather(*(adoption.wait_dead(pid, start) for pid, start in reaped))  # their slots free
         await self.network.start()
         await asyncio.to_thread(lambda: (self.accel, qemu_version()))
 
@@ -175,10 +182,11 @@ class Runtime:
             policy = spec.network or EgressPolicy(internet=self.settings.network_internet_default)
             await asyncio.gather(vm.init(init), vm.apply_network(policy))
             vm.agent.set_token(init["token"])  # the boot token is dead from here on
+            vm.session_id = spec.session_id
+            await asyncio.to_thread(adoption.save_state, vm)  # a later server can adopt it
         except BaseException:
             await vm.stop(graceful=False)
             raise
-        vm.session_id = spec.session_id
         vm.boot_ms = (time.monotonic() - started) * 1000
         vm.call_finished.clear()
         self.pool.hold_until(vm.call_finished.wait(), FIRST_CALL_GRACE_S)
@@ -199,6 +207,11 @@ class Runtime:
         try:
             started = time.monotonic()
             vm = await suspend.resume(self, spec, directory, hostname=hostname, consume=consume)
+            try:
+                await asyncio.to_thread(adoption.save_state, vm)  # its new token
+            except BaseException:
+                await vm.stop(graceful=False)
+                raise
             vm.boot_ms = (time.monotonic() - started) * 1000
             return vm
         finally:
@@ -245,6 +258,36 @@ class Runtime:
     async def stop_all(self, *, graceful: bool = False) -> None:
         await self.pool.close()
         await asyncio.gather(*(vm.stop(graceful=graceful) for vm in list(self.vms.values())), return_exceptions=True)
+        await self.network.close()
+
+    # --- restarts that keep VMs (chaser/vm/adopt.py) ---
+    async def adopt(self, session_id: str, *, network: EgressPolicy | None) -> VirtualMachine | None:
+        """The running VM an earlier server left for `session_id`; None when there is none;
+        `errors.VMCrashed` when there was one and it is lost (nothing of it is left)."""
+        state = self._adoptable.pop(session_id, None)
+        if state is None:
+            if session_id in self._lost:
+                raise errors.VMCrashed(self._lost.pop(session_id))
+            return None
+        policy = network or EgressPolicy(internet=self.settings.network_internet_default)
+        try:
+            vm = await adoption.adopt(self, state, policy)
+        except Exception as exc:  # any failure: the VM is lost (adopt discarded it)
+            raise errors.VMCrashed(f"its VM could not be adopted: {type(exc).__name__}: {exc}") from exc
+        self.vms[vm.id] = vm
+        return vm
+
+    async def finish_adoption(self) -> None:
+        """Discard the VMs left running that no session adopted."""
+        states, self._adoptable, self._lost = list(self._adoptable.values()), {}, {}
+        await asyncio.gather(*(adoption.discard(self, state) for state in states), return_exceptions=True)
+
+    async def detach_all(self) -> None:
+        """The server exits and its sessions' VMs run on for the next one to adopt; the warm pool's stop."""
+        await self.pool.close()
+        vms = list(self.vms.values())
+        await asyncio.gather(*(vm.detach() if vm.session_id else vm.stop(graceful=False) for vm in vms),
+                             return_exceptions=True)
         await self.network.close()
 
     async def ensure_template(self) -> Template:
@@ -404,7 +447,7 @@ class Runtime:
 
     async def launch_vm(self, vm_id: str, vm_dir: Path, **kwargs: Any) -> VirtualMachine:
         return await self.launcher.launch(vm_id, vm_dir, assets=self.assets, accel=self.accel,
-                                          on_stopped=self._forget, **kwargs)
+                                          on_stopped=self.forget, **kwargs)
 
     async def wait_for_agent(self, vm: VirtualMachine, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -427,6 +470,6 @@ class Runtime:
             "workdir": spec.workdir,
         }
 
-    def _forget(self, vm: VirtualMachine) -> None:
+    def forget(self, vm: VirtualMachine) -> None:
         self.vms.pop(vm.id, None)
 

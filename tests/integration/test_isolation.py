@@ -299,7 +299,7 @@ def host_veths() -> set[str]:
     return {name for name in os.listdir("/sys/class/net") if name.startswith("chv")}
 
 
-def test_sigkill_leaves_nothing_after_restart(tmp_path, testnet):
+def test_sigkill_restart_keeps_namespaces_and_a_stop_leaves_nothing(tmp_path, testnet):
     before_ns, before_veth = namespaces(), host_veths()
     env = {"CHASER_NETWORK": "isolated", "CHASER_WARM_POOL_SIZE": "0", "CHASER_NETWORK_READY_POOL_SIZE": "0"}
     srv = ServerProcess(home=tmp_path / "home", config_file=tmp_path / "config.json", extra_env=env).start()
@@ -310,16 +310,18 @@ def test_sigkill_leaves_nothing_after_restart(tmp_path, testnet):
         ours_ns, ours_veth = namespaces() - before_ns, host_veths() - before_veth
         pids = qemu_pids_under(srv.home)
         assert len(ours_ns) == 3 and len(ours_veth) == 3 and len(pids) == 3
-        srv.kill(signal.SIGKILL, group=False)  # the server alone: its children must not outlive it
+        srv.kill(signal.SIGKILL, group=False)  # the server alone: its VMs run on, the next server adopts them
         restarted = ServerProcess(home=srv.home, config_file=srv.config_file, port=srv.port, extra_env=env).start()
         try:
-            assert not (ours_ns & namespaces()), "a namespace of the killed server is left"
-            assert not (ours_veth & host_veths()), "a veth of the killed server is left"
-            # SIGKILLed by the kernel (parent-death signal); a zombie waiting for PID 1 to reap it is dead.
-            wait_until(lambda: not any(process_running(pid) for pid in pids), 15,
-                       message=f"QEMUs of the killed server still run (of {pids})")
+            assert ours_ns <= namespaces() and ours_veth <= host_veths(), "an adopted VM's namespace was removed"
+            assert sorted(qemu_pids_under(srv.home)) == sorted(pids)
         finally:
-            restarted.stop()
+            restarted.stop()  # SIGTERM: the VMs are stopped, their namespaces removed
+        assert not (ours_ns & namespaces()), "a namespace is left"
+        assert not (ours_veth & host_veths()), "a veth is left"
+        # A zombie waiting for PID 1 to reap it is dead.
+        wait_until(lambda: not any(process_running(pid) for pid in pids), 15,
+                   message=f"QEMUs still run (of {pids})")
     finally:
         srv.stop()
 

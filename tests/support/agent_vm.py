@@ -204,3 +204,12 @@ class AgentRuntime:
     async def stop_all(self, *, graceful: bool = False) -> None:
         for vm in self.started:
             await vm.stop(graceful=graceful)
+
+    async def adopt(self, session_id: str, *, network: EgressPolicy | None) -> None:
+        return None  # an agent process is not left for another runtime
+
+    async def finish_adoption(self) -> None:
+        pass
+
+    async def detach_all(self) -> None:
+        await self.stop_all()

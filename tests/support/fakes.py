@@ -554,6 +554,7 @@ class FakeRuntime:
         self.resumed: list[FakeVM] = []
         self.save_error: Exception | None = None  # raised by save (e.g. InsufficientStorage)
         self.resume_error: Exception | None = None  # raised by resume once the state is loaded (consumed)
+        self.detached: list[FakeVM] = []  # what detach_all left running (CHASER_KEEP_VMS_ON_EXIT)
 
     @property
     def network_mode(self) -> str:
@@ -637,3 +638,12 @@ class FakeRuntime:
     async def stop_all(self, *, graceful: bool = False) -> None:
         for vm in self.started:
             await vm.stop(graceful=graceful)
+
+    async def adopt(self, session_id: str, *, network: EgressPolicy | None) -> FakeVM | None:
+        return None  # a fake VM never outlives its process
+
+    async def finish_adoption(self) -> None:
+        pass
+
+    async def detach_all(self) -> None:
+        self.detached = [vm for vm in self.started if not vm.stopped]

@@ -18,6 +18,7 @@ development only). `auto` picks isolated when it can, else none, and says so.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -91,6 +92,24 @@ class SandboxNetwork:
         self.dnsmasq = await dns.start_dnsmasq(self.netns_path, argv, LOCK_DIR / f"{self.slot.index}.dnsmasq.log")
         self.policy = policy
 
+    async def restart_resolver(self, policy: EgressPolicy) -> None:
+        """An adopted namespace: its table holds `policy` still; its dnsmasq died with the
+        server that started it (a child that dies with its parent) and starts again."""
+        await dns.stop_process(self.dnsmasq)
+        argv = dns.dnsmasq_argv(policy, upstreams=self.manager.dns_servers, hosts=self.manager.settings.network_hosts)
+        self.dnsmasq = await dns.start_dnsmasq(self.netns_path, argv, LOCK_DIR / f"{self.slot.index}.dnsmasq.log")
+        self.policy = policy
+
+    async def detach(self) -> None:
+        """The server exits and its VM runs on: the namespace stays (QEMU holds its slot's lock)."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            await dns.stop_process(self.dnsmasq)
+        finally:
+            self.manager.forget(self.slot)
+
     async def release(self) -> None:
         if self._released:
             return
@@ -158,6 +177,12 @@ class NetworkManager:
     async def load_namespace_table(self, slot: Slot, policy: EgressPolicy | None) -> None:
         script = namespace_ruleset(policy, allow_private=self.settings.network_allow_private)
         await run("ip", "netns", "exec", slot.name, "nft", "-f", "-", stdin=script.encode())
+
+    def adopt(self, index: int, subnet: str, lock_fd: int) -> SandboxNetwork:
+        """The namespace of an adopted VM, whose slot lock `lock_fd` (a copy of its QEMU's) holds."""
+        self._taken.add(index)
+        return SandboxNetwork(manager=self, slot=Slot(index=index, subnet=ipaddress.IPv4Network(subnet),
+                                                      lock_fd=lock_fd))
 
     def forget(self, slot: Slot) -> None:
         self._taken.discard(slot.index)

@@ -90,7 +90,8 @@ def claim_slot(pool: str, taken: set[int]) -> tuple[Slot, bool]:
     for index, subnet in enumerate(slot_subnets(pool)):
         if index in taken:
             continue
-        fd = os.open(LOCK_DIR / f"{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Read-only: QEMU inherits this descriptor (it holds the lock while it runs).
+        fd = os.open(LOCK_DIR / f"{index}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
