@@ -555,6 +555,10 @@ class FakeRuntime:
         self.save_error: Exception | None = None  # raised by save (e.g. InsufficientStorage)
         self.resume_error: Exception | None = None  # raised by resume once the state is loaded (consumed)
         self.detached: list[FakeVM] = []  # what detach_all left running (CHASER_KEEP_VMS_ON_EXIT)
+        # Restarts: what an earlier process left per session id (a VM to adopt, or why it is lost);
+        # `unadopted`: the session ids finish_adoption found left over.
+        self.left: dict[str, FakeVM | Exception] = {}
+        self.unadopted: list[str] = []
 
     @property
     def network_mode(self) -> str:
@@ -640,10 +644,17 @@ class FakeRuntime:
             await vm.stop(graceful=graceful)
 
     async def adopt(self, session_id: str, *, network: EgressPolicy | None) -> FakeVM | None:
-        return None  # a fake VM never outlives its process
+        """What `left` says an earlier process left for the session (a VM, or the error of a lost one)."""
+        left = self.left.pop(session_id, None)
+        if isinstance(left, Exception):
+            raise left
+        if left is not None:
+            self.started.append(left)
+        return left
 
     async def finish_adoption(self) -> None:
-        pass
+        self.unadopted = list(self.left)
+        self.left = {}
 
     async def detach_all(self) -> None:
         self.detached = [vm for vm in self.started if not vm.stopped]

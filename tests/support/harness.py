@@ -26,13 +26,13 @@ def network_mode_of(settings) -> str:
 class Harness:
     """A TestClient over create_app(settings, FakeRuntime()), with an admin key."""
 
-    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+    def __init__(self, tmp_path: Path, *, runtime: FakeRuntime | None = None, **overrides: Any) -> None:
         from fastapi.testclient import TestClient
 
         from chaser.assembly import create_app
 
         self.settings = make_settings(tmp_path, **overrides)
-        self.runtime = FakeRuntime(network_mode=network_mode_of(self.settings))
+        self.runtime = runtime or FakeRuntime(network_mode=network_mode_of(self.settings))
         self.app = create_app(self.settings, self.runtime, reaper_interval=3600)
         self.services = self.app.state.services
         self.client = TestClient(self.app, raise_server_exceptions=False)
