@@ -25,7 +25,7 @@ from chaser.runtime import Runtime
 def qemu_runtime(settings: Settings) -> Runtime:
     from chaser.vm.runtime import Runtime as QemuRuntime
 
-    return QemuRuntime(settings)  # kills QEMUs a dead server left behind
+    return QemuRuntime(settings)  # reaps what a dead server left (VMs its sessions may adopt wait)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *,

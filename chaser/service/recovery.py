@@ -41,6 +41,7 @@ async def adopt_running(sessions: SessionManager) -> tuple[list[str], list[str]]
                 if row.id not in sessions.live and not sessions.suspender.has_saved_state(row.id)]
     adopted: list[str] = []
     ended: list[str] = []
+    started = time.monotonic()
     try:
         for session_id, live in rows:
             try:
@@ -65,7 +66,8 @@ async def adopt_running(sessions: SessionManager) -> tuple[list[str], list[str]]
     finally:
         await sessions.runtime.finish_adoption()
     if adopted:
-        log.warning("adopted %d running sessions of an earlier server process", len(adopted))
+        log.warning("adopted %d running sessions of an earlier server process (%.2fs)", len(adopted),
+                    time.monotonic() - started)
     return adopted, ended
 
 
