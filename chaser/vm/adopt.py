@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "adopt.json"
 SYS_PIDFD_GETFD = 438
+ADOPT_AGENT_TIMEOUT_S = 10.0  # a VM that does not answer by then is lost (it would hold up the start)
 
 
 @dataclass(frozen=True)
@@ -192,11 +194,9 @@ async def adopt(runtime: Runtime, state: AdoptState, policy: EgressPolicy) -> Vi
     )
     try:
         await vm.guard(asyncio.wait_for(qmp.connect(str(vm_dir / "qmp.sock")), 10))
-        status = await vm.guard(qmp.execute("query-status"))
-        if isinstance(status, dict) and status.get("status") in ("paused", "postmigrate"):
-            log.warning("VM %s was left stopped (%s): continuing it", vm.id, status.get("status"))
-            await vm.guard(qmp.execute("cont"))
-        await vm.guard(vm.agent.processes())  # an authenticated call: the stored token works
+        await _running(vm)
+        # An authenticated call: the stored token works.
+        await vm.guard(asyncio.wait_for(vm.agent.processes(), ADOPT_AGENT_TIMEOUT_S))
         if network is not None:
             await network.restart_resolver(policy)
     except BaseException:
@@ -209,6 +209,30 @@ async def adopt(runtime: Runtime, state: AdoptState, policy: EgressPolicy) -> Vi
     vm.writable_disk = Path(state.writable_disk) if state.writable_disk else None
     await asyncio.to_thread(write_owner, vm_dir, state.qemu_pid, state.qemu_start)
     return vm
+
+
+async def _status(vm: VirtualMachine) -> str:
+    answer = await vm.guard(vm.qmp.execute("query-status"))
+    return str(answer.get("status")) if isinstance(answer, dict) else ""
+
+
+async def _running(vm: VirtualMachine) -> None:
+    """Running again if the dead server left it stopped: frozen for a disk snapshot, or saving
+    for a pause or fork (that save is cancelled; its files are the service's to remove)."""
+    qmp = vm.qmp
+    status = await _status(vm)
+    if status == "running":
+        return
+    log.warning("VM %s was left stopped (%s): continuing it", vm.id, status)
+    await vm.guard(qmp.execute("migrate_cancel"))  # a no-op without a migration
+    deadline = time.monotonic() + ADOPT_AGENT_TIMEOUT_S
+    while status not in ("paused", "postmigrate", "running"):  # e.g. finish-migrate: the cancel takes effect
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the VM stays {status}")
+        await asyncio.sleep(0.05)
+        status = await _status(vm)
+    if status != "running":
+        await vm.guard(qmp.execute("cont"))
 
 
 async def wait_dead(pid: int, start: str, timeout: float = 10.0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,22 @@ def assert_nothing_left(home: Path, ours: set[str]) -> None:
     assert not any((home / "vms").iterdir()), "a VM directory is left"
 
 
+def qmp(home: Path, vm_id: str, command: str) -> dict:
+    """One QMP command on the VM's socket (free while no server runs)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(home / "vms" / vm_id / "qmp.sock"))
+        lines = sock.makefile("rwb")
+        json.loads(lines.readline())  # the greeting
+        answer: dict = {}
+        for execute in ("qmp_capabilities", command):
+            lines.write(json.dumps({"execute": execute}).encode() + b"\n")
+            lines.flush()
+            while "return" not in (answer := json.loads(lines.readline())) and "error" not in answer:
+                pass  # an event
+        return answer
+
+
 def kill_leftovers(home: Path) -> None:
     for pid in qemu_pids_under(home):  # what a failed test left: stop it, by PID
         os.kill(pid, signal.SIGKILL)
@@ -98,6 +115,10 @@ def test_sigkill_restart_adopts_running_sessions(tmp_path):
 
         srv.kill(signal.SIGKILL, group=False)  # the server alone: its VMs run on
         assert all(alive(p) for p in qemu.values())
+        # One was left stopped (as a disk snapshot or a save the server died in leaves it): it continues.
+        frozen = vm_of(srv.home, workspace_sid)["vm_id"]
+        assert "return" in qmp(srv.home, frozen, "stop")
+        assert qmp(srv.home, frozen, "query-status")["return"]["status"] == "paused"
         srv = restart(srv)
         with srv.client() as api:
             for session, background in ((sid, pid), (workspace_sid, workspace_pid)):
