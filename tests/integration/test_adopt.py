@@ -168,6 +168,14 @@ def test_sigterm_with_keep_vms_on_exit_keeps_them(tmp_path):
             assert api.get(f"/v1/sessions/{sid}").json()["status"] == "running"
             assert_work_intact(api, sid, pid)
             assert vm_of(srv.home, sid)["qemu_pid"] == qemu_pid
+        # Ctrl-C in the server's terminal: SIGINT to its whole process group, which QEMU is not in.
+        assert srv.process is not None
+        os.killpg(srv.process.pid, signal.SIGINT)
+        srv.process.wait(60)
+        assert alive(qemu_pid)
+        srv = restart(srv)
+        with srv.client() as api:
+            assert_work_intact(api, sid, pid)
             ended = api.delete(f"/v1/sessions/{sid}").json()
             assert ended["status"] == "terminated" and ended["end_reason"] == "terminated"
         srv.stop()
