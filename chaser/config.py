@@ -156,6 +156,12 @@ class Settings(BaseSettings):
         description="VMs at once on this host, counting those being started (503 `capacity_exhausted`); "
         "unset: how many of guest RAM + overhead fit in MemTotal minus the memory reserve, at least 1.",
     )
+    max_concurrent_starts: int | None = Field(
+        None,
+        description="VM starts (restores, cold boots, resumes) that run at once; more wait their turn "
+        "instead of all sharing the CPU and all finishing late. Warm pool claims never wait. "
+        "Unset: the number of CPUs.",
+    )
     host_memory_reserve_mib: int | None = Field(
         None, description="Memory never handed to VMs; unset: max(1024 MiB, 10 % of MemTotal)."
     )

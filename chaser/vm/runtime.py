@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import fcntl
 import json
 import logging
@@ -162,9 +163,17 @@ class Runtime:
         self._starting += 1
         try:
             with self.pool.starting():
-                return await self._start(spec)
+                async with self._start_slot(spec):
+                    return await self._start(spec)
         finally:
             self._starting -= 1
+
+    def _start_slot(self, spec: VMSpec) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A start that restores or boots waits for a slot (chaser/vm/admission.py, start queue);
+        a warm pool claim is a few agent calls and never waits behind restores."""
+        if self.pool.eligible(spec) and self.pool.ready:
+            return contextlib.nullcontext()
+        return self.admission.start_slot
 
     async def _start(self, spec: VMSpec) -> VirtualMachine:
         started = time.monotonic()
@@ -206,7 +215,8 @@ class Runtime:
         self._starting += 1
         try:
             started = time.monotonic()
-            vm = await suspend.resume(self, spec, directory, hostname=hostname, consume=consume)
+            async with self.admission.start_slot:
+                vm = await suspend.resume(self, spec, directory, hostname=hostname, consume=consume)
             try:
                 await asyncio.to_thread(adoption.save_state, vm)  # its new token
             except BaseException:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -43,7 +45,8 @@ def test_defaults_are_derived_from_the_host(tmp_path):
     assert a.limits.memory_reserve_mib == 1638  # 10 % of 16 GiB > 1024
     assert a.limits.disk_reserve_mib == 5120  # 5 % of 100 GiB > 2048
     assert a.limits.max_sessions == (16384 - 1638) // 768 == 19
-    assert set(a.limits.derived) == {"max_sessions", "memory_reserve_mib", "disk_reserve_mib"}
+    assert a.limits.concurrent_starts == (os.cpu_count() or 1)
+    assert set(a.limits.derived) == {"max_sessions", "memory_reserve_mib", "disk_reserve_mib", "concurrent_starts"}
     assert host.disk_paths == [tmp_path / "home"]
     described = a.describe()
     assert described["max_sessions"] == 19 and described["host_memory_reserve_mib"] == 1638
@@ -60,10 +63,10 @@ def test_small_host_minimums(tmp_path):
 
 
 def test_settings_win_over_the_derivation(tmp_path):
-    a = admission(tmp_path, FakeHost(), max_sessions=3, host_memory_reserve_mib=100, host_disk_reserve_mib=200,
+    a = admission(tmp_path, FakeHost(), max_sessions=3, host_memory_reserve_mib=100, host_disk_reserve_mib=200, max_concurrent_starts=4,
                   memory_mib=1024, vm_memory_overhead_mib=128)
     assert (a.limits.max_sessions, a.limits.memory_reserve_mib, a.limits.disk_reserve_mib) == (3, 100, 200)
-    assert a.limits.vm_memory_mib == 1152 and a.limits.derived == ()
+    assert a.limits.vm_memory_mib == 1152 and a.limits.concurrent_starts == 4 and a.limits.derived == ()
     # an explicit reserve feeds the derived session limit
     b = admission(tmp_path, FakeHost(total_mib=8192), host_memory_reserve_mib=512)
     assert b.limits.max_sessions == (8192 - 512) // 768
@@ -159,3 +162,32 @@ def test_meminfo_parse(tmp_path):
     path.write_text("MemTotal:       16384000 kB\n")
     with pytest.raises(ValueError):
         read_meminfo(str(path))
+
+
+async def test_starts_beyond_the_start_queue_wait_their_turn(tmp_path):
+    a = admission(tmp_path, FakeHost(total_mib=16 * GIB_MIB, disk_total_mib=100 * GIB_MIB), max_concurrent_starts=2)
+    assert a.limits.concurrent_starts == 2 and "concurrent_starts" not in a.limits.derived
+    running: list[int] = []
+    most = 0
+    release = asyncio.Event()
+
+    async def start(n: int) -> None:
+        nonlocal most
+        async with a.start_slot:
+            running.append(n)
+            most = max(most, len(running))
+            await release.wait()
+            running.remove(n)
+
+    tasks = [asyncio.ensure_future(start(n)) for n in range(5)]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert running == [0, 1]  # in order of arrival; the other three wait
+    release.set()
+    await asyncio.gather(*tasks)
+    assert most == 2 and running == []
+
+
+def test_a_start_queue_below_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="MAX_CONCURRENT_STARTS"):
+        admission(tmp_path, FakeHost(total_mib=16 * GIB_MIB, disk_total_mib=100 * GIB_MIB), max_concurrent_starts=0)
