@@ -41,9 +41,15 @@ def summary_ms(values: list[float]) -> dict:
             "n": len(values)}
 
 
+# Admission charges every VM its whole disk quota and its worst-case memory (chaser/vm/admission.py):
+# holding 100 sessions on one small host takes raising the session limits and a smaller quota.
+WRITABLE_QUOTA_BYTES = 512 * MIB
+
+
 def server_env(pool_size: int, sessions: int) -> dict[str, str]:
     return {"CHASER_WARM_POOL_SIZE": str(pool_size), "CHASER_MAX_SESSIONS": str(sessions + 10),
-            "CHASER_MAX_SESSIONS_PER_ACCOUNT": str(sessions + 10), "CHASER_SESSION_IDLE_TIMEOUT_S": "3600"}
+            "CHASER_MAX_SESSIONS_PER_ACCOUNT": str(sessions + 10), "CHASER_SESSION_IDLE_TIMEOUT_S": "3600",
+            "CHASER_WRITABLE_SIZE_BYTES": str(WRITABLE_QUOTA_BYTES)}
 
 
 def pool_full_count(server: ServerProcess, size: int) -> int:
@@ -63,7 +69,8 @@ def wait_pool_full(server: ServerProcess, size: int, seen: int, timeout: float =
 def create_and_exec(api: httpx.Client) -> tuple[str, float]:
     started = time.monotonic()
     response = api.post("/v1/sessions", json={"ephemeral": True})
-    response.raise_for_status()
+    if response.is_error:
+        raise RuntimeError(f"create: {response.status_code} {response.text}")
     session_id = response.json()["id"]
     result = api.post(f"/v1/sessions/{session_id}/exec", json={"command": "true"})
     result.raise_for_status()
@@ -223,7 +230,7 @@ def run_mode(base: Path, pool_size: int, args: argparse.Namespace) -> dict:
                            extra_env=server_env(pool_size, sessions)).start(timeout=600)
     try:
         with server.client(timeout=600) as api:
-            result: dict = {"pool_size": pool_size}
+            result: dict = {"pool_size": pool_size, "writable_quota_mib": WRITABLE_QUOTA_BYTES // MIB}
             result["create_to_first_exec_ms"] = sequential(server, api, args.creates, pool_size)
             result[f"burst_{args.burst}"] = burst(server, args.burst, pool_size)
             result.update(api_round_trip_and_transfer(api))
