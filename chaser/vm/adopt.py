@@ -170,19 +170,20 @@ async def adopt(runtime: Runtime, state: AdoptState, policy: EgressPolicy) -> Vi
     if state.agent_protocol != AGENT_PROTOCOL_VERSION:  # an upgrade changed the protocol: it cannot be driven
         await discard(runtime, state)
         raise RuntimeError(f"its agent speaks protocol {state.agent_protocol}, this server {AGENT_PROTOCOL_VERSION}")
-    pidfd = os.pidfd_open(state.qemu_pid)
-    if not qemu_alive(state.qemu_pid, state.qemu_start):  # checked again now that the pidfd pins it
-        os.close(pidfd)
-        raise ProcessLookupError(f"QEMU pid {state.qemu_pid} is gone")
+    pidfd: int | None = None
     network = None
     try:
+        pidfd = os.pidfd_open(state.qemu_pid)
+        if not qemu_alive(state.qemu_pid, state.qemu_start):  # checked again now that the pidfd pins it
+            raise ProcessLookupError(f"its VM (QEMU pid {state.qemu_pid}) exited while no server was running")
         if state.slot is not None and state.subnet is not None and state.slot_lock_fd is not None:
             lock_fd = _pidfd_getfd(pidfd, state.slot_lock_fd)
             os.set_inheritable(lock_fd, False)
             network = runtime.network.adopt(state.slot, state.subnet, lock_fd)
     except BaseException:
-        os.close(pidfd)
-        await asyncio.shield(discard(runtime, state))
+        if pidfd is not None:
+            os.close(pidfd)
+        await asyncio.shield(discard(runtime, state))  # whatever of it is left
         raise
     process = AdoptedProcess(state.qemu_pid, pidfd)
     qmp = QMPClient(state.vm_id)
