@@ -92,10 +92,11 @@ class Settings(BaseSettings):
         "(more sets `output_truncated`).",
     )
     use_template: bool = Field(True, description="Restore VMs from the template snapshot; `false`: always cold boot.")
-    warm_pool_size: int = Field(
-        1,
+    warm_pool_size: int | None = Field(
+        None,
         description="Restored, mounted and warmed VMs of the default image kept ready for ephemeral "
-        "sessions; 0 turns the pool off.",
+        "sessions; 0 turns the pool off. Unset: the number of CPUs, but no more worst-case VMs than fit "
+        "in a tenth of the memory admission may hand out, and at least 1 (docs/performance.md).",
     )
 
     # --- isolation (docs/networking.md, docs/security.md) ---

@@ -157,7 +157,7 @@ class SessionManager:
 
     async def start_warm_pool(self) -> None:
         """Keep VMs of the default image ready, so ephemeral sessions start at once."""
-        if self.settings.warm_pool_size <= 0:
+        if self.settings.warm_pool_size == 0:  # unset: the runtime sizes it
             return
         try:
             image = await self.images.resolve(None, runtime=self.runtime)

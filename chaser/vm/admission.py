@@ -37,6 +37,11 @@ The limits (each `CHASER_*` setting; unset = derived from the host here)
         ~18 s; two at a time, half were ready after 7.8 s and all after 13.5 s
         (docs/performance.md).
 
+    warm pool (`CHASER_WARM_POOL_SIZE`): VMs kept ready (chaser/vm/pool.py).
+        Default: the number of CPUs (a burst beyond the pool queues in the start
+        queue anyway), but no more worst-case VMs than fit in a tenth of MemTotal
+        minus the memory reserve, and at least 1.
+
 The check, in order (the first that fails answers)
     1. running + starting >= the session limit;
     2. MemAvailable minus the worst case of each VM still starting (its memory is
@@ -62,6 +67,8 @@ MIN_MEMORY_RESERVE_MIB = 1024
 MEMORY_RESERVE_FRACTION = 0.10
 MIN_DISK_RESERVE_MIB = 2048
 DISK_RESERVE_FRACTION = 0.05
+# The share of the memory VMs may have that the warm pool's default size may hold at their worst case.
+POOL_MEMORY_FRACTION = 0.10
 # What a start writes to the data directory at once (a fresh writable disk's ext4 metadata, logs).
 VM_START_DISK_MIB = 64
 # Retry-After (seconds) per refusal: a session slot frees when one ends; memory and disk take longer.
@@ -120,6 +127,7 @@ class Limits:
     host_memory_total_mib: int
     disk_total_mib: int
     concurrent_starts: int
+    warm_pool_size: int
     derived: tuple[str, ...]  # which of max_sessions, memory_reserve_mib, disk_reserve_mib came from the host
 
 
@@ -142,7 +150,7 @@ class Admission:
         s = self.settings
         if s.max_concurrent_starts is not None and s.max_concurrent_starts < 1:
             raise ValueError(f"CHASER_MAX_CONCURRENT_STARTS must be at least 1 (got {s.max_concurrent_starts})")
-        for name in ("max_sessions", "host_memory_reserve_mib", "host_disk_reserve_mib"):
+        for name in ("max_sessions", "host_memory_reserve_mib", "host_disk_reserve_mib", "warm_pool_size"):
             value = getattr(s, name)
             if value is not None and value < 0:
                 raise ValueError(f"CHASER_{name.upper()} must not be negative (got {value})")
@@ -162,6 +170,11 @@ class Admission:
         if max_sessions is None:
             max_sessions = max(1, (memory.total_mib - memory_reserve) // max(1, vm_memory))
             derived.append("max_sessions")
+        warm_pool_size = s.warm_pool_size
+        if warm_pool_size is None:
+            fits = int((memory.total_mib - memory_reserve) * POOL_MEMORY_FRACTION) // max(1, vm_memory)
+            warm_pool_size = max(1, min(os.cpu_count() or 1, fits))
+            derived.append("warm_pool_size")
         concurrent_starts = s.max_concurrent_starts
         if concurrent_starts is None:
             concurrent_starts = os.cpu_count() or 1
@@ -170,7 +183,8 @@ class Admission:
             max_sessions=max_sessions, memory_reserve_mib=memory_reserve, disk_reserve_mib=disk_reserve,
             vm_memory_mib=vm_memory, vm_start_disk_mib=VM_START_DISK_MIB,
             writable_size_mib=s.writable_size_bytes // MIB, host_memory_total_mib=memory.total_mib,
-            disk_total_mib=disk.total_mib, concurrent_starts=concurrent_starts, derived=tuple(derived),
+            disk_total_mib=disk.total_mib, concurrent_starts=concurrent_starts,
+            warm_pool_size=warm_pool_size, derived=tuple(derived),
         )
 
     def check(self, *, running_sessions: int, starting: int = 0, disk_growth_mib: int = 0) -> None:
@@ -229,5 +243,6 @@ class Admission:
             "vm_start_disk_mib": limits.vm_start_disk_mib,
             "writable_size_mib": limits.writable_size_mib,
             "concurrent_starts": limits.concurrent_starts,
+            "warm_pool_size": limits.warm_pool_size,
             "derived": list(limits.derived),
         }

@@ -63,14 +63,17 @@ FIRST_CALL_GRACE_S = 2.0
 class Runtime:
     """The QEMU implementation of `chaser.runtime.Runtime` on this machine."""
 
-    def __init__(self, settings: Settings, assets: GuestAssets | None = None) -> None:
+    def __init__(self, settings: Settings, assets: GuestAssets | None = None, *, adoptable: bool = False) -> None:
+        """`adoptable` (the server's): its VMs outlive this process for the next one to adopt
+        (chaser/vm/adopt.py); else (tests, `chaser guest build`) they die with it."""
         self.settings = settings
+        self.adoptable = adoptable
         self._assets = assets
         self._accel: str | None = None
         self.vms: dict[str, VirtualMachine] = {}
         self._template_lock = asyncio.Lock()
         self.pool: WarmPool[VirtualMachine] = WarmPool(
-            self.boot, size=settings.warm_pool_size, writable_size_bytes=settings.writable_size_bytes)
+            self.boot, size=0, writable_size_bytes=settings.writable_size_bytes)  # sized by admission below
         settings.vms_dir.mkdir(parents=True, exist_ok=True)
         # VMs a dead server left running wait for their sessions (adopt); the rest are reaped now.
         self._adoptable, self._lost = adoption.scan(settings.vms_dir)
@@ -83,8 +86,9 @@ class Runtime:
         # Sealed template RAM per template directory (chaser/vm/memory.py).
         self._template_memory: dict[Path, int] = {}
         self.cgroups = detect_cgroups() if settings.jail else None
-        self.launcher = Launcher(settings, network=self.network, cgroups=self.cgroups)
+        self.launcher = Launcher(settings, network=self.network, cgroups=self.cgroups, outlive=adoptable)
         self.admission = Admission(settings)
+        self.pool.size = self.admission.limits.warm_pool_size
         self._starting = 0  # start() calls between admission and a running VM
         log.info("admission limits: %s", self.admission.describe())
         reap_empty(self.cgroups)
@@ -192,7 +196,8 @@ class Runtime:
             await asyncio.gather(vm.init(init), vm.apply_network(policy))
             vm.agent.set_token(init["token"])  # the boot token is dead from here on
             vm.session_id = spec.session_id
-            await asyncio.to_thread(adoption.save_state, vm)  # a later server can adopt it
+            if self.adoptable:
+                await asyncio.to_thread(adoption.save_state, vm)  # a later server can adopt it
         except BaseException:
             await vm.stop(graceful=False)
             raise
@@ -218,7 +223,8 @@ class Runtime:
             async with self.admission.start_slot:
                 vm = await suspend.resume(self, spec, directory, hostname=hostname, consume=consume)
             try:
-                await asyncio.to_thread(adoption.save_state, vm)  # its new token
+                if self.adoptable:
+                    await asyncio.to_thread(adoption.save_state, vm)  # its new token
             except BaseException:
                 await vm.stop(graceful=False)
                 raise

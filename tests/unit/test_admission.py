@@ -46,7 +46,9 @@ def test_defaults_are_derived_from_the_host(tmp_path):
     assert a.limits.disk_reserve_mib == 5120  # 5 % of 100 GiB > 2048
     assert a.limits.max_sessions == (16384 - 1638) // 768 == 19
     assert a.limits.concurrent_starts == (os.cpu_count() or 1)
-    assert set(a.limits.derived) == {"max_sessions", "memory_reserve_mib", "disk_reserve_mib", "concurrent_starts"}
+    assert a.limits.warm_pool_size == 1  # a tenth of (16384 - 1638) MiB holds one 768 MiB VM
+    assert set(a.limits.derived) == {"max_sessions", "memory_reserve_mib", "disk_reserve_mib", "concurrent_starts",
+                                     "warm_pool_size"}
     assert host.disk_paths == [tmp_path / "home"]
     described = a.describe()
     assert described["max_sessions"] == 19 and described["host_memory_reserve_mib"] == 1638
@@ -63,8 +65,8 @@ def test_small_host_minimums(tmp_path):
 
 
 def test_settings_win_over_the_derivation(tmp_path):
-    a = admission(tmp_path, FakeHost(), max_sessions=3, host_memory_reserve_mib=100, host_disk_reserve_mib=200, max_concurrent_starts=4,
-                  memory_mib=1024, vm_memory_overhead_mib=128)
+    a = admission(tmp_path, FakeHost(), max_sessions=3, host_memory_reserve_mib=100, host_disk_reserve_mib=200,
+                  max_concurrent_starts=4, warm_pool_size=3, memory_mib=1024, vm_memory_overhead_mib=128)
     assert (a.limits.max_sessions, a.limits.memory_reserve_mib, a.limits.disk_reserve_mib) == (3, 100, 200)
     assert a.limits.vm_memory_mib == 1152 and a.limits.concurrent_starts == 4 and a.limits.derived == ()
     # an explicit reserve feeds the derived session limit
@@ -191,3 +193,14 @@ async def test_starts_beyond_the_start_queue_wait_their_turn(tmp_path):
 def test_a_start_queue_below_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match="MAX_CONCURRENT_STARTS"):
         admission(tmp_path, FakeHost(total_mib=16 * GIB_MIB, disk_total_mib=100 * GIB_MIB), max_concurrent_starts=0)
+
+
+def test_the_warm_pool_default_follows_cpus_and_memory(tmp_path):
+    big = admission(tmp_path, FakeHost(total_mib=64 * GIB_MIB))  # a tenth of (65536 - 6553) MiB: 7 VMs
+    assert big.limits.warm_pool_size == min(os.cpu_count() or 1, 7)
+    tiny = admission(tmp_path, FakeHost(total_mib=2 * GIB_MIB, available_mib=1500))
+    assert tiny.limits.warm_pool_size == 1  # at least one
+    assert admission(tmp_path, FakeHost(), warm_pool_size=0).limits.warm_pool_size == 0
+    assert "warm_pool_size" not in admission(tmp_path, FakeHost(), warm_pool_size=5).limits.derived
+    with pytest.raises(ValueError, match="WARM_POOL_SIZE"):
+        admission(tmp_path, FakeHost(), warm_pool_size=-1)
