@@ -25,7 +25,8 @@ from chaser.runtime import Runtime
 def qemu_runtime(settings: Settings) -> Runtime:
     from chaser.vm.runtime import Runtime as QemuRuntime
 
-    return QemuRuntime(settings)  # reaps what a dead server left (VMs its sessions may adopt wait)
+    # Its VMs outlive the process (the next server adopts them); it reaps what a dead one left.
+    return QemuRuntime(settings, adoptable=True)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *,

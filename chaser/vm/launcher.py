@@ -38,8 +38,10 @@ def _free_port() -> int:
 
 
 class Launcher:
-    def __init__(self, settings: Settings, *, network: NetworkManager, cgroups: str | None) -> None:
+    def __init__(self, settings: Settings, *, network: NetworkManager, cgroups: str | None,
+                 outlive: bool = False) -> None:
         self.settings = settings
+        self.outlive = outlive  # QEMU outlives this process (a server's: chaser/vm/adopt.py), else dies with it
         self.network = network
         self.cgroups = cgroups
         self._uid_counter = 0
@@ -79,14 +81,14 @@ class Launcher:
             cgroup: VMCgroup | None = None
             placeholder: int | None = None
             files = PassedFiles()
-            confinement = Confinement(die_with_parent=False)  # it outlives us: chaser/vm/adopt.py
+            confinement = Confinement(die_with_parent=not self.outlive)
             try:
                 if self.network.isolated:
                     network = await self.network.acquire()
                     # A free fd number for the tap, which the child opens inside the namespace.
                     placeholder = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
                     confinement = Confinement(netns=network.netns_path, tap="tap0", tap_fd=placeholder,
-                                              die_with_parent=False)
+                                              die_with_parent=not self.outlive)
                     netdev, agent_address = netdev_tap(placeholder), (network.agent_host, AGENT_PORT)
                     slot = network.slot.index
                 else:

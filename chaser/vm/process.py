@@ -88,9 +88,9 @@ def process_start_time(pid: int) -> str | None:
 
 async def spawn_qemu(argv: list[str], *, vm_dir: Path, log_path: Path,
                      confinement: Confinement | None = None) -> asyncio.subprocess.Process:
-    """QEMU as a child in a session of its own (no terminal's Ctrl-C reaches it) that
-    outlives us; its stdout (the guest console) is a pipe."""
-    confinement = confinement or Confinement(die_with_parent=False)
+    """QEMU as a child in a session of its own (no terminal's Ctrl-C reaches it) that outlives
+    us unless `confinement.die_with_parent`; its stdout (the guest console) is a pipe."""
+    confinement = confinement or Confinement()
     netns_fd = os.open(confinement.netns, os.O_RDONLY | os.O_CLOEXEC) if confinement.netns else None
     try:
         with open(log_path, "ab") as errors_out:  # noqa: ASYNC230 - opened to hand to the child
