@@ -178,7 +178,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Listen address of `chaser server`.")
     port: int = Field(8080, description="Listen port of `chaser server`.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL of the control-plane database; unset: `sqlite:///$CHASER_HOME/chaser.db`."
+        None, description="SQLAlchemy URL of the control-plane database; unset: `sqlite:///$CHASER_HOME/chaser.db`. "
+        "PostgreSQL: `postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE` (docs/operations.md, \"PostgreSQL\")."
     )
     session_idle_timeout_s: int = Field(
         1800,
