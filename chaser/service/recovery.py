@@ -50,6 +50,7 @@ async def adopt_running(sessions: SessionManager) -> tuple[list[str], list[str]]
                 log.warning("session %s: %s; it ends (failed, server_restart)", session_id, exc.message)
                 sessions.finish_row(session_id, status=SessionStatus.FAILED, reason=EndReason.SERVER_RESTART,
                                     message=exc.message)
+                await asyncio.to_thread(sessions.suspender.discard, session_id)  # an unfinished save's files
                 ended.append(session_id)
                 continue
             if vm is None:
