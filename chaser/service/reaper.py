@@ -2,9 +2,9 @@
 
 One pass (`reap_once`) ends crashed VMs' sessions (failed), sessions past their
 lifetime and idle ones (terminated, or paused: CHASER_IDLE_ACTION), and paused
-ones past CHASER_PAUSED_TTL_S; `run` repeats it. `recover_on_start` ends the rows
-an earlier server process left running (their VMs died with it) and takes back
-the paused ones.
+ones past CHASER_PAUSED_TTL_S; `run` repeats it. `recover_on_start` (after
+chaser/service/recovery.py adopted the VMs an earlier server process left running)
+ends the rows left active with nothing to adopt and takes back the paused ones.
 `run` also prunes the audit log past its retention time (at most hourly).
 """
 
@@ -33,8 +33,9 @@ class Reaper:
         self.sessions = sessions
 
     def recover_on_start(self) -> int:
-        """Sessions left running by an earlier process cannot be reattached: end them. A session
-        whose state was saved (paused; or killed between the save and its row's update) stays paused."""
+        """Sessions an earlier process left active whose VM was not adopted (chaser/service/recovery.py
+        ran first): end them. A session whose state was saved (paused; or killed between the save
+        and its row's update) stays paused."""
         ended: list[tuple[str, str]] = []
         suspender = self.sessions.suspender
         with self.sessions.db.session() as s:
