@@ -7,6 +7,7 @@ process group and is killed by that group at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,12 +117,19 @@ class ServerProcess:
             self.process.wait(10)
 
     def stop(self) -> None:
-        """Graceful (SIGTERM: the server stops its VMs), then the whole group for good measure."""
+        """Graceful (SIGTERM: the server stops its VMs), then the whole group for good measure.
+        A server that had to be SIGKILLed left its VMs running (a restart would adopt them): they
+        are stopped too, by PID."""
+        was_running = self.process is not None and self.process.poll() is None
         self.kill(signal.SIGTERM, group=False)
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if was_running and self.process.returncode == -signal.SIGKILL:
+            for pid in qemu_pids_under(self.home):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def client(self, key: str | None = None, timeout: float = 300) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout, verify=self.verify(),
