@@ -2,8 +2,9 @@
 create → first exec (sequential), 20 creates at once, exec round trip through
 the API against straight to the agent, 16 MiB upload and download through the
 API, and the host cost of many idle sessions. Run once with the warm pool on
-and once with it off, side by side; ratios are to the exec round trip of the
-same run.
+and once with it off, side by side; ratios are to the exec round trip straight
+to an agent (a VM of an in-process runtime), measured call for call beside the
+API's so that both see the same load.
 
     .venv/bin/python bench/startup.py [--creates 50] [--burst 20] [--idle 100] [--pool-size 20]
 
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -147,15 +149,62 @@ def burst(server: ServerProcess, count: int, pool_size: int) -> dict:
     return {"all_done_s": round(wall, 2), "each_ms": summary_ms(each), "boot": boots}
 
 
-def api_round_trip_and_transfer(api: httpx.Client) -> dict:
+class DirectAgent:
+    """One VM of an in-process runtime (no API), on a thread and event loop of its own: its exec
+    round trip is measured call for call beside the API's, so both see the same load."""
+
+    def __init__(self, home: Path) -> None:
+        from chaser.runtime import VMSpec
+        from chaser.vm.runtime import Runtime
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runtime = Runtime(Settings(home=home, warm_pool_size=0))
+        self.vm = self.call(self.runtime.start(VMSpec(image_disk=self.runtime.assets.base_rootfs)))
+        for _ in range(WARM_UP_CALLS):
+            self.exec_s()
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def exec_s(self) -> float:
+        started = time.monotonic()
+        self.call(self.vm.exec("true"))
+        return time.monotonic() - started
+
+    def transfer(self) -> dict:
+        async def both() -> dict:
+            payload = os.urandom(16 * MIB)
+            started = time.monotonic()
+            await self.vm.write_file("/workspace/bench.bin", payload)
+            upload_s = time.monotonic() - started
+            started = time.monotonic()
+            back = b"".join([chunk async for chunk in self.vm.stream_file("/workspace/bench.bin")])
+            download_s = time.monotonic() - started
+            assert back == payload
+            return {"write_16mib_mb_s": round(16 * MIB / 1e6 / upload_s, 1),
+                    "read_16mib_mb_s": round(16 * MIB / 1e6 / download_s, 1)}
+        return self.call(both())
+
+    def close(self) -> None:
+        self.call(self.runtime.stop_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+def round_trips_and_transfer(api: httpx.Client, direct: DirectAgent) -> dict:
+    """Exec round trips through the API and straight to the agent, alternating; then 16 MiB up and down."""
     session_id, _ = create_and_exec(api)
     for _ in range(WARM_UP_CALLS):
         api.post(f"/v1/sessions/{session_id}/exec", json={"command": "true"}).raise_for_status()
-    trips = []
+    through_api, to_agent = [], []
     for _ in range(ROUND_TRIPS):
         started = time.monotonic()
         api.post(f"/v1/sessions/{session_id}/exec", json={"command": "true"}).raise_for_status()
-        trips.append(time.monotonic() - started)
+        through_api.append(time.monotonic() - started)
+        to_agent.append(direct.exec_s())
     payload = os.urandom(16 * MIB)
     started = time.monotonic()
     api.post(f"/v1/sessions/{session_id}/upload", files={"file": ("bench.bin", payload)},
@@ -167,40 +216,10 @@ def api_round_trip_and_transfer(api: httpx.Client) -> dict:
     back.raise_for_status()
     assert back.content == payload
     api.delete(f"/v1/sessions/{session_id}").raise_for_status()
-    return {"exec_round_trip_ms": summary_ms(trips),
+    return {"exec_round_trip_ms": summary_ms(through_api), "agent_exec_round_trip_ms": summary_ms(to_agent),
             "upload_16mib_mb_s": round(16 * MIB / 1e6 / upload_s, 1),
-            "download_16mib_mb_s": round(16 * MIB / 1e6 / download_s, 1)}
-
-
-async def agent_round_trip(home: Path) -> dict:
-    """The same exec and transfers straight to the agent (the runtime in this process, no API)."""
-    from chaser.config import Settings
-    from chaser.runtime import VMSpec
-    from chaser.vm.runtime import Runtime
-
-    runtime = Runtime(Settings(home=home, warm_pool_size=0))
-    try:
-        vm = await runtime.start(VMSpec(image_disk=runtime.assets.base_rootfs))
-        for _ in range(WARM_UP_CALLS):
-            await vm.exec("true")
-        trips = []
-        for _ in range(ROUND_TRIPS):
-            started = time.monotonic()
-            await vm.exec("true")
-            trips.append(time.monotonic() - started)
-        payload = os.urandom(16 * MIB)
-        started = time.monotonic()
-        await vm.write_file("/workspace/bench.bin", payload)
-        upload_s = time.monotonic() - started
-        started = time.monotonic()
-        back = b"".join([chunk async for chunk in vm.stream_file("/workspace/bench.bin")])
-        download_s = time.monotonic() - started
-        assert back == payload
-        return {"exec_round_trip_ms": summary_ms(trips),
-                "write_16mib_mb_s": round(16 * MIB / 1e6 / upload_s, 1),
-                "read_16mib_mb_s": round(16 * MIB / 1e6 / download_s, 1)}
-    finally:
-        await runtime.stop_all()
+            "download_16mib_mb_s": round(16 * MIB / 1e6 / download_s, 1),
+            "agent_direct": direct.transfer()}
 
 
 def idle_density(server: ServerProcess, api: httpx.Client, count: int, window: float = 30.0) -> dict:
@@ -231,7 +250,7 @@ def idle_density(server: ServerProcess, api: httpx.Client, count: int, window: f
             "host_mem_available_gib": round(available / 1024 / 1024, 1)}
 
 
-def run_mode(base: Path, pool_size: int, args: argparse.Namespace) -> dict:
+def run_mode(base: Path, pool_size: int, args: argparse.Namespace, direct: DirectAgent) -> dict:
     sessions = max(args.idle, args.burst) + pool_size
     server = ServerProcess(home=base / f"home-pool{pool_size}", config_file=base / f"config-pool{pool_size}.json",
                            extra_env=server_env(pool_size, sessions)).start(timeout=600)
@@ -240,7 +259,7 @@ def run_mode(base: Path, pool_size: int, args: argparse.Namespace) -> dict:
             result: dict = {"pool_size": pool_size, "writable_quota_mib": WRITABLE_QUOTA_BYTES // MIB}
             result["create_to_first_exec_ms"] = sequential(server, api, args.creates, pool_size)
             result[f"burst_{args.burst}"] = burst(server, args.burst, pool_size)
-            result.update(api_round_trip_and_transfer(api))
+            result.update(round_trips_and_transfer(api, direct))
             if not pool_size and args.idle:
                 result[f"idle_{args.idle}"] = idle_density(server, api, args.idle)
             return result
@@ -256,24 +275,27 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=20)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="chbench-", dir="/tmp"))
+    direct = None
     try:
         home = base / "direct"
         home.mkdir()
         (home / "guest").symlink_to(Settings(home=Settings().home).guest_dir)
-        direct = asyncio.run(agent_round_trip(home))
-        pool_on = run_mode(base, args.pool_size, args)
-        pool_off = run_mode(base, 0, args)
+        direct = DirectAgent(home)
+        pool_on = run_mode(base, args.pool_size, args, direct)
+        pool_off = run_mode(base, 0, args, direct)
     finally:
+        if direct is not None:
+            direct.close()
         shutil.rmtree(base, ignore_errors=True)
-    rtt = direct["exec_round_trip_ms"]["median"]
     ratios = {}
     for name, mode in (("pool_on", pool_on), ("pool_off", pool_off)):
+        rtt = mode["agent_exec_round_trip_ms"]["median"]
         ratios[name] = {
             "create_to_first_exec_over_rtt": round(mode["create_to_first_exec_ms"]["median"] / rtt, 2),
             "api_rtt_over_agent_rtt": round(mode["exec_round_trip_ms"]["median"] / rtt, 2),
         }
-    print(json.dumps({"cores": os.cpu_count(), "agent_direct": direct, "pool_on": pool_on, "pool_off": pool_off,
-                      "ratios": ratios}, indent=2))
+    print(json.dumps({"cores": os.cpu_count(), "pool_on": pool_on, "pool_off": pool_off, "ratios": ratios},
+                     indent=2))
 
 
 if __name__ == "__main__":
