@@ -96,10 +96,12 @@ def kill_leftovers(home: Path) -> None:
 def test_sigkill_restart_adopts_running_sessions(tmp_path):
     before = namespaces()
     srv = ServerProcess(home=tmp_path / "home", config_file=tmp_path / "config.json",
-                        extra_env={**ENV, "CHASER_WARM_POOL_SIZE": "1"}).start()
+                        extra_env={**ENV, "CHASER_WARM_POOL_SIZE": "1",
+                                   "CHASER_NETWORK_HOSTS": '{"adopt.test": "10.9.9.9"}'}).start()
     try:
         with srv.client() as api:
             sid = api.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
+            assert run(api, sid, "getent hosts adopt.test").split()[0] == "10.9.9.9"
             api.post("/v1/workspaces", json={"name": "kept"}).raise_for_status()
             workspace_sid = api.post("/v1/sessions", json={"workspace": "kept"}).json()["id"]
             pid = start_work(api, sid)
@@ -126,6 +128,8 @@ def test_sigkill_restart_adopts_running_sessions(tmp_path):
                 assert row["status"] == "running", row
                 assert_work_intact(api, session, background)
                 assert vm_of(srv.home, session)["qemu_pid"] == qemu[session]  # the same QEMU
+            # The namespace's resolver died with the server; the adopted namespace has a new one.
+            assert run(api, sid, "getent hosts adopt.test").split()[0] == "10.9.9.9"
             # A background command started through the API: the agent kept it and its output.
             listed = api.get(f"/v1/sessions/{sid}/commands").json()
             assert command_id in [command["command_id"] for command in listed["commands"]], listed
