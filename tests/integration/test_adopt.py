@@ -142,6 +142,11 @@ def test_sigkill_restart_adopts_running_sessions(tmp_path):
             fresh = api.post("/v1/sessions", json={"ephemeral": True}).json()["id"]
             assert run(api, fresh, "echo fresh").strip() == "fresh"
             ours |= namespaces() - before
+            # An adopted VM pauses and resumes like any (its image, RAM block and disks were kept).
+            paused = api.post(f"/v1/sessions/{workspace_sid}/pause")
+            assert paused.status_code == 200 and paused.json()["status"] == "paused", paused.text
+            assert_work_intact(api, workspace_sid, workspace_pid)  # the exec wakes it
+            ours |= namespaces() - before
             assert "adopted 2 running sessions" in srv.log()
         srv.stop()  # SIGTERM, CHASER_KEEP_VMS_ON_EXIT unset: a clean exit stops them
         assert_nothing_left(srv.home, ours)
