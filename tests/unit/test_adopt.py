@@ -5,15 +5,17 @@ The real thing (QEMU, QMP, agent, namespaces): tests/integration/test_adopt.py."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import stat
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
 from chaser.vm import adopt
-from chaser.vm.process import OWNER_FILE, process_start_time
+from chaser.vm.process import OWNER_FILE, AdoptedProcess, process_start_time
 
 
 def write_vm(vms: Path, name: str, *, session_id: str, pid: int, start: str, owner_pid: int,
@@ -76,3 +78,20 @@ def test_scan_sorts_adoptable_lost_and_owned(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+
+async def test_an_adopted_process_exit_is_noticed_through_its_pidfd():
+    sleeper = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        process = AdoptedProcess(sleeper.pid, os.pidfd_open(sleeper.pid))
+        waiting = asyncio.ensure_future(process.wait())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        os.kill(sleeper.pid, signal.SIGKILL)
+        assert await asyncio.wait_for(waiting, 10) == -1 and process.returncode is None  # no exit code: not ours
+        process.close()  # idempotent
+    finally:
+        if sleeper.returncode is None:
+            sleeper.kill()
+        await sleeper.wait()
