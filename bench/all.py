@@ -29,6 +29,7 @@ SCRIPTS = {
     "runtime": (["--restores", "20", "--idle-vms", "3"], ["--restores", "3", "--idle-vms", "2"]),
     "startup": (["--creates", "50", "--burst", "20", "--idle", "100", "--pool-size", "20"],
                 ["--creates", "3", "--burst", "3", "--idle", "3", "--pool-size", "3"]),
+    "breakdown": (["--rounds", "8"], ["--rounds", "2"]),
     "interactive": ([], ["--keystrokes", "10", "--requests", "5", "--mib", "1"]),
     "network": ([], ["--restores", "2", "--idle-vms", "1", "--megabytes", "8"]),
     "pause": ([], ["--rounds", "1"]),
