@@ -5,8 +5,10 @@
     result = await vm.exec("echo hi")
     await vm.stop()
 
-About 400 lines, kept whole: the template build, restore and cold boot paths share
-the launch, the sealed template memory and the fallback from one to the next.
+The template snapshots and their sealed RAM are chaser/vm/template_store.py's, a
+clone's restore and a cold boot chaser/vm/boot.py's, pause/resume/fork
+chaser/vm/suspend.py's and adopting a dead server's VMs chaser/vm/adopt.py's; this
+module launches the VMs for them and keeps the set of running ones.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import secrets
@@ -32,28 +32,22 @@ from chaser.runtime.egress import EgressPolicy
 from chaser.runtime.interface import NetworkMode, SandboxVM
 from chaser.runtime.spec import VMSpec
 from chaser.vm import adopt as adoption
-from chaser.vm import memory, saved, suspend
+from chaser.vm import suspend
 from chaser.vm.accel import resolve_accel
 from chaser.vm.admission import Admission
+from chaser.vm.boot import cold_boot, restore_clone
 from chaser.vm.cgroup import detect as detect_cgroups
 from chaser.vm.cgroup import reap_empty
-from chaser.vm.disks import create_sparse, create_writable_disk, pad_to_slot
+from chaser.vm.disks import create_writable_disk, pad_to_slot
 from chaser.vm.jail import jail_user_for
-from chaser.vm.launcher import Launcher, pass_fd
+from chaser.vm.launcher import Launcher
 from chaser.vm.machine import VirtualMachine
 from chaser.vm.network.manager import NetworkManager
 from chaser.vm.pool import WarmPool
 from chaser.vm.process import reap_orphans
-from chaser.vm.saved import IGNORE_SHARED, SavedState
-from chaser.vm.template import (
-    Template,
-    discard_failed_template,
-    discard_template,
-    load_template,
-    qemu_version,
-    retire_other_templates,
-    template_key,
-)
+from chaser.vm.saved import SavedState
+from chaser.vm.template import Template, qemu_version
+from chaser.vm.template_store import TemplateStore
 
 log = logging.getLogger(__name__)
 # How long a started session's first command holds the warm pool's refill back (chaser/vm/pool.py).
@@ -71,7 +65,6 @@ class Runtime:
         self._assets = assets
         self._accel: str | None = None
         self.vms: dict[str, VirtualMachine] = {}
-        self._template_lock = asyncio.Lock()
         self.pool: WarmPool[VirtualMachine] = WarmPool(
             self.boot, size=0, writable_size_bytes=settings.writable_size_bytes)  # sized by admission below
         settings.vms_dir.mkdir(parents=True, exist_ok=True)
@@ -83,8 +76,7 @@ class Runtime:
         if reaped:
             log.warning("reaped %d VMs left by a dead process", len(reaped))
         self.network = NetworkManager(settings)
-        # Sealed template RAM per template directory (chaser/vm/memory.py).
-        self._template_memory: dict[Path, int] = {}
+        self.templates = TemplateStore(self)  # the template snapshots and their sealed RAM
         self.cgroups = detect_cgroups() if settings.jail else None
         self.launcher = Launcher(settings, network=self.network, cgroups=self.cgroups, outlive=adoptable)
         self.admission = Admission(settings)
@@ -120,19 +112,10 @@ class Runtime:
 
     @property
     def templates_dir(self) -> Path:
-        return self.settings.guest_dir / "templates"
+        return self.templates.dir
 
     def template_dir(self) -> Path:
-        key = template_key(
-            fingerprint=self.assets.fingerprint,
-            memory_mib=self.settings.memory_mib,
-            vcpus=self.settings.vcpus,
-            accel=self.accel,
-            image_slot=self.settings.image_slot_bytes,
-            writable_slot=self.settings.writable_slot_bytes,
-            network=self.network.backend,
-        )
-        return self.templates_dir / key
+        return self.templates.current_dir()
 
     @property
     def network_mode(self) -> NetworkMode:
@@ -252,12 +235,12 @@ class Runtime:
             writable = await self._prepare_writable(spec, vm_dir)
             if spec.boot != "cold" and self.settings.use_template:
                 template = await self.ensure_template()
-                vm = await self._restore(vm_id, vm_dir, template, spec.image_disk, writable)
+                vm = await restore_clone(self, vm_id, vm_dir, template, spec.image_disk, writable)
                 if vm is None and spec.boot == "template":
                     raise errors.BootTimeout("restoring the template snapshot failed")
             if vm is None:
                 writable = await self._prepare_writable(spec, vm_dir)  # a failed restore removed the VM dir
-                vm = await self._cold_boot(vm_id, vm_dir, spec.image_disk, writable)
+                vm = await cold_boot(self, vm_id, vm_dir, spec.image_disk, writable)
         except BaseException:
             if vm is not None:
                 await vm.stop(graceful=False)
@@ -307,24 +290,13 @@ class Runtime:
         await self.network.close()
 
     async def ensure_template(self) -> Template:
-        """Load the template for the current inputs, building it if missing."""
-        directory = self.template_dir()
-        template = load_template(directory)
-        if template is not None:
-            return template
-        async with self._template_lock:
-            # A file lock too: several processes (test workers, CLI + server) share a home.
-            self.templates_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.templates_dir / ".lock", "w") as lock:  # noqa: ASYNC230 - a local lock file
-                await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
-                try:
-                    template = load_template(directory)
-                    if template is None:
-                        template = await self._build_template(directory)
-                        retire_other_templates(self.templates_dir, keep=directory)
-                    return template
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+        """Load the template for the current inputs, building it if missing (chaser/vm/template_store.py)."""
+        return await self.templates.ensure()
+
+    async def template_memory(self) -> tuple[Template, int]:
+        """The current template and its RAM as a sealed memfd (built if missing)."""
+        template = await self.templates.ensure()
+        return template, await self.templates.memory(template)
 
     # --- internals ---
     async def _prepare_writable(self, spec: VMSpec, vm_dir: Path) -> Path:
@@ -338,117 +310,6 @@ class Runtime:
         else:
             pad_to_slot(writable, self.settings.writable_slot_bytes)
         return writable
-
-    async def _build_template(self, directory: Path) -> Template:
-        log.info("building template snapshot in %s", directory)
-        discard_template(directory)
-        directory.mkdir(parents=True)
-        template = Template(dir=directory, created_at=time.time())
-        create_sparse(template.image_placeholder, self.settings.image_slot_bytes)
-        create_sparse(template.writable_placeholder, self.settings.writable_slot_bytes)
-        vm_id = f"tpl-{secrets.token_hex(6)}"
-        vm_dir = self.settings.vms_dir / vm_id
-        vm_dir.mkdir(parents=True)
-        ram_size = self.settings.memory_mib * 1024 * 1024
-        ram = memory.new_memfd("chaser-template", ram_size)
-        try:
-            vm = await self.launch_vm(
-                vm_id, vm_dir,
-                image=template.image_placeholder, writable=template.writable_placeholder,
-                memory_fd=ram, shared_memory=True,
-            )
-        except BaseException:
-            os.close(ram)
-            raise
-        try:
-            await self.wait_for_agent(vm, self.settings.cold_boot_timeout_s)
-            qmp = vm.qmp
-            await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
-            await qmp.execute("stop")
-            with open(template.state_file, "wb") as state:  # noqa: ASYNC230 - opened to pass its descriptor
-                await pass_fd(qmp, state.fileno(), "snapshot")
-                await qmp.execute("migrate", {"uri": "fd:snapshot"})
-                await saved.wait_migration(qmp, what="the template snapshot")
-        except BaseException:
-            os.close(ram)
-            raise
-        finally:
-            await vm.stop(graceful=False)
-        try:
-            await asyncio.to_thread(memory.save, ram, template.memory_file, ram_size)
-            memory.seal(ram)
-        except BaseException:
-            os.close(ram)
-            raise
-        self._forget_template_memory(directory)
-        self._template_memory[directory] = ram
-        # Holds no token: the template's died with its QEMU; every clone gets its own.
-        template.meta_file.write_text(json.dumps({"created_at": template.created_at}))
-        return template
-
-    async def template_memory(self) -> tuple[Template, int]:
-        """The current template and its RAM as a sealed memfd (built if missing)."""
-        template = await self.ensure_template()
-        return template, await self._sealed_template_memory(template)
-
-    async def _sealed_template_memory(self, template: Template) -> int:
-        fd = self._template_memory.get(template.dir)
-        if fd is None:
-            size = self.settings.memory_mib * 1024 * 1024
-            fd = await asyncio.to_thread(memory.load_sealed, template.memory_file, size)
-            if template.dir in self._template_memory:  # another restore loaded it meanwhile
-                os.close(fd)
-                return self._template_memory[template.dir]
-            self._template_memory[template.dir] = fd
-        return fd
-
-    def _forget_template_memory(self, directory: Path) -> None:
-        """Running clones keep their own mapping; only our descriptor goes."""
-        fd = self._template_memory.pop(directory, None)
-        if fd is not None:
-            os.close(fd)
-
-    async def _restore(self, vm_id: str, vm_dir: Path, template: Template, image: Path,
-                       writable: Path) -> VirtualMachine | None:
-        """Restore a clone of the template; None (and the template discarded)
-        when the snapshot does not restore, so the caller boots cold."""
-        vm = None
-        try:
-            vm = await self.launch_vm(
-                vm_id, vm_dir, image=image, writable=writable,
-                memory_fd=await self._sealed_template_memory(template), shared_memory=False, incoming=True,
-            )
-            qmp = vm.qmp
-            await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
-            with open(template.state_file, "rb") as state:  # noqa: ASYNC230 - opened to pass its descriptor
-                await pass_fd(qmp, state.fileno(), "snapshot")
-            await qmp.execute("migrate-incoming", {"uri": "fd:snapshot"})
-            await self.wait_loaded(vm)
-            await qmp.execute("cont")
-            await self.wait_for_agent(vm, self.settings.restore_timeout_s)
-            vm.boot_method = "template"
-            return vm
-        except asyncio.CancelledError:
-            if vm is not None:
-                await vm.stop(graceful=False)
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure means: boot cold
-            log.warning("template restore failed (%s); discarding it and booting cold", exc)
-            if vm is not None:
-                await vm.stop(graceful=False)
-            if discard_failed_template(template):
-                self._forget_template_memory(template.dir)
-            return None
-
-    async def _cold_boot(self, vm_id: str, vm_dir: Path, image: Path, writable: Path) -> VirtualMachine:
-        vm = await self.launch_vm(vm_id, vm_dir, image=image, writable=writable)
-        try:
-            await self.wait_for_agent(vm, self.settings.cold_boot_timeout_s)
-        except BaseException:
-            await vm.stop(graceful=False)
-            raise
-        vm.boot_method = "cold"
-        return vm
 
     async def wait_loaded(self, vm: VirtualMachine) -> None:
         """Until an `-incoming` VM has loaded its state (QEMU exits if it cannot: VMCrashed)."""
