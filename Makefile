@@ -7,7 +7,7 @@ CHASER := $(VENV)/bin/chaser
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static e2fsprogs erofs-utils mmdebstrap \
 	kmod xz-utils zstd cpio skopeo umoci docker-registry apache2-utils tmux python3-venv \
 	ca-certificates curl jq nftables dnsmasq-base iproute2 passwd chromium \
-	postgresql
+	postgresql systemd
 PYTEST_ARGS ?=
 
 .PHONY: setup guest console serve lint test unit bench test-e2b-drift test-e2b-js
