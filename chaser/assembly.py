@@ -10,6 +10,7 @@ tests) import this module, so the layers below stay independent of each other.
 
 from __future__ import annotations
 
+import os
 import ssl
 
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from chaser.api.ratelimit import check_rate
 from chaser.config import Settings, get_settings
 from chaser.mcp.asgi import MCPEndpoint
 from chaser.runtime import Runtime
+from chaser.service.nodes import NodeCapacity
 
 
 def qemu_runtime(settings: Settings) -> Runtime:
@@ -29,14 +31,26 @@ def qemu_runtime(settings: Settings) -> Runtime:
     return QemuRuntime(settings, adoptable=True)
 
 
+def node_capacity(settings: Settings) -> NodeCapacity:
+    """What this server registers as its node's capacity: the host, less what admission keeps back."""
+    from chaser.vm.admission import Admission
+
+    limits = Admission(settings).limits
+    return NodeCapacity(vcpus=os.cpu_count() or 1, sessions=limits.max_sessions,
+                        memory_mib=max(0, limits.host_memory_total_mib - limits.memory_reserve_mib),
+                        disk_mib=max(0, limits.disk_total_mib - limits.disk_reserve_mib))
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *,
                reaper_interval: float = REAPER_INTERVAL_S) -> FastAPI:
     """The whole server: the API over `runtime` (default: QEMU on this machine) and MCP."""
     settings = settings or get_settings()
     if runtime is not None:
-        app = create_api(settings, runtime=runtime, reaper_interval=reaper_interval)
+        app = create_api(settings, runtime=runtime, reaper_interval=reaper_interval,
+                         node_capacity=lambda: node_capacity(settings))
     else:
-        app = create_api(settings, runtime_factory=lambda: qemu_runtime(settings), reaper_interval=reaper_interval)
+        app = create_api(settings, runtime_factory=lambda: qemu_runtime(settings), reaper_interval=reaper_interval,
+                         node_capacity=lambda: node_capacity(settings))
     services = app.state.services
     mount_e2b(app)  # the E2B control plane at /e2b (its ingress: `e2b_ingress`, started by `chaser server`)
 

@@ -181,6 +181,21 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL of the control-plane database; unset: `sqlite:///$CHASER_HOME/chaser.db`. "
         "PostgreSQL: `postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE` (docs/operations.md, \"PostgreSQL\")."
     )
+    node_name: str | None = Field(
+        None, description="This server's node name in `GET /v1/nodes` (docs/operations.md, \"Nodes\"); unset: "
+        "the host name.",
+    )
+    node_heartbeat_s: float = Field(
+        10, gt=0,
+        description="How often this server writes its node's heartbeat to the database and looks for "
+        "lost nodes (docs/operations.md, \"Nodes\").",
+    )
+    node_lost_after_s: float = Field(
+        30, gt=0,
+        description="Another node whose last heartbeat is older than this is marked lost by this server: its "
+        "active sessions end `failed` (`node_lost`). Longer than `CHASER_NODE_HEARTBEAT_S`; the servers' clocks "
+        "must agree to within a fraction of it.",
+    )
     session_idle_timeout_s: int = Field(
         1800,
         description="The reaper terminates a session that had no request in progress for this long "

@@ -5,7 +5,7 @@ the API maps them to `{"code", "message"}` bodies in one place.
     ├── InvalidRequest (400) ── UnsupportedSessionType, WorkspaceRequired, InvalidImage
     ├── Unauthorized (401), Forbidden (403)
     ├── NotFound (404) ── FileNotFound, ImageNotFound, SessionNotFound, WorkspaceNotFound,
-    │                     SnapshotNotFound, ProcessNotFound, CommandNotFound
+    │                     SnapshotNotFound, ProcessNotFound, CommandNotFound, NodeNotFound
     ├── Conflict (409) ── SessionNotRunning, WorkspaceBusy, WorkspaceExists, SnapshotExists,
     │                     CommandFinished
     ├── PayloadTooLarge (413)
@@ -13,7 +13,7 @@ the API maps them to `{"code", "message"}` bodies in one place.
     ├── FeatureNotImplemented (501)
     ├── PortNotListening (502), ImagePullFailed (502)
     └── SandboxRuntimeError (503) ── BootTimeout, AgentUnavailable, VMCrashed, GuestAssetsMissing,
-                                     CapacityExhausted (with Retry-After)
+                                     CapacityExhausted (with Retry-After), NodeCordoned
 
 An error may carry `headers` (e.g. Retry-After) that the API sends with it.
 """
@@ -102,6 +102,10 @@ class ProcessNotFound(NotFound):
 
 class CommandNotFound(NotFound):
     code = "command_not_found"
+
+
+class NodeNotFound(NotFound):
+    code = "node_not_found"
 
 
 class Conflict(ChaserError):
@@ -232,6 +236,12 @@ class CapacityExhausted(SandboxRuntimeError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class NodeCordoned(SandboxRuntimeError):
+    """This node is cordoned (or draining): it starts no new session; running ones carry on."""
+
+    code = "node_cordoned"
 
 
 class AgentError(ChaserError):

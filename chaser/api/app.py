@@ -19,6 +19,7 @@ from chaser.config import Settings
 from chaser.runtime import Runtime
 from chaser.service import recovery
 from chaser.service.container import build_services
+from chaser.service.nodes import NodeCapacity
 
 log = logging.getLogger("chaser.api")
 REAPER_INTERVAL_S = 5.0
@@ -28,12 +29,15 @@ DRAIN_LIMIT_FACTOR = 4
 
 def create_api(settings: Settings, *, runtime: Runtime | None = None,
                runtime_factory: Callable[[], Runtime] | None = None,
-               reaper_interval: float = REAPER_INTERVAL_S) -> FastAPI:
+               reaper_interval: float = REAPER_INTERVAL_S,
+               node_capacity: Callable[[], NodeCapacity] | None = None) -> FastAPI:
     """The REST API over `runtime`, or over the one `runtime_factory` makes at start-up
-    (a QEMU runtime reaps what a dead server left: it is made when the server starts)."""
+    (a QEMU runtime reaps what a dead server left: it is made when the server starts);
+    `node_capacity`: what this server registers as its node's (chaser/service/nodes.py)."""
     if (runtime is None) == (runtime_factory is None):
         raise ValueError("pass one of runtime or runtime_factory")
-    services = build_services(settings, runtime)
+    services = build_services(settings, runtime, node_capacity=node_capacity)
+    readiness = {"runtime": False}  # the runtime prepared the host (/readyz)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -41,17 +45,20 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
             assert runtime_factory is not None
             services.sessions.attach_runtime(runtime_factory())
         await services.sessions.runtime.prepare_host()  # e.g. removes a dead server's namespaces
+        readiness["runtime"] = True
+        await asyncio.to_thread(services.nodes.register)  # before recovery: it knows its own sessions by it
         await recovery.adopt_running(services.sessions)  # VMs an earlier process left running
         services.reaper.recover_on_start()
         warm = asyncio.create_task(services.sessions.start_warm_pool(), name="warm-pool")
         reaper = asyncio.create_task(services.reaper.run(reaper_interval), name="session-reaper")
+        heartbeat = asyncio.create_task(services.nodes.run(services.sessions), name="node-heartbeat")
         try:
             yield
         finally:
-            for task in (warm, reaper):
+            for task in (warm, reaper, heartbeat):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(warm, reaper)
+                await asyncio.gather(warm, reaper, heartbeat)
             if settings.keep_vms_on_exit:  # they run on for the next server (docs/operations.md)
                 await recovery.detach(services.sessions)
             else:
@@ -74,9 +81,9 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
     # An error answered before the body was read (413 first of all): drain it so the client reads the answer.
     app.add_middleware(DrainBodyMiddleware, max_bytes=DRAIN_LIMIT_FACTOR * settings.max_transfer_bytes)
 
-    from chaser.api.routes import audit, commands, exec, files, images, keys, sessions, workspaces
+    from chaser.api.routes import audit, commands, exec, files, images, keys, nodes, sessions, workspaces
 
-    for module in (sessions, exec, commands, files, workspaces, keys, images, audit):
+    for module in (sessions, exec, commands, files, workspaces, keys, images, audit, nodes):
         app.include_router(module.router)
     from chaser.api.routes import unavailable  # what a self-hosted server does not serve: 501
 
@@ -92,8 +99,13 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
     app.add_middleware(HostRoutingMiddleware, settings=settings)
 
     @app.get("/health", tags=["meta"], summary="Liveness probe (no auth)")
+    @app.get("/healthz", tags=["meta"], summary="Liveness probe (no auth): the process answers")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    from chaser.api.health import install_readiness
+
+    install_readiness(app, services, runtime_prepared=lambda: readiness["runtime"])
 
     from chaser.api.access_log import redact_tokens_in_logs
     from chaser.api.console import install_console  # the web console's static files at /console/

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
+from chaser import errors
 from chaser.api.auth import principal_from
 from chaser.api.ratelimit import charge
 from chaser.service.audit import note_principal
@@ -51,7 +52,15 @@ def require(scope: str) -> Any:  # a `Depends(...)` marker, for `Annotated`
     return Depends(check)
 
 
+async def require_admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """A full-access key (what `chaser server` makes first): the operator's routes, e.g. /v1/nodes."""
+    if not principal.full_access:
+        raise errors.Forbidden("this route needs an admin API key (full access)")
+    return principal
+
+
 CurrentKey = Annotated[Principal, Depends(current_principal)]
+AdminKey = Annotated[Principal, Depends(require_admin)]
 SessionsRead = Annotated[Principal, require("sessions.read")]
 SessionsWrite = Annotated[Principal, require("sessions.write")]
 ExecWrite = Annotated[Principal, require("exec.write")]

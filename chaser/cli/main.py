@@ -15,6 +15,7 @@ from chaser.cli.commands import (
     images,
     keys,
     mcp_cmd,
+    nodes,
     sandbox,
     server,
     sessions,
@@ -55,6 +56,7 @@ app.add_typer(commands.app, name="commands")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
+app.add_typer(nodes.app, name="nodes")
 app.add_typer(guest.app, name="guest")
 app.add_typer(images.app, name="images")
 app.add_typer(mcp_cmd.app, name="mcp")

@@ -17,6 +17,7 @@ import httpx
 
 from chaser.client._config import resolve_settings, tls_context
 from chaser.client._errors import ChaserAPIError, ChaserConnectionError, api_error_from_response
+from chaser.client._nodes import NodesResource
 from chaser.client._resources import (
     DEFAULT_TIMEOUT,
     USER_AGENT,
@@ -68,6 +69,7 @@ class ChaserClient:
         self.keys = KeysResource(self)
         self.workspaces = WorkspacesResource(self)
         self.audit = AuditResource(self)
+        self.nodes = NodesResource(self)
 
     # --- lifecycle ---
     def close(self) -> None:

@@ -60,6 +60,8 @@ class SessionPublic(BaseModel):
     expires_at: datetime | None = None
     ended_at: datetime | None = None
     end_reason: str | None = None
+    node_id: str | None = Field(None, description="The node its VM runs (ran) on (`GET /v1/nodes`); null: "
+                                                   "a session from before nodes were recorded")
 
 
 class ForkCreate(RequestModel):

@@ -32,3 +32,12 @@ class EndReason(StrEnum):
     WORKSPACE_DELETED = "workspace_deleted"
     SNAPSHOT_RESTORED = "snapshot_restored"
     PAUSED_TTL = "paused_ttl"  # paused longer than CHASER_PAUSED_TTL_S: its saved state is removed
+    NODE_LOST = "node_lost"  # its node stopped heartbeating (chaser/service/nodes.py)
+
+
+class NodeStatus(StrEnum):
+    """What an operator set on a node; whether it is lost is its own field (`lost_at`)."""
+
+    ACTIVE = "active"
+    CORDONED = "cordoned"  # no new sessions; running ones are untouched
+    DRAINING = "draining"  # cordoned, for a drain (moving its workspaces away is not implemented yet)

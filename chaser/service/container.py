@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from chaser.config import Settings
@@ -14,6 +15,7 @@ from chaser.service.files import FileService
 from chaser.service.forward import ForwardService
 from chaser.service.images import ImageService
 from chaser.service.keys import KeyManager
+from chaser.service.nodes import NodeCapacity, NodeRegistry
 from chaser.service.pty import Terminals
 from chaser.service.ratelimit import RateLimiter, rate_limiter_for
 from chaser.service.reaper import Reaper
@@ -30,6 +32,7 @@ class Services:
     keys: KeyManager
     workspaces: WorkspaceManager
     sessions: SessionManager
+    nodes: NodeRegistry
     disks: WorkspaceDisks
     reaper: Reaper
     images: ImageService
@@ -40,8 +43,10 @@ class Services:
     rate_limiter: RateLimiter
 
 
-def build_services(settings: Settings, runtime: Runtime | None = None) -> Services:
-    """Open the database (migrated to head) and wire the services; the runtime may come later."""
+def build_services(settings: Settings, runtime: Runtime | None = None, *,
+                   node_capacity: Callable[[], NodeCapacity] | None = None) -> Services:
+    """Open the database (migrated to head) and wire the services; the runtime may come later.
+    `node_capacity`: what this node registers (default: the host's CPUs, memory and disk)."""
     make_private(settings.home)  # 0700; an existing home readable by others is tightened (one log line)
     db = Database(settings.effective_database_url)
     db.upgrade()
@@ -53,9 +58,10 @@ def build_services(settings: Settings, runtime: Runtime | None = None) -> Servic
     # The digests running sessions boot from: an image in use is neither removed (409) nor pruned.
     images = ImageService(settings, in_use=lambda: {
         live.image_digest for live in sessions.live.values() if live.image_digest})
-    sessions = SessionManager(db, settings, runtime, workspaces, images=images)
+    nodes = NodeRegistry(db, settings, audit, capacity=node_capacity)
+    sessions = SessionManager(db, settings, runtime, workspaces, images=images, nodes=nodes)
     return Services(settings=settings, db=db, audit=audit, keys=keys, workspaces=workspaces, sessions=sessions,
-                    disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
+                    nodes=nodes, disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings),
                     terminals=Terminals(sessions), forwarding=ForwardService(sessions),
                     rate_limiter=rate_limiter_for(settings))

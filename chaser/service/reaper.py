@@ -35,15 +35,17 @@ class Reaper:
     def recover_on_start(self) -> int:
         """Sessions an earlier process left active whose VM was not adopted (chaser/service/recovery.py
         ran first): end them. A session whose state was saved (paused; or killed between the save
-        and its row's update) stays paused."""
+        and its row's update) stays paused. Only this node's sessions (chaser/service/nodes.py
+        `recoverable`): another server's sharing the database are that server's."""
         ended: list[tuple[str, str]] = []
         suspender = self.sessions.suspender
         with self.sessions.db.session() as s:
-            for row in s.scalars(select(SessionRow).where(SessionRow.status.in_(ACTIVE_STATUSES))):
+            mine = self.sessions.nodes.recoverable()
+            for row in s.scalars(select(SessionRow).where(SessionRow.status.in_(ACTIVE_STATUSES), mine)):
                 if row.id in self.sessions.live:
                     continue
                 if suspender.has_saved_state(row.id):
-                    row.status, row.vm_id = SessionStatus.PAUSED, None
+                    row.status, row.vm_id, row.node_id = SessionStatus.PAUSED, None, self.sessions.nodes.id
                     self.sessions.live[row.id] = self._paused_live(s, row)
                     continue
                 row.status, row.end_reason, row.ended_at = (SessionStatus.TERMINATED, EndReason.SERVER_RESTART,

@@ -36,6 +36,7 @@ class SessionRecord(Record):
     failure_message: str | None
     vm_id: str | None
     network: dict[str, Any] | None
+    node_id: str | None
 
 
 @dataclass(frozen=True)

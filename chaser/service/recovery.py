@@ -37,7 +37,8 @@ async def adopt_running(sessions: SessionManager) -> tuple[list[str], list[str]]
     """(adopted session ids, ended ones)."""
     with sessions.db.session() as s:
         rows = [(row.id, _live_of(s, row)) for row in
-                s.scalars(select(SessionRow).where(SessionRow.status == SessionStatus.RUNNING))
+                s.scalars(select(SessionRow).where(SessionRow.status == SessionStatus.RUNNING,
+                                                   sessions.nodes.adoptable()))  # not another node's
                 if row.id not in sessions.live and not sessions.suspender.has_saved_state(row.id)]
     adopted: list[str] = []
     ended: list[str] = []
@@ -61,7 +62,7 @@ async def adopt_running(sessions: SessionManager) -> tuple[list[str], list[str]]
             with sessions.db.session() as s:
                 row = s.get(SessionRow, session_id)
                 if row is not None:
-                    row.vm_id = vm.id
+                    row.vm_id, row.node_id = vm.id, sessions.nodes.id  # (a row from before nodes: now ours)
             adopted.append(session_id)
             log.info("session %s adopted (vm %s)", session_id, vm.id)
     finally:

@@ -41,6 +41,7 @@ from chaser.service.images import DEFAULT_IMAGE, ImageService, check_image_ref
 from chaser.service.keys import Principal
 from chaser.service.live import LiveSession, check_proxy, proxy_env, session_hostname, session_not_running
 from chaser.service.network import effective_policy
+from chaser.service.nodes import NodeRegistry
 from chaser.service.records import SessionRecord, WorkspaceRecord
 from chaser.service.session_network import SessionNetworks
 from chaser.service.suspend import Suspender
@@ -52,13 +53,15 @@ from chaser.store.tables import utcnow
 log = logging.getLogger(__name__)
 # Ends nobody asked for: the audit log names the server as their actor, not the request that noticed them.
 SYSTEM_END_REASONS = frozenset({EndReason.IDLE_TIMEOUT, EndReason.MAX_LIFETIME, EndReason.SERVER_SHUTDOWN,
-                                EndReason.SERVER_RESTART, EndReason.VM_CRASHED, EndReason.VM_OOM})
+                                EndReason.SERVER_RESTART, EndReason.VM_CRASHED, EndReason.VM_OOM,
+                                EndReason.NODE_LOST})
 
 
 class SessionManager:
     def __init__(self, db: Database, settings: Settings, runtime: Runtime | None, workspaces: WorkspaceManager,
-                 images: ImageService | None = None) -> None:
+                 images: ImageService | None = None, *, nodes: NodeRegistry) -> None:
         self.db = db
+        self.nodes = nodes  # this process's node: its sessions carry its id
         self.settings = settings
         self._runtime = runtime
         self.workspaces = workspaces
@@ -223,7 +226,7 @@ class SessionManager:
             session_type="sandbox", status=SessionStatus.STARTING, ephemeral=live.ephemeral, image=live.image,
             env={},  # in memory only (LiveSession.env): a session's env is never stored
             proxy=proxy, created_at=now, expires_at=live.expires_at, last_activity_at=now,
-            network=policy.to_dict() if policy is not None else None,
+            network=policy.to_dict() if policy is not None else None, node_id=self.nodes.id,
         )
         return live, row
 
@@ -242,7 +245,8 @@ class SessionManager:
                 f"{' and '.join(different)} to use it")
 
     def _admit(self, account_id: str) -> None:
-        """A start of a new VM: the account's quota (429), then the host's capacity (503)."""
+        """A new session: not on a cordoned node (503), the account's quota (429), the host's capacity (503)."""
+        self.nodes.check_accepting()
         self.admit_many(account_id, 1)
 
     def admit_many(self, account_id: str, count: int) -> None:

@@ -158,6 +158,7 @@ class Suspender:
         if workspace_names is not None and len(set(workspace_names)) != len(workspace_names):
             raise errors.InvalidRequest("workspace_names must be distinct")
         source = await self.sessions.live_session(principal, session_id)  # wakes a paused source
+        self.sessions.nodes.check_accepting()  # forks are new sessions: not on a cordoned node
         self.sessions.admit_many(principal.account_id, count)
         workspaces = self.sessions.workspaces
         for name in workspace_names or []:

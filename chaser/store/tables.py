@@ -112,6 +112,30 @@ class SessionRow(Base):
     vm_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The session's effective egress policy (EgressPolicy.to_dict()), kept current by PUT …/network.
     network: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The node (server process, chaser/service/nodes.py) its VM runs on; NULL: written before migration 0006.
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class NodeRow(Base):
+    """A node: one server process that runs VMs (today each `chaser server`). `status` is what an
+    operator set (active | cordoned | draining); `lost_at` is set when its heartbeat stopped."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # node_ + hex, kept in $CHASER_HOME/node-id
+    name: Mapped[str] = mapped_column(String(200))
+    advertise_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    version: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    capacity_vcpus: Mapped[int] = mapped_column(Integer)
+    capacity_memory_mib: Mapped[int] = mapped_column(BigInteger)
+    capacity_disk_mib: Mapped[int] = mapped_column(BigInteger)
+    capacity_sessions: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AuditEvent(Base):

@@ -40,7 +40,7 @@ def session_public(row: SessionRecord, base: str) -> SessionPublic:
         id=row.id, created_at=row.created_at, status=row.status,
         endpoints=Endpoints(control=f"{base}/v1/sessions/{row.id}"), workspace_id=row.workspace_id,
         persistence=row.workspace_id is not None, ephemeral=row.ephemeral, image=row.image,
-        expires_at=row.expires_at, ended_at=row.ended_at, end_reason=row.end_reason,
+        expires_at=row.expires_at, ended_at=row.ended_at, end_reason=row.end_reason, node_id=row.node_id,
     )
 
 
