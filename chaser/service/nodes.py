@@ -6,8 +6,9 @@ version, capacity; a cordon set by an operator is kept), then heartbeats every
 CHASER_NODE_HEARTBEAT_S. Every server also looks for *other* nodes whose heartbeat is older
 than CHASER_NODE_LOST_AFTER_S: such a node is marked lost and its active sessions end `failed`
 (`node_lost`), in one transaction guarded by the node row (two servers doing it at once: one
-wins, the other finds it lost already). A lost node that heartbeats again is no longer lost;
-sessions it still runs that the database has ended meanwhile are stopped.
+wins, the other finds it lost already). A lost node that heartbeats again is no longer lost.
+Each heartbeat also stops this node's VMs whose sessions the database has ended (failed while it
+was marked lost, or terminated through another server).
 
 Sessions record their node (`sessions.node_id`); rows written before migration 0006 have none.
 Start-up recovery touches only its own node's sessions (`recoverable`, `adoptable`).
@@ -190,7 +191,7 @@ class NodeRegistry:
     def views(self) -> list[NodeView]:
         now = utcnow()
         with self.db.session() as s:
-            running: dict[str, int] = {node_id: count for node_id, count in s.execute(
+            running: dict[str | None, int] = {node_id: count for node_id, count in s.execute(
                 select(SessionRow.node_id, func.count()).where(
                     SessionRow.status == SessionStatus.RUNNING, SessionRow.node_id.is_not(None)
                 ).group_by(SessionRow.node_id))}
@@ -242,10 +243,14 @@ class NodeRegistry:
             marked.append((node_id, [(account_id, session_id) for account_id, session_id in ended]))
         return marked
 
-    def _ended_among(self, session_ids: list[str]) -> list[str]:
+    def _ended_among(self, session_ids: list[str]) -> list[tuple[str, str, str]]:
+        """(id, status, end reason) of those the database has ended."""
+        if not session_ids:
+            return []
         with self.db.session() as s:
-            return list(s.scalars(select(SessionRow.id).where(SessionRow.id.in_(session_ids),
-                                                              SessionRow.status.not_in(ACTIVE_STATUSES))))
+            return [(session_id, status, reason or status) for session_id, status, reason in s.execute(
+                select(SessionRow.id, SessionRow.status, SessionRow.end_reason).where(
+                    SessionRow.id.in_(session_ids), SessionRow.status.not_in(ACTIVE_STATUSES)))]
 
     # --- the background task ------------------------------------------------------------------
     async def sweep(self, sessions: SessionManager) -> list[str]:
@@ -263,19 +268,23 @@ class NodeRegistry:
         return [node_id for node_id, _ended in marked]
 
     async def reconcile(self, sessions: SessionManager) -> list[str]:
-        """After this node was marked lost: stop the VMs of its sessions the database has ended."""
-        ended = await asyncio.to_thread(self._ended_among, list(sessions.live))
-        for session_id in ended:
+        """Stop the VMs of this node's sessions that the database has ended: failed while this node was
+        marked lost (it stalled), or terminated through another server sharing the database."""
+        ended = await asyncio.to_thread(self._ended_among, [
+            live.id for live in sessions.live.values() if not live.terminating])
+        for session_id, status, reason in ended:
             live = sessions.live.get(session_id)
-            if live is not None:
-                await sessions.end(live, force=True, status=SessionStatus.FAILED, reason=EndReason.NODE_LOST)
-        return ended
+            if live is not None and not live.terminating:
+                log.warning("session %s ended in the database (%s, %s): its VM stops", session_id, status, reason)
+                # The row stays as it is (finish_row leaves an ended row alone): no second audit event.
+                await sessions.end(live, force=status == SessionStatus.FAILED, status=status, reason=reason)
+        return [session_id for session_id, _status, _reason in ended]
 
     async def beat(self, sessions: SessionManager) -> None:
-        """One heartbeat, then one look for lost nodes."""
+        """One heartbeat, what the database ended of this node's sessions, one look for lost nodes."""
         if await asyncio.to_thread(self.heartbeat):
-            log.warning("node %s had been marked lost; its sessions the database ended are stopped", self.id)
-            await self.reconcile(sessions)
+            log.warning("node %s had been marked lost; the sessions the database ended stop", self.id)
+        await self.reconcile(sessions)
         await self.sweep(sessions)
 
     async def run(self, sessions: SessionManager) -> None:

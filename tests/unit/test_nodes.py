@@ -185,6 +185,15 @@ def test_a_node_marked_lost_while_alive_stops_what_the_database_ended(tmp_path):
         assert not vm.alive
         assert not ok(harness.client.get(f"/v1/nodes/{harness.services.nodes.id}"))["lost"]
         assert ok(harness.client.get(f"/v1/sessions/{session['id']}"))["end_reason"] == "node_lost"
+        # Terminated through another server sharing the database: its VM here stops too, the row as it was.
+        other = harness.session()
+        other_vm = harness.vm(other["id"])
+        with harness.services.db.session() as s:
+            row = s.get(SessionRow, other["id"])
+            row.status, row.end_reason, row.ended_at = SessionStatus.TERMINATED, "terminated", utcnow()
+        wait_until(lambda: not other_vm.alive, timeout=10, message="the terminated session's VM stopped")
+        ended = ok(harness.client.get(f"/v1/sessions/{other['id']}"))
+        assert (ended["status"], ended["end_reason"]) == ("terminated", "terminated")
     finally:
         harness.close()
 
