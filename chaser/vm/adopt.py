@@ -7,7 +7,8 @@ the next server needs to take it back is in its VM directory, written atomically
 
     $CHASER_HOME/vms/<vm id>/adopt.json   session id, QEMU pid + start time, agent address + token,
                                           network slot (+ the number of QEMU's copy of its lock),
-                                          cgroup, disks, boot method, RAM block
+                                          cgroup, disks, boot method, RAM block, the template
+                                          its RAM maps (docs/pause-and-fork.md)
     $CHASER_HOME/vms/<vm id>/qmp.sock     QMP (QEMU accepts a new client after the old one is gone)
 
 At start (`scan`): a directory whose owner is dead and whose QEMU still runs (the
@@ -46,6 +47,7 @@ from chaser.vm.machine import VirtualMachine
 from chaser.vm.network import namespace
 from chaser.vm.network.nftables import HOST_VETH_PREFIX
 from chaser.vm.process import OWNER_FILE, AdoptedProcess, kill_process_group, process_start_time, write_owner
+from chaser.vm.template import Template
 
 if TYPE_CHECKING:
     from chaser.vm.runtime import Runtime
@@ -79,6 +81,9 @@ class AdoptState:
     slot_lock_fd: int | None = None  # the descriptor number of QEMU's copy of the slot lock
     cgroup_version: str | None = None
     agent_protocol: int | None = None  # the guest's agent speaks the protocol of the server that started it
+    # The template its RAM maps (VirtualMachine.template); None: none, or written by an older server.
+    template_dir: str | None = None
+    template_created_at: float | None = None
 
     @classmethod
     def of(cls, vm: VirtualMachine) -> AdoptState:
@@ -94,6 +99,8 @@ class AdoptState:
             slot_lock_fd=vm.network.slot.lock_fd if vm.network else None,
             cgroup_version=vm.cgroup.version if vm.cgroup else None,
             agent_protocol=AGENT_PROTOCOL_VERSION,
+            template_dir=str(vm.template.dir) if vm.template else None,
+            template_created_at=vm.template.created_at if vm.template else None,
         )
 
 
@@ -208,6 +215,8 @@ async def adopt(runtime: Runtime, state: AdoptState, policy: EgressPolicy) -> Vi
     vm.disk_quota_bytes = state.disk_quota_bytes
     vm.image_disk = Path(state.image_disk) if state.image_disk else None
     vm.writable_disk = Path(state.writable_disk) if state.writable_disk else None
+    if state.template_dir is not None and state.template_created_at is not None:
+        vm.template = Template(dir=Path(state.template_dir), created_at=state.template_created_at)
     await asyncio.to_thread(write_owner, vm_dir, state.qemu_pid, state.qemu_start)
     return vm
 

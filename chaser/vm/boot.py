@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from chaser.vm.launcher import pass_fd
 from chaser.vm.machine import VirtualMachine
 from chaser.vm.saved import IGNORE_SHARED
-from chaser.vm.template import Template
+from chaser.vm.template import Template, hold
 
 if TYPE_CHECKING:
     from chaser.vm.runtime import Runtime
@@ -43,6 +43,8 @@ async def restore_clone(runtime: Runtime, vm_id: str, vm_dir: Path, template: Te
         await qmp.execute("cont")
         await runtime.wait_for_agent(vm, runtime.settings.restore_timeout_s)
         vm.boot_method = "template"
+        vm.template = template  # a save filters against it (chaser/vm/suspend.py)
+        await asyncio.to_thread(hold, template, vm_dir)  # not retired while the VM runs
         return vm
     except asyncio.CancelledError:
         if vm is not None:

@@ -23,6 +23,7 @@ from chaser.vm.cgroup import VMCgroup
 from chaser.vm.console import ConsoleLog
 from chaser.vm.network.manager import SandboxNetwork
 from chaser.vm.process import QemuProcess, kill_process_group
+from chaser.vm.template import Template
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +68,9 @@ class VirtualMachine:
         # anonymous RAM after a resume); "builtin": QEMU's own (a cold boot). A saved state's
         # stream names the block: a resume must have the same one.
         self.ram_block = "builtin"
+        # The template whose RAM the "mem" block maps (a restore, a filtered resume): a save
+        # drops the pages that equal its pages (chaser/vm/suspend.py). None: none does.
+        self.template: Template | None = None
         self.disk_quota_bytes = 0
         self._exited = asyncio.ensure_future(process.wait())
         self._exited.add_done_callback(self._note_exit)

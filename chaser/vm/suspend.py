@@ -29,7 +29,7 @@ from chaser.vm.machine import VirtualMachine
 from chaser.vm.qemu import MACHINE
 from chaser.vm.saved import IGNORE_SHARED, SavedState
 from chaser.vm.stream_filter import filter_stream
-from chaser.vm.template import qemu_version
+from chaser.vm.template import Template, hold, load_template, qemu_version
 
 if TYPE_CHECKING:
     from chaser.vm.runtime import Runtime
@@ -74,6 +74,7 @@ async def save(runtime: Runtime, vm: VirtualMachine, directory: Path, *, keep_ru
     True: the VM goes on and the disk is copied (fork). On any failure the VM keeps
     running and nothing is left in `directory`."""
     state = SavedState(directory)
+    template = await template_for_save(runtime, vm)  # refused here, before anything stops
     writable = vm.writable_disk
     assert writable is not None, "a session VM has a writable disk"
     own_disk = writable.parent == vm.dir  # ephemeral: it would go with the VM directory
@@ -110,7 +111,7 @@ async def save(runtime: Runtime, vm: VirtualMachine, directory: Path, *, keep_ru
             "ram_block": vm.ram_block,
             "disk_in_state": keep_running or own_disk,
             "stopped_s": round(stopped_s, 3),
-            **await _keep_what_differs(runtime, vm, state),
+            **await _keep_what_differs(runtime, vm, state, template),
         }
         await asyncio.to_thread(saved.write_meta, state, meta)
     except BaseException:
@@ -119,14 +120,51 @@ async def save(runtime: Runtime, vm: VirtualMachine, directory: Path, *, keep_ru
     return state
 
 
-async def _keep_what_differs(runtime: Runtime, vm: VirtualMachine, state: SavedState) -> dict[str, Any]:
-    """The stream without the pages the template has (chaser/vm/stream_filter.py), when its RAM
-    block is the template's (a cold-booted VM's is not); else the whole stream. Dropping a page
-    that equals the template's is right whatever backs the VM's RAM now: a resume maps the
-    template under it. What the meta file says about it."""
+async def template_for_save(runtime: Runtime, vm: VirtualMachine) -> Template | None:
+    """The template a save of `vm` filters its stream against: the one its RAM maps while its
+    files are still the same (else the current one: dropping a page that equals a template's
+    is right whatever backs the VM's RAM, as long as the resume maps that template). None for
+    a cold-booted VM's RAM block. 409 for a VM started from the template of other settings
+    (an adopted VM after a restart with changed settings): its state would be bound to what
+    this server runs, not to what made it."""
+    if vm.ram_block != "mem":
+        return None
+    current = runtime.template_dir()
+    own = vm.template
+    if own is not None and own.key != current.name:
+        raise errors.SnapshotIncompatible(
+            f"this VM was started from the template {own.key}, made for other settings (guest, memory, "
+            f"vCPUs, accelerator, slots or network) than this server runs (template {current.name}): a "
+            "state saved from it could not be resumed here. Nothing was changed; the session keeps running")
+    if own is None and vm.boot_method in ("template", "pool"):  # adopted from an older server's adopt.json
+        await _check_memory_size(runtime, vm)
+    if own is not None:
+        on_disk = await asyncio.to_thread(load_template, own.dir)
+        if on_disk is not None and on_disk.created_at == own.created_at:
+            return own
+    return await runtime.ensure_template()
+
+
+async def _check_memory_size(runtime: Runtime, vm: VirtualMachine) -> None:
+    """Of a VM that does not name its template: its RAM must be this server's size."""
+    answer = await vm.guard(vm.qmp.execute("query-memory-size-summary"))
+    size = answer.get("base-memory") if isinstance(answer, dict) else None
+    if isinstance(size, int) and size != runtime.settings.memory_mib * 1024 * 1024:
+        raise errors.SnapshotIncompatible(
+            f"this VM has {size >> 20} MiB of RAM and this server runs {runtime.settings.memory_mib} MiB "
+            "guests (it was started before a settings change): a state saved from it could not be "
+            "resumed here. Nothing was changed; the session keeps running")
+
+
+async def _keep_what_differs(runtime: Runtime, vm: VirtualMachine, state: SavedState,
+                             template: Template | None) -> dict[str, Any]:
+    """The stream without the pages `template` has (chaser/vm/stream_filter.py), when the VM's RAM
+    block is a template's (a cold-booted VM's is not); else the whole stream. A resume maps the
+    same template under it; the saved state holds that template (chaser/vm/template.py `hold`).
+    What the meta file says about it."""
     whole = state.whole_stream
-    if vm.ram_block == "mem":
-        template, memory_fd = await runtime.template_memory()
+    if template is not None:
+        memory_fd = await runtime.templates.memory(template)
         started = time.monotonic()
         size = runtime.settings.memory_mib * 1024 * 1024
         try:
@@ -138,13 +176,28 @@ async def _keep_what_differs(runtime: Runtime, vm: VirtualMachine, state: SavedS
         if stats is not None:
             await asyncio.to_thread(os.replace, state.partial_stream, state.memory_file)
             await asyncio.to_thread(whole.unlink)
-            return {"filtered": True, "template_created_at": template.created_at,
+            await asyncio.to_thread(hold, template, state.dir)
+            return {"filtered": True, "template": template.key, "template_created_at": template.created_at,
                     "filter_s": round(time.monotonic() - started, 3),
                     "pages_kept": stats.pages + stats.zero_pages - stats.dropped, "pages_dropped": stats.dropped}
         else:
             log.warning("VM %s: the migration stream was not rewritten; kept whole", vm.id)
     await asyncio.to_thread(os.replace, whole, state.memory_file)
     return {"filtered": False}
+
+
+async def _template_of_state(runtime: Runtime, meta: dict[str, Any]) -> Template:
+    """The template a filtered state was saved against (its meta names it; an older state's is
+    the current one), with the same creation time: else the dropped pages are not there."""
+    key = meta.get("template")
+    if isinstance(key, str) and key:
+        template = await asyncio.to_thread(load_template, runtime.templates_dir / key)
+    else:
+        template = await runtime.ensure_template()
+    if template is None or template.created_at != meta.get("template_created_at"):
+        raise errors.SnapshotIncompatible(
+            "the template snapshot this state was saved against was rebuilt or removed: it cannot be resumed")
+    return template
 
 
 async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: str | None = None,
@@ -160,12 +213,10 @@ async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: s
         raise errors.SnapshotIncompatible("the saved state's disk is missing")
     # A filtered stream lacks the pages the template has: the RAM must be the same template's.
     # A whole one loads into anonymous RAM under the same block id (zero pages stay untouched).
-    memory_fd = None
+    memory_fd, template = None, None
     if meta.get("filtered"):
-        template, memory_fd = await runtime.template_memory()
-        if template.created_at != meta.get("template_created_at"):
-            raise errors.SnapshotIncompatible(
-                "the template snapshot this state was saved against was rebuilt: it cannot be resumed")
+        template = await _template_of_state(runtime, meta)
+        memory_fd = await runtime.templates.memory(template)
     vm_id = f"vm-{secrets.token_hex(6)}"
     vm_dir = runtime.settings.vms_dir / vm_id
     vm_dir.mkdir(parents=True)
@@ -201,6 +252,9 @@ async def resume(runtime: Runtime, spec: VMSpec, directory: Path, *, hostname: s
     vm.session_id = spec.session_id
     vm.image_disk = Path(meta["image_disk"])
     vm.ram_block = str(meta.get("ram_block", "builtin"))
+    vm.template = template
+    if template is not None:
+        await asyncio.to_thread(hold, template, vm_dir)
     vm.writable_disk = writable
     vm.disk_quota_bytes = spec.writable_size_bytes or runtime.settings.writable_size_bytes
     runtime.vms[vm_id] = vm

@@ -1,11 +1,16 @@
 """The template snapshot: one guest booted once per (guest assets, memory,
 vCPUs, accel), its RAM kept in a file and its device state in another. Clones
-map the RAM file privately (copy-on-write) and load only the device state."""
+map the RAM file privately (copy-on-write) and load only the device state.
+
+What still needs a template holds it: a symlink in its `holds/` to the holder, a
+running VM's directory or a saved state's (chaser/vm/suspend.py). Building the
+template of another key retires the old ones, except those whose holders exist."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -42,6 +47,14 @@ class Template:
     @property
     def meta_file(self) -> Path:
         return self.dir / "meta.json"
+
+    @property
+    def holds_dir(self) -> Path:
+        return self.dir / "holds"
+
+    @property
+    def key(self) -> str:
+        return self.dir.name
 
 
 @lru_cache
@@ -98,9 +111,39 @@ def discard_failed_template(template: Template) -> bool:
     return False
 
 
+def hold(template: Template, holder: Path) -> None:
+    """`template` stays while `holder` (a directory) exists: retiring it would strand a VM
+    whose RAM maps it, or a saved state filtered against it."""
+    try:
+        template.holds_dir.mkdir(exist_ok=True)
+    except FileNotFoundError:  # discarded meanwhile: nothing left to keep
+        return
+    link = template.holds_dir / hashlib.sha256(str(holder).encode()).hexdigest()[:20]
+    try:
+        os.symlink(holder, link)
+    except FileExistsError:
+        pass
+
+
+def held(directory: Path) -> bool:
+    """Some holder of the template in `directory` still exists (stale links are removed)."""
+    try:
+        links = list((directory / "holds").iterdir())
+    except OSError:
+        return False
+    holding = False
+    for link in links:
+        if link.exists():  # follows the link: the holder is there
+            holding = True
+        else:
+            link.unlink(missing_ok=True)
+    return holding
+
+
 def retire_other_templates(templates_dir: Path, keep: Path) -> None:
+    """Every template but `keep` goes, unless something still holds it (`hold`)."""
     if not templates_dir.is_dir():
         return
     for entry in templates_dir.iterdir():
-        if entry != keep and entry.is_dir() and not entry.name.startswith("."):
+        if entry != keep and entry.is_dir() and not entry.name.startswith(".") and not held(entry):
             discard_template(entry)

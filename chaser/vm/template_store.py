@@ -7,7 +7,8 @@ chaser/vm/template.py), and their RAM as sealed memfds held by this process.
 
 A build boots one guest on placeholder disks with its RAM in a shared memfd, saves the
 device state (`x-ignore-shared`: the RAM is not in the stream), then the RAM to a file,
-and writes the meta file last. Building a template retires the templates of other keys.
+and writes the meta file last. Building a template retires the templates of other keys
+that nothing holds (chaser/vm/template.py `hold`: a running clone, a saved state).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class TemplateStore:
         self.runtime = runtime
         self.settings = runtime.settings
         self._lock = asyncio.Lock()
-        self._memory: dict[Path, int] = {}  # sealed template RAM per template directory
+        # Sealed RAM per template (directory and creation time: another process may rebuild a directory).
+        self._memory: dict[Template, int] = {}
 
     @property
     def dir(self) -> Path:
@@ -131,28 +133,27 @@ class TemplateStore:
             os.close(ram)
             raise
         self.forget(directory)
-        self._memory[directory] = ram
+        self._memory[template] = ram
         # Holds no token: the template's died with its QEMU; every clone gets its own.
         template.meta_file.write_text(json.dumps({"created_at": template.created_at}))
         return template
 
     async def memory(self, template: Template) -> int:
         """`template`'s RAM as a sealed memfd, loaded from its file once per process."""
-        fd = self._memory.get(template.dir)
+        fd = self._memory.get(template)
         if fd is None:
             size = self.settings.memory_mib * 1024 * 1024
             fd = await asyncio.to_thread(memory.load_sealed, template.memory_file, size)
-            if template.dir in self._memory:  # another restore loaded it meanwhile
+            if template in self._memory:  # another restore loaded it meanwhile
                 os.close(fd)
-                return self._memory[template.dir]
-            self._memory[template.dir] = fd
+                return self._memory[template]
+            self._memory[template] = fd
         return fd
 
     def forget(self, directory: Path) -> None:
-        """Running clones keep their own mapping; only our descriptor goes."""
-        fd = self._memory.pop(directory, None)
-        if fd is not None:
-            os.close(fd)
+        """Running clones keep their own mapping; only our descriptors of `directory`'s RAM go."""
+        for template in [t for t in self._memory if t.dir == directory]:
+            os.close(self._memory.pop(template))
 
     def discard_failed(self, template: Template) -> None:
         """After a failed restore: the template goes, unless it was rebuilt meanwhile."""

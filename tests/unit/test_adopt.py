@@ -38,7 +38,7 @@ class FakeVM:
         self.id, self.dir, self.session_id, self.pid = vm_dir.name, vm_dir, "ses_1", os.getpid()
         self.agent = type("Agent", (), {"host": "127.0.0.1", "port": 5000, "token": "secret"})()
         self.boot_method, self.ram_block, self.started_at, self.disk_quota_bytes = "cold", "builtin", 2.0, 3
-        self.image_disk = self.writable_disk = self.network = self.cgroup = None
+        self.image_disk = self.writable_disk = self.network = self.cgroup = self.template = None
 
 
 def test_state_file_is_private_and_replaced_whole(tmp_path):
