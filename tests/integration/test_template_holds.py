@@ -7,6 +7,7 @@ import asyncio
 import base64
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,12 +39,9 @@ async def test_a_fork_is_filtered_against_the_vms_template_and_holds_it(runtime,
                                            session_id="fork-holds"), state, hostname="fork-holds")
         assert fork.template == template
         await suspend._check_memory_size(runtime, fork)  # QEMU answers its RAM size: this server's
-        runtime.settings.memory_mib, memory_mib = runtime.settings.memory_mib * 2, runtime.settings.memory_mib
-        try:
-            with pytest.raises(errors.SnapshotIncompatible, match="MiB of RAM"):
-                await suspend._check_memory_size(runtime, fork)
-        finally:
-            runtime.settings.memory_mib = memory_mib
+        doubled = SimpleNamespace(settings=SimpleNamespace(memory_mib=runtime.settings.memory_mib * 2))
+        with pytest.raises(errors.SnapshotIncompatible, match="MiB of RAM"):
+            await suspend._check_memory_size(doubled, fork)  # type: ignore[arg-type]
         # Made for other settings (an adopted VM after a restart): refused before anything stops.
         fork.template = Template(dir=runtime.templates_dir / "another-key", created_at=1.0)
         with pytest.raises(errors.SnapshotIncompatible, match="another-key"):
