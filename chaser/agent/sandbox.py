@@ -139,19 +139,6 @@ def set_identity(hostname: str, workdir: str, *, new_machine: bool = False) -> N
     _write_etc(SANDBOX_ROOT, "resolv.conf", f"nameserver {SANDBOX_NAMESERVER}\n")
 
 
-def warm_up() -> None:
-    """Run one process in the sandbox: a pooled VM's first real command then
-    finds fork/exec/chroot paths already warm in the guest."""
-    import subprocess
-
-    def enter_sandbox() -> None:
-        os.chroot(SANDBOX_ROOT)
-        os.chdir("/")
-
-    subprocess.run(["/bin/true"], preexec_fn=enter_sandbox,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-
-
 def _inside(path: str) -> str:
     return os.path.join(SANDBOX_ROOT, path.lstrip("/"))
 

@@ -244,9 +244,19 @@ class Agent:
         if self.dev_mode:
             raise conflict("prepare needs a guest (not --sandbox-root mode)")
         await self._mount(disks)
-        from . import sandbox
-        await asyncio.get_running_loop().run_in_executor(None, sandbox.warm_up)
+        await self._warm_up()
         return web.json_response({"status": "prepared"})
+
+    async def _warm_up(self) -> None:
+        """Run `true` the way /exec does, then forget it (the session sees no trace). Under TCG a
+        restored QEMU translates each guest code path on its first run: a pooled VM's first real
+        command then finds the exec path (the agent's and the kernel's) done (docs/performance.md)."""
+        cwd, user, env, preexec = self.spawn_setup(None, None, None, "dumb")
+        p = await self.procs.spawn(argv_of("true"), "true", cwd, user.name, env, preexec)
+        try:
+            await self.procs.run_foreground(p, 30, 0)
+        finally:
+            self.procs.processes.pop(p.id, None)
 
     async def _mount(self, disks: dict) -> None:
         from . import sandbox

@@ -36,6 +36,8 @@ def test_pooled_sessions_share_nothing_and_a_dead_pool_vm_is_replaced(tmp_path):
                        message="the warm pool never filled")
             sessions = [api.post("/v1/sessions", json={"ephemeral": True}).json()["id"] for _ in range(2)]
             assert [boot_method(api, sid) for sid in sessions] == ["pool", "pool"]
+            # The pool's warm-up command left no trace in a session's process table.
+            assert [api.get(f"/v1/sessions/{sid}/commands").json()["commands"] for sid in sessions] == [[], []]
             seen = [run(api, sid, "hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1; "
                                   "echo $CHASER_SESSION_ID").split("\n")[:4] for sid in sessions]
             for column in range(4):
