@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, ServerProcess
 from tests.support.harness import TEST_RATE_LIMIT_PER_MINUTE
 from tests.support.net import free_port
 from tests.support.wait import wait_until
@@ -142,3 +143,28 @@ def test_two_servers_are_two_nodes_and_a_killed_one_loses_its_sessions(postgres,
         for server in (first, second):
             if server is not None:
                 server.kill(signal.SIGTERM)
+
+
+@pytest.mark.vm
+def test_a_real_server_registers_its_capacity_and_its_sessions_carry_its_node(postgres, tmp_path):
+    """QEMU on this machine: the node's capacity is admission's (chaser/vm/admission.py), a VM's session
+    names the node, /readyz is ready once the runtime prepared the host."""
+    from chaser.config import Settings
+    from chaser.vm.admission import Admission
+
+    server = ServerProcess(home=tmp_path / "home", config_file=tmp_path / "config.json",
+                           extra_env={"CHASER_DATABASE_URL": postgres.create_database()}).start()
+    try:
+        assert httpx.get(f"{server.url}/readyz", timeout=10).json() == {"status": "ready"}
+        with server.client() as http:
+            [node] = check(http.get("/v1/nodes"))["nodes"]
+            limits = Admission(Settings(home=server.home)).limits
+            assert node["capacity"]["sessions"] == limits.max_sessions
+            assert node["capacity"]["memory_mib"] == limits.host_memory_total_mib - limits.memory_reserve_mib
+            assert node["capacity"]["vcpus"] == os.cpu_count() and node["current"]
+            session = check(http.post("/v1/sessions", json={"ephemeral": True}), 201)
+            assert session["node_id"] == node["id"] == (server.home / "node-id").read_text().strip()
+            assert check(http.get(f"/v1/nodes/{node['id']}"))["sessions_running"] == 1
+            check(http.delete(f"/v1/sessions/{session['id']}"))
+    finally:
+        server.stop()
