@@ -99,7 +99,7 @@ class WarmPool(Generic[VM]):
     def starting(self) -> Iterator[None]:
         """Around a session's start: the pool boots nothing meanwhile and refills after the last
         one. A refill's restore would take the CPU that the claimed VM's `/init` and first
-        command need (docs/performance.md, "Warm pool")."""
+        command need (docs/architecture.md, "Warm pool")."""
         self._hold()
         try:
             yield

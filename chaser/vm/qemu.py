@@ -15,10 +15,10 @@ from chaser.agent.protocol import (
 )
 
 QEMU_BINARY = "qemu-system-x86_64"
-# pit/pic/rtc on: boots are reliable with them under TCG (docs/architecture.md, "Facts").
+# pic/rtc on: boots are reliable with them under TCG (docs/architecture.md, "Facts").
 # pit=off: the guest keeps time with the TSC and the local APIC timer, and an emulated i8254
 # woke the host ~37 times a second per idle VM: 0.69 → 0.55 % CPU per idle VM, boots as reliable
-# (docs/performance.md, "Idle CPU").
+# (docs/performance.md, "What each change bought").
 MACHINE = "microvm,x-option-roms=off,isa-serial=on,pit=off,pic=on,rtc=on"
 # The guest's MAC: fixed, like every other address a restored clone remembers.
 GUEST_MAC = "52:54:00:12:34:56"
