@@ -158,7 +158,14 @@ class VirtualMachine:
             raise errors.VMCrashed(self.exit_reason or "the VM is not running")
         task = asyncio.ensure_future(awaitable)
         task.add_done_callback(lambda _: self.call_finished.set())
-        done, _ = await asyncio.wait({task, self._exited}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({task, self._exited}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The caller gave up (a warm pool closing mid-/prepare): so does the call, and how it
+            # ended is nobody's ("Task exception was never retrieved" otherwise).
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            raise
         if task in done:
             try:
                 return task.result()
