@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -152,6 +153,7 @@ def main() -> None:
         api.close()
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 
