@@ -108,6 +108,8 @@ def test_the_node_runs_privileged_on_sandbox_machines_with_its_data_on_the_host(
     assert {"key": "chaser.dev/sandbox", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert spec["hostPID"] is True  # the next pod sees the QEMUs a restarted one left, to adopt them
+    namespace = one(objects, "Namespace", node["metadata"]["namespace"])
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
     assert spec["terminationGracePeriodSeconds"] >= 60
     main = container(node, "node")
     assert main["command"] == ["chaser", "node"]
