@@ -273,15 +273,25 @@ async def discard(runtime: Runtime, state: AdoptState) -> None:
     await asyncio.to_thread(shutil.rmtree, runtime.settings.vms_dir / state.vm_id, ignore_errors=True)
 
 
+LOCK_RELEASE_WAIT_S = 3.0
+
+
 async def _remove_namespace(index: int) -> None:
     """Its namespace, unless somebody holds the slot's lock (a server that took the slot since)."""
     namespace.LOCK_DIR.mkdir(parents=True, exist_ok=True)
     fd = os.open(namespace.LOCK_DIR / f"{index}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return
+        # A QEMU just killed may hold the lock a moment longer (its memory is torn down first).
+        deadline = time.monotonic() + LOCK_RELEASE_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.info("namespace %s%s kept: its slot is in use", namespace.NAME_PREFIX, index)
+                    return
+                await asyncio.sleep(0.05)
         await namespace.remove_namespace(f"{namespace.NAME_PREFIX}{index}", f"{HOST_VETH_PREFIX}{index}")
     finally:
         os.close(fd)

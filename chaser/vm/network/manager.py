@@ -93,9 +93,11 @@ class SandboxNetwork:
         self.policy = policy
 
     async def restart_resolver(self, policy: EgressPolicy) -> None:
-        """An adopted namespace: its table holds `policy` still; its dnsmasq died with the
-        server that started it (a child that dies with its parent) and starts again."""
+        """An adopted namespace: its table holds `policy` still; its resolver starts again. The
+        dead server's dnsmasq may still run there: it changes its user at start, which clears the
+        parent-death signal, so it outlives a SIGKILLed server; it is killed first."""
         await dns.stop_process(self.dnsmasq)
+        await namespace.kill_in_namespace(self.slot.name, command="dnsmasq")
         argv = dns.dnsmasq_argv(policy, upstreams=self.manager.dns_servers, hosts=self.manager.settings.network_hosts)
         self.dnsmasq = await dns.start_dnsmasq(self.netns_path, argv, LOCK_DIR / f"{self.slot.index}.dnsmasq.log")
         self.policy = policy

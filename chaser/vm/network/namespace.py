@@ -139,16 +139,27 @@ async def create_namespace(slot: Slot) -> None:
         raise
 
 
+async def kill_in_namespace(name: str, *, command: str | None = None) -> list[int]:
+    """SIGKILL the processes in namespace `name` (only those named `command`, when given)."""
+    killed: list[int] = []
+    if not (NETNS_DIR / name).exists():
+        return killed
+    for pid in (await run("ip", "netns", "pids", name, check=False)).split():
+        try:
+            if command is not None and Path(f"/proc/{pid}/comm").read_text().strip() != command:
+                continue
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+        except (OSError, ValueError):
+            pass
+    return killed
+
+
 async def remove_namespace(name: str, host_veth: str | None = None) -> None:
     """Kill what runs in the namespace (a dnsmasq whose server died before it),
     delete it (its veth end, tap and nftables go with it) and the host veth."""
     if (NETNS_DIR / name).exists():
-        pids = await run("ip", "netns", "pids", name, check=False)
-        for pid in pids.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        await kill_in_namespace(name)
         await run("ip", "netns", "delete", name, check=False)
     if host_veth and Path(f"/sys/class/net/{host_veth}").exists():
         await run("ip", "link", "delete", host_veth, check=False)
