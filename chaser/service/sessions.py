@@ -47,7 +47,7 @@ from chaser.service.session_network import SessionNetworks
 from chaser.service.suspend import Suspender
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database, SessionRow, Workspace
-from chaser.store.claims import WorkspaceGone, claim_workspace
+from chaser.store.claims import WorkspaceElsewhere, WorkspaceGone, claim_workspace
 from chaser.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -269,9 +269,13 @@ class SessionManager:
                 s.add(row)
             else:
                 try:
-                    holder = claim_workspace(s, row, active=ACTIVE_STATUSES, known=self.live)
+                    holder = claim_workspace(s, row, active=ACTIVE_STATUSES, known=self.live, node_id=self.nodes.id)
                 except WorkspaceGone:
                     raise errors.WorkspaceNotFound(f"no workspace {row.workspace_id!r}") from None
+                except WorkspaceElsewhere as elsewhere:
+                    name = live.workspace_name or row.workspace_id
+                    raise errors.WorkspaceElsewhere(f"workspace {name}'s disk is on node {elsewhere.args[0]}, "
+                                                    f"not this one ({self.nodes.id})") from None
                 if holder is not None:
                     raise errors.WorkspaceBusy(f"workspace {live.workspace_name} has an active session {holder} "
                                                "on another server sharing this database")

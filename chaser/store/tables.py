@@ -72,6 +72,8 @@ class Workspace(Base):
     source_workspace_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # clone_from
     # Egress policy its sessions inherit (EgressPolicy.to_dict()); None: the server default.
     network: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The node its disk lives on (migration 0007); None: no session has used it yet.
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class WorkspaceSnapshot(Base):
