@@ -42,15 +42,17 @@ def node_capacity(settings: Settings) -> NodeCapacity:
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None, *,
-               reaper_interval: float = REAPER_INTERVAL_S) -> FastAPI:
-    """The whole server: the API over `runtime` (default: QEMU on this machine) and MCP."""
+               reaper_interval: float = REAPER_INTERVAL_S, node: bool = False) -> FastAPI:
+    """The whole server: the API over `runtime` (default: QEMU on this machine) and MCP;
+    `node`: as `chaser node` serves it (to API replicas only). With CHASER_LOCAL_RUNTIME=false:
+    an API replica (no runtime: chaser/api/node_routing.py)."""
     settings = settings or get_settings()
     if runtime is not None:
         app = create_api(settings, runtime=runtime, reaper_interval=reaper_interval,
-                         node_capacity=lambda: node_capacity(settings))
+                         node_capacity=lambda: node_capacity(settings), node=node)
     else:
         app = create_api(settings, runtime_factory=lambda: qemu_runtime(settings), reaper_interval=reaper_interval,
-                         node_capacity=lambda: node_capacity(settings))
+                         node_capacity=lambda: node_capacity(settings), node=node)
     services = app.state.services
     mount_e2b(app)  # the E2B control plane at /e2b (its ingress: `e2b_ingress`, started by `chaser server`)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -196,6 +196,41 @@ class Settings(BaseSettings):
         "active sessions end `failed` (`node_lost`). Longer than `CHASER_NODE_HEARTBEAT_S`; the servers' clocks "
         "must agree to within a fraction of it.",
     )
+    local_runtime: bool = Field(
+        True,
+        description="`true`: this server runs the VMs of its sessions itself (one process, `make serve`). "
+        "`false`: a stateless API replica: it places sessions on `chaser node` processes sharing "
+        "`CHASER_DATABASE_URL` and routes every per-session request to the session's node "
+        "(docs/deploy.md, \"Several machines by hand\"); needs `CHASER_NODE_TOKEN`.",
+    )
+    node_token: SecretStr | None = Field(
+        None,
+        description="The shared secret between API replicas and `chaser node`s: a node answers only "
+        "requests carrying it (header `x-chaser-node-token`), a replica sends it. At least 16 characters.",
+    )
+    advertise_url: str | None = Field(
+        None,
+        description="Where API replicas reach this node (`chaser node --advertise-url`), "
+        "`http(s)://host:port`; unset: `CHASER_PUBLIC_URL`.",
+    )
+    node_listen: str = Field(
+        "0.0.0.0:8081", description="`HOST:PORT` that `chaser node` listens on (`--listen`).",
+    )
+    node_ca_bundle: Path | None = Field(
+        None,
+        description="PEM certificates an API replica trusts for nodes served over HTTPS (a node's "
+        "`CHASER_TLS_CERT`, self-signed or of a private CA); unset: the system's.",
+    )
+    placement_choices: int = Field(
+        2, ge=1,
+        description="A replica places a new session on the best of this many nodes drawn at random among "
+        "those that accept sessions (free memory, then free vCPUs; a node that already ran the image first).",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="The first admin API key (`sk_` + 32 or more URL-safe characters), installed when the "
+        "database has no key yet: a deployment's Secret instead of the key printed at the first start.",
+    )
     session_idle_timeout_s: int = Field(
         1800,
         description="The reaper terminates a session that had no request in progress for this long "
@@ -322,6 +357,15 @@ class Settings(BaseSettings):
             raise ValueError("CHASER_TLS_CERT and CHASER_TLS_KEY go together: set both (HTTPS) or neither")
         if self.public_url is not None:
             self.public_url = check_public_url(self.public_url)
+        if self.advertise_url is not None:
+            try:
+                self.advertise_url = check_public_url(self.advertise_url)
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("CHASER_PUBLIC_URL", "CHASER_ADVERTISE_URL")) from None
+        if self.node_token is not None and len(self.node_token.get_secret_value()) < 16:
+            raise ValueError("CHASER_NODE_TOKEN must be at least 16 characters")
+        if not self.local_runtime and self.node_token is None:
+            raise ValueError("CHASER_LOCAL_RUNTIME=false (an API replica) needs CHASER_NODE_TOKEN")
         return self
 
     @property

@@ -127,6 +127,12 @@ class WorkspaceBusy(Conflict):
     code = "workspace_busy"
 
 
+class WorkspaceElsewhere(Conflict):
+    """The workspace's disk lives on another node than the one asked to run it."""
+
+    code = "workspace_on_other_node"
+
+
 class WorkspaceExists(Conflict):
     code = "workspace_exists"
 
@@ -242,6 +248,29 @@ class NodeCordoned(SandboxRuntimeError):
     """This node is cordoned (or draining): it starts no new session; running ones carry on."""
 
     code = "node_cordoned"
+
+
+class NoNodeAvailable(SandboxRuntimeError):
+    """An API replica found no node that accepts a new session (all cordoned, lost or full)."""
+
+    code = "no_node_available"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class NodeUnavailable(SandboxRuntimeError):
+    """The node that runs the session (or holds the workspace's disk) does not answer."""
+
+    code = "node_unavailable"
+
+
+class NodeTokenRequired(ChaserError):
+    """A node serves only API replicas: the request lacks their node token, or it is wrong."""
+
+    code = "node_token_required"
+    status = 401
 
 
 class AgentError(ChaserError):

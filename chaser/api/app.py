@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -18,7 +19,7 @@ from chaser.api.ratelimit import RateLimitHeadersMiddleware
 from chaser.config import Settings
 from chaser.runtime import Runtime
 from chaser.service import recovery
-from chaser.service.container import build_services
+from chaser.service.container import Services, build_services
 from chaser.service.nodes import NodeCapacity
 
 log = logging.getLogger("chaser.api")
@@ -30,10 +31,15 @@ DRAIN_LIMIT_FACTOR = 4
 def create_api(settings: Settings, *, runtime: Runtime | None = None,
                runtime_factory: Callable[[], Runtime] | None = None,
                reaper_interval: float = REAPER_INTERVAL_S,
-               node_capacity: Callable[[], NodeCapacity] | None = None) -> FastAPI:
+               node_capacity: Callable[[], NodeCapacity] | None = None, node: bool = False) -> FastAPI:
     """The REST API over `runtime`, or over the one `runtime_factory` makes at start-up
     (a QEMU runtime reaps what a dead server left: it is made when the server starts);
-    `node_capacity`: what this server registers as its node's (chaser/service/nodes.py)."""
+    `node_capacity`: what this server registers as its node's (chaser/service/nodes.py).
+    `node`: served as a `chaser node` (only to API replicas: chaser/api/node_guard.py).
+    Without a local runtime (CHASER_LOCAL_RUNTIME=false) it is an API replica: no runtime,
+    every request that needs a VM routed to a node (chaser/api/node_routing.py)."""
+    if not settings.local_runtime:
+        return create_replica(settings)
     if (runtime is None) == (runtime_factory is None):
         raise ValueError("pass one of runtime or runtime_factory")
     services = build_services(settings, runtime, node_capacity=node_capacity)
@@ -66,6 +72,46 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
             await services.audit.flush()  # the shutdown's own events (server_shutdown ends) included
             services.db.dispose()
 
+    app = build_app(settings, services, lifespan, runtime_prepared=lambda: readiness["runtime"])
+    if node:
+        from chaser.api.node_guard import NodeGuardMiddleware
+
+        assert settings.node_token is not None  # `chaser node` checks it first
+        app.add_middleware(NodeGuardMiddleware, token=settings.node_token.get_secret_value())
+    return app
+
+
+def create_replica(settings: Settings) -> FastAPI:
+    """An API replica: the database's answers here, a VM's requests on its node."""
+    from chaser.api.node_proxy import NodeProxy
+    from chaser.api.node_routing import NodeRoutingMiddleware
+
+    services = build_services(settings, None)
+    assert settings.node_token is not None  # the settings refuse a replica without one
+    proxy = NodeProxy(settings.node_token.get_secret_value(),
+                      ca_bundle=str(settings.node_ca_bundle) if settings.node_ca_bundle else None)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # No VM, no node of its own: it only helps notice lost nodes (with one node left, nobody else would).
+        sweeper = asyncio.create_task(services.nodes.watch_others(services.sessions), name="lost-nodes")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await proxy.close()
+            await services.audit.flush()
+            services.db.dispose()
+
+    app = build_app(settings, services, lifespan, runtime_prepared=lambda: True)
+    app.add_middleware(NodeRoutingMiddleware, services=services, settings=settings, proxy=proxy)
+    return app
+
+
+def build_app(settings: Settings, services: Services, lifespan: Callable[[FastAPI], Any], *,
+              runtime_prepared: Callable[[], bool]) -> FastAPI:
     app = FastAPI(
         title="Chaser API",
         version=__version__,
@@ -105,7 +151,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
 
     from chaser.api.health import install_readiness
 
-    install_readiness(app, services, runtime_prepared=lambda: readiness["runtime"])
+    install_readiness(app, services, runtime_prepared=runtime_prepared)
 
     from chaser.api.access_log import redact_tokens_in_logs
     from chaser.api.console import install_console  # the web console's static files at /console/

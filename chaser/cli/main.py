@@ -65,6 +65,7 @@ app.command("forward")(forward_cmd.forward_command)
 app.command("console")(console_cmd.console_command)
 
 app.command("server")(server.server_command)
+app.command("node")(server.node_command)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from chaser.service.forward import ForwardService
 from chaser.service.images import ImageService
 from chaser.service.keys import KeyManager
 from chaser.service.nodes import NodeCapacity, NodeRegistry
+from chaser.service.placement import Placement
 from chaser.service.pty import Terminals
 from chaser.service.ratelimit import RateLimiter, rate_limiter_for
 from chaser.service.reaper import Reaper
@@ -41,6 +42,7 @@ class Services:
     terminals: Terminals
     forwarding: ForwardService
     rate_limiter: RateLimiter
+    placement: Placement  # where an API replica sends a request
 
 
 def build_services(settings: Settings, runtime: Runtime | None = None, *,
@@ -64,4 +66,4 @@ def build_services(settings: Settings, runtime: Runtime | None = None, *,
                     nodes=nodes, disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings),
                     terminals=Terminals(sessions), forwarding=ForwardService(sessions),
-                    rate_limiter=rate_limiter_for(settings))
+                    rate_limiter=rate_limiter_for(settings), placement=Placement(db, settings))

@@ -23,6 +23,20 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+GIVEN_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def check_given_key(key: str) -> str:
+    """An operator's key (`CHASER_ADMIN_KEY`) as strong as a generated one: `sk_` + 32 or more
+    URL-safe characters; errors.InvalidRequest otherwise (the value is never in the message)."""
+    body = key.removeprefix("sk_")
+    if not key.startswith("sk_") or len(body) < 32 or not set(body) <= GIVEN_KEY_CHARS:
+        raise errors.InvalidRequest("the given API key must be sk_ followed by 32 or more URL-safe characters "
+                                    "(A-Z a-z 0-9 - _); make one with: python3 -c 'import secrets; "
+                                    "print(\"sk_\" + secrets.token_urlsafe(32))'")
+    return key
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: one API key of one account."""
@@ -75,11 +89,16 @@ class KeyManager:
         full_access: bool = False,
         by: Principal | None = None,
         key_format: str = "chaser",
+        secret: str | None = None,
     ) -> CreatedKey:
         """Create a key without permission checks (server start-up, tests; `by`: who asked).
-        `key_format` `e2b`: `e2b_` + 40 hex (E2B's JS SDK checks that shape), else `sk_…`."""
+        `key_format` `e2b`: `e2b_` + 40 hex (E2B's JS SDK checks that shape), else `sk_…`;
+        `secret`: the key itself, given by the operator (`CHASER_ADMIN_KEY`): checked by `check_given_key`."""
         self.ensure_account(account_id)
-        key = "e2b_" + secrets.token_hex(20) if key_format == "e2b" else "sk_" + secrets.token_urlsafe(32)
+        if secret is not None:
+            key = check_given_key(secret)
+        else:
+            key = "e2b_" + secrets.token_hex(20) if key_format == "e2b" else "sk_" + secrets.token_urlsafe(32)
         row = ApiKey(
             id="key_" + secrets.token_hex(8), account_id=account_id, key_hash=hash_key(key),
             key_prefix=key[:KEY_PREFIX_CHARS], name=name, scopes=sorted(set(scopes or [])),

@@ -133,6 +133,11 @@ class NodeRegistry:
         self.name = settings.node_name or socket.gethostname()
 
     # --- this node ----------------------------------------------------------------------------
+    @property
+    def advertised_url(self) -> str | None:
+        """Where API replicas reach this node: CHASER_ADVERTISE_URL, else CHASER_PUBLIC_URL."""
+        return self.settings.advertise_url or self.settings.public_url
+
     def register(self) -> NodeRecord:
         """Upsert this node's row at start: active again (a cordon or drain an operator set stays)."""
         capacity = self._capacity()
@@ -142,7 +147,7 @@ class NodeRegistry:
             if row is None:
                 row = NodeRow(id=self.id, status=NodeStatus.ACTIVE, created_at=now)
                 s.add(row)
-            row.name, row.advertise_url, row.version, row.labels = (self.name, self.settings.public_url,
+            row.name, row.advertise_url, row.version, row.labels = (self.name, self.advertised_url,
                                                                    __version__, {})
             row.capacity_vcpus, row.capacity_memory_mib = capacity.vcpus, capacity.memory_mib
             row.capacity_disk_mib, row.capacity_sessions = capacity.disk_mib, capacity.sessions
@@ -286,6 +291,15 @@ class NodeRegistry:
             log.warning("node %s had been marked lost; the sessions the database ended stop", self.id)
         await self.reconcile(sessions)
         await self.sweep(sessions)
+
+    async def watch_others(self, sessions: SessionManager) -> None:
+        """An API replica's share: only the look for lost nodes, every heartbeat period."""
+        while True:
+            await asyncio.sleep(self.settings.node_heartbeat_s)
+            try:
+                await self.sweep(sessions)
+            except Exception:
+                log.exception("looking for lost nodes failed")
 
     async def run(self, sessions: SessionManager) -> None:
         while True:

@@ -51,7 +51,12 @@ def test_server_command_registered_once_module_exists(monkeypatch):
         """Run the server."""
         print(f"serving on {port}")
 
+    def node_command(listen: str = "0.0.0.0:8081") -> None:
+        """Run a node."""
+        print(f"node on {listen}")
+
     fake_module.server_command = server_command
+    fake_module.node_command = node_command
     import chaser.cli.commands as commands_package
 
     monkeypatch.setitem(sys.modules, "chaser.cli.commands.server", fake_module)
@@ -60,6 +65,8 @@ def test_server_command_registered_once_module_exists(monkeypatch):
         reloaded = importlib.reload(main)
         result = CliRunner().invoke(reloaded.app, ["server", "--port", "9"])
         assert result.exit_code == 0 and "serving on 9" in result.stdout
+        result = CliRunner().invoke(reloaded.app, ["node", "--listen", "127.0.0.2:9"])
+        assert result.exit_code == 0 and "node on 127.0.0.2:9" in result.stdout
     finally:
         monkeypatch.undo()
         importlib.reload(main)

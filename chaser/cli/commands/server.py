@@ -83,12 +83,22 @@ def write_cli_config(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def ensure_admin_key(services, *, url: str, config_file: Path, echo=print, ca_bundle: Path | None = None) -> str:
+def ensure_admin_key(services, *, url: str, config_file: Path, echo=print, ca_bundle: Path | None = None,
+                     given: str | None = None) -> str | None:
     """Print the API URL and a usable admin key. A key is created (and saved to
     the CLI config) when the database has none, or the saved one no longer works.
     With TLS the config's `ca_bundle` is the server's certificate (so the CLI on this
-    machine trusts a self-signed one); without, it is dropped."""
+    machine trusts a self-signed one); without, it is dropped.
+    `given` (CHASER_ADMIN_KEY, a deployment's Secret): installed when the database has no key,
+    and never printed; then nothing else is created or saved."""
     echo(f"API URL: {url}")
+    if given is not None:
+        if not services.keys.has_any_key():
+            services.keys.create(name="admin", full_access=True, secret=given)
+            echo("API key: the one of CHASER_ADMIN_KEY (installed: the database had none)")
+        else:
+            echo("API key: CHASER_ADMIN_KEY is set and the database has keys: nothing created")
+        return None
     config = read_cli_config(config_file)
     stale = config.get("api_url") != url or config.get("ca_bundle") != (str(ca_bundle) if ca_bundle else None)
     config = {key: value for key, value in config.items() if key != "ca_bundle"}
@@ -151,6 +161,7 @@ def serve(host: str | None = None, port: int | None = None, data_dir: Path | Non
 
     from chaser.assembly import create_app
     from chaser.datadir import use_private_umask
+    from chaser.errors import InvalidRequest
 
     settings = server_settings(host, port, data_dir, tls_cert, tls_key)
     use_private_umask()  # everything it creates is its user's only: CHASER_HOME 0700, files 0600
@@ -161,8 +172,13 @@ def serve(host: str | None = None, port: int | None = None, data_dir: Path | Non
         logging.getLogger("chaser.server").warning(warning)
     app = create_app(settings)
     url = settings.public_url or api_url(settings.host, settings.port, tls=tls)
-    ensure_admin_key(app.state.services, url=url, config_file=settings.config_file,
-                     echo=lambda line: print(line, flush=True), ca_bundle=settings.tls_cert)
+    given = settings.admin_key.get_secret_value() if settings.admin_key is not None else None
+    try:
+        ensure_admin_key(app.state.services, url=url, config_file=settings.config_file,
+                         echo=lambda line: print(line, flush=True), ca_bundle=settings.tls_cert, given=given)
+    except InvalidRequest as exc:
+        print(f"error: CHASER_ADMIN_KEY: {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     certfile, keyfile = (str(settings.tls_cert), str(settings.tls_key)) if tls else (None, None)
     api = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                                         timeout_graceful_shutdown=30, ssl_certfile=certfile, ssl_keyfile=keyfile))
@@ -208,6 +224,103 @@ def server_command(
 ) -> None:
     """Run the Chaser API server."""
     serve(host, port, data_dir, tls_cert, tls_key)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[v6]:PORT`) → (host, port); ValueError with the reason."""
+    host, sep, port = listen.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {listen!r} must be HOST:PORT, e.g. 0.0.0.0:8081")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def node_settings(database_url: str | None, advertise_url: str | None, listen: str | None,
+                  data_dir: Path | None, tls_cert: Path | None, tls_key: Path | None):
+    """The settings `chaser node` runs with: a shared database, a node token and an advertised URL
+    are required; restarts keep VMs (CHASER_KEEP_VMS_ON_EXIT defaults to true on a node)."""
+    from pydantic import ValidationError
+
+    from chaser.config import Settings
+
+    overrides: dict = {"local_runtime": True}
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    if advertise_url is not None:
+        overrides["advertise_url"] = advertise_url
+    if listen is not None:
+        overrides["node_listen"] = listen
+    if data_dir is not None:
+        overrides["home"] = Path(data_dir).expanduser().resolve()
+    for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+        if value is not None:
+            overrides[name] = Path(value).expanduser().resolve()
+    if "CHASER_KEEP_VMS_ON_EXIT" not in os.environ:
+        overrides["keep_vms_on_exit"] = True
+    try:
+        settings = Settings(**overrides)
+        host, port = split_listen(settings.node_listen)
+        settings = settings.model_copy(update={"host": host, "port": port})
+    except (ValidationError, ValueError) as exc:
+        messages = ("; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+                    if isinstance(exc, ValidationError) else str(exc))
+        print(f"error: invalid configuration: {messages}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    missing = [flag for flag, value in (("--database-url (CHASER_DATABASE_URL)", settings.database_url),
+                                        ("CHASER_NODE_TOKEN", settings.node_token),
+                                        ("--advertise-url (CHASER_ADVERTISE_URL)",
+                                         settings.advertise_url or settings.public_url)) if not value]
+    if missing:
+        print(f"error: chaser node needs {', '.join(missing)}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            check_tls_files(settings.tls_cert, settings.tls_key)
+        except TLSConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    return settings
+
+
+def serve_node(database_url: str | None = None, advertise_url: str | None = None, listen: str | None = None,
+               data_dir: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    """Run this machine's VM runtime for the API replicas, in the foreground."""
+    import uvicorn
+
+    from chaser.assembly import create_app
+    from chaser.datadir import use_private_umask
+
+    settings = node_settings(database_url, advertise_url, listen, data_dir, tls_cert, tls_key)
+    use_private_umask()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tls = settings.tls_cert is not None
+    warning = plain_http_warning(settings.host, tls=tls)
+    if warning:
+        logging.getLogger("chaser.node").warning(warning.replace("API keys and everything else",
+                                                                 "the node token, API keys and everything else"))
+    app = create_app(settings, node=True)
+    nodes = app.state.services.nodes
+    print(f"node {nodes.id} ({nodes.name}) on {api_url(settings.host, settings.port, tls=tls)}, "
+          f"advertised as {nodes.advertised_url}", flush=True)
+    certfile, keyfile = (str(settings.tls_cert), str(settings.tls_key)) if tls else (None, None)
+    uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                                  timeout_graceful_shutdown=30, ssl_certfile=certfile, ssl_keyfile=keyfile)).run()
+
+
+def node_command(
+    database_url: str = typer.Option(None, "--database-url", help="The database shared with the API replicas "
+                                     "(env CHASER_DATABASE_URL): postgresql+psycopg://USER:PASSWORD@HOST/DB."),
+    advertise_url: str = typer.Option(None, "--advertise-url", help="Where the API replicas reach this node, "
+                                      "http(s)://HOST:PORT (env CHASER_ADVERTISE_URL)."),
+    listen: str = typer.Option(None, "--listen", help="HOST:PORT to listen on (env CHASER_NODE_LISTEN; "
+                               "default 0.0.0.0:8081)."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Data directory: VMs, workspace disks, images "
+                                  "(env CHASER_HOME)."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate to serve HTTPS with "
+                                  "(env CHASER_TLS_CERT)."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert (env CHASER_TLS_KEY)."),
+) -> None:
+    """Run this machine's sandboxes for the API replicas (needs CHASER_NODE_TOKEN)."""
+    serve_node(database_url, advertise_url, listen, data_dir, tls_cert, tls_key)
 
 
 app = typer.Typer(help="Run the API server.", add_completion=False)
