@@ -1,7 +1,8 @@
 """The runtime seam: what the service layer may ask of whatever runs the VMs.
 
 `chaser/vm` implements it with QEMU on this machine; the test fakes implement it
-in memory; a remote node client (scale-out) implements it over HTTP. The service
+in memory. (Scale-out does not cross this seam: an API replica routes requests to the
+`chaser node` that runs the VM, docs/architecture.md "Several nodes".) The service
 layer imports only this package, never `chaser.vm`.
 
 Every call on a `SandboxVM` fails with `errors.VMCrashed` as soon as the VM
