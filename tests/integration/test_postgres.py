@@ -301,7 +301,9 @@ def test_the_api_on_postgresql(postgres, tmp_path):
         harness.close()
 
 
-def test_two_servers_on_one_database_share_a_workspace_one_session_at_a_time(postgres, tmp_path):
+def test_two_servers_on_one_database_keep_a_workspace_on_the_node_with_its_disk(postgres, tmp_path):
+    """Two servers with homes of their own are two nodes: the first session pins the workspace to its
+    node (its disk is there), so the other refuses it, running or not (409 workspace_on_other_node)."""
     url = postgres.create_database()
     first = Harness(tmp_path / "first", database_url=url)
     second = Harness(tmp_path / "second", database_url=url)
@@ -310,12 +312,12 @@ def test_two_servers_on_one_database_share_a_workspace_one_session_at_a_time(pos
         assert len(keys["keys"]) == 2  # both admin keys, in the one database
         check(first.client.post("/v1/workspaces", json={"name": "dev"}))
         session = check(first.client.post("/v1/sessions", json={"workspace": "dev"}), 201)
-        assert_error(second.client.post("/v1/sessions", json={"workspace": "dev"}), 409, "workspace_busy")
+        assert_error(second.client.post("/v1/sessions", json={"workspace": "dev"}), 409, "workspace_on_other_node")
         assert second.runtime.started == [] and len(first.runtime.started) == 1
         check(first.client.delete(f"/v1/sessions/{session['id']}"))
-        moved = check(second.client.post("/v1/sessions", json={"workspace": "dev"}), 201)
-        assert moved["id"] != session["id"] and len(second.runtime.started) == 1
-        assert_error(first.client.post("/v1/sessions", json={"workspace": "dev"}), 409, "workspace_busy")
+        assert_error(second.client.post("/v1/sessions", json={"workspace": "dev"}), 409, "workspace_on_other_node")
+        again = check(first.client.post("/v1/sessions", json={"workspace": "dev"}), 201)
+        assert again["id"] != session["id"] and len(first.runtime.started) == 2 and second.runtime.started == []
     finally:
         first.close()
         second.close()
