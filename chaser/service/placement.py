@@ -69,11 +69,6 @@ class Placement:
             return None
         return self._target(found.id, found.advertise_url, found.lost_at is not None, what=f"workspace {ref}")
 
-    def workspace_id(self, account_id: str, ref: str) -> str | None:
-        with self.db.session() as s:
-            return s.scalar(select(Workspace.id).where(Workspace.account_id == account_id,
-                                                      (Workspace.id == ref) | (Workspace.name == ref)))
-
     def pin_workspace(self, workspace_id: str, node: NodeTarget) -> NodeTarget:
         """Give a workspace of no node to `node` unless another replica gave it one first: the node
         it has now. Two replicas placing one workspace at once send both requests to one node, whose

@@ -22,31 +22,13 @@ import httpx
 import pytest
 
 from chaser.config import Settings
+from tests.support.cluster import qemu_pids_under
 from tests.support.harness import TEST_RATE_LIMIT_PER_MINUTE
 from tests.support.net import free_port
 from tests.support.wait import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-
-def qemu_pids_under(home: Path) -> list[int]:
-    """QEMU processes holding files under `home` (a jailed QEMU gets every file
-    as a descriptor, so its command line names none)."""
-    pids = []
-    needle = str(home)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if b"qemu-system" not in (entry / "cmdline").read_bytes():
-                continue
-            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except OSError:
-            continue
-        if any(target.startswith(needle) for target in targets):
-            pids.append(int(entry.name))
-    return pids
 
 
 @dataclass

@@ -11,6 +11,7 @@ import os
 import ssl
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -140,16 +141,29 @@ def server_settings(host: str | None = None, port: int | None = None, data_dir: 
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        messages = "; ".join(str(error.get("msg", "")).removeprefix("Value error, ") for error in exc.errors())
-        print(f"error: invalid configuration: {messages}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        refuse_configuration(exc)
+    check_serving_files(settings)
+    return settings
+
+
+def refuse_configuration(exc: Exception) -> NoReturn:
+    """One line on stderr (pydantic's messages, or the error's), then exit status 2."""
+    from pydantic import ValidationError
+
+    messages = ("; ".join(str(error.get("msg", "")).removeprefix("Value error, ") for error in exc.errors())
+                if isinstance(exc, ValidationError) else str(exc))
+    print(f"error: invalid configuration: {messages}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+
+
+def check_serving_files(settings) -> None:
+    """SystemExit(2) with one line on stderr when the TLS pair cannot serve HTTPS."""
     if settings.tls_cert is not None and settings.tls_key is not None:
         try:
             check_tls_files(settings.tls_cert, settings.tls_key)
         except TLSConfigError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-    return settings
 
 
 def serve(host: str | None = None, port: int | None = None, data_dir: Path | None = None,
@@ -261,10 +275,7 @@ def node_settings(database_url: str | None, advertise_url: str | None, listen: s
         host, port = split_listen(settings.node_listen)
         settings = settings.model_copy(update={"host": host, "port": port})
     except (ValidationError, ValueError) as exc:
-        messages = ("; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
-                    if isinstance(exc, ValidationError) else str(exc))
-        print(f"error: invalid configuration: {messages}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        refuse_configuration(exc)
     missing = [flag for flag, value in (("--database-url (CHASER_DATABASE_URL)", settings.database_url),
                                         ("CHASER_NODE_TOKEN", settings.node_token),
                                         ("--advertise-url (CHASER_ADVERTISE_URL)",
@@ -272,12 +283,7 @@ def node_settings(database_url: str | None, advertise_url: str | None, listen: s
     if missing:
         print(f"error: chaser node needs {', '.join(missing)}", file=sys.stderr, flush=True)
         raise SystemExit(2)
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        try:
-            check_tls_files(settings.tls_cert, settings.tls_key)
-        except TLSConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+    check_serving_files(settings)
     return settings
 
 
