@@ -286,3 +286,18 @@ class ImageConversionFailed(ChaserError):
 
     code = "image_conversion_failed"
     status = 500
+
+
+class NodeError(ChaserError):
+    """Another node refused a request this one sent it; keeps that node's code and status."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class ChecksumMismatch(ChaserError):
+    """A moved file's checksum, read back where it was written, differs from the sender's."""
+
+    code = "checksum_mismatch"
+    status = 502

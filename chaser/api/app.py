@@ -52,6 +52,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
             services.sessions.attach_runtime(runtime_factory())
         await services.sessions.runtime.prepare_host()  # e.g. removes a dead server's namespaces
         readiness["runtime"] = True
+        await asyncio.to_thread(services.mover.remove_incoming)  # moves a crash cut short
         await asyncio.to_thread(services.nodes.register)  # before recovery: it knows its own sessions by it
         await recovery.adopt_running(services.sessions)  # VMs an earlier process left running
         services.reaper.recover_on_start()
@@ -69,6 +70,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
                 await recovery.detach(services.sessions)
             else:
                 await services.sessions.shutdown()
+            await services.mover.close()
             await services.audit.flush()  # the shutdown's own events (server_shutdown ends) included
             services.db.dispose()
 
@@ -77,6 +79,9 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
         from chaser.api.node_guard import NodeGuardMiddleware
 
         assert settings.node_token is not None  # `chaser node` checks it first
+        from chaser.api.routes import node_internal
+
+        app.include_router(node_internal.router)
         app.add_middleware(NodeGuardMiddleware, token=settings.node_token.get_secret_value())
     return app
 
@@ -85,11 +90,11 @@ def create_replica(settings: Settings) -> FastAPI:
     """An API replica: the database's answers here, a VM's requests on its node."""
     from chaser.api.node_proxy import NodeProxy
     from chaser.api.node_routing import NodeRoutingMiddleware
+    from chaser.service.node_client import tls_verify
 
     services = build_services(settings, None)
     assert settings.node_token is not None  # the settings refuse a replica without one
-    proxy = NodeProxy(settings.node_token.get_secret_value(),
-                      ca_bundle=str(settings.node_ca_bundle) if settings.node_ca_bundle else None)
+    proxy = NodeProxy(settings.node_token.get_secret_value(), verify=tls_verify(settings))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +107,7 @@ def create_replica(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await proxy.close()
+            await services.mover.close()
             await services.audit.flush()
             services.db.dispose()
 

@@ -15,7 +15,8 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chaser import errors
-from chaser.api.node_proxy import NODE_TOKEN_HEADER, refuse
+from chaser.api.node_proxy import refuse
+from chaser.service.node_client import NODE_TOKEN_HEADER
 
 __all__ = ["NodeGuardMiddleware"]
 

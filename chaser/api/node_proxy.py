@@ -22,6 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from chaser import errors
 from chaser.api.errors import error_response
+from chaser.service.node_client import CONNECT_TIMEOUT_S, NODE_TOKEN_HEADER
 from chaser.service.placement import NodeTarget
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chaser.api.node_proxy")
 
-NODE_TOKEN_HEADER = "x-chaser-node-token"
 # Hop-by-hop (RFC 9110 §7.6.1), and what only the replica may say to a node.
 DROPPED = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -38,7 +38,6 @@ DROPPED = frozenset({
 })
 WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                           "sec-websocket-protocol", "sec-websocket-accept"})
-CONNECT_TIMEOUT_S = 10.0
 # Close codes a peer never sends (RFC 6455 §7.4.1): what the client gets instead.
 RESERVED_CLOSE_CODES = {1005: 1000, 1006: 1011, 1015: 1011}
 
@@ -65,9 +64,9 @@ def node_path(scope: Scope) -> str:
 class NodeProxy:
     """One replica's connections to the nodes."""
 
-    def __init__(self, token: str, *, ca_bundle: str | None = None) -> None:
+    def __init__(self, token: str, *, verify: ssl.SSLContext | bool = True) -> None:
         self.token = token
-        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        self.verify = verify
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S), verify=self.verify,
                                         trust_env=False, follow_redirects=False,
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))

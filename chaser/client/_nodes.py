@@ -5,7 +5,11 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+import httpx
+
 from chaser.client._resources import _as_objects, _Resource, _segment
+
+DRAIN_TIMEOUT = httpx.Timeout(None, connect=10.0)  # it moves every idle workspace of the node, one by one
 
 
 class NodesResource(_Resource):
@@ -22,3 +26,8 @@ class NodesResource(_Resource):
 
     def uncordon(self, node_id: str) -> dict[str, Any]:
         return self._object("POST", f"/v1/nodes/{_segment(node_id)}/uncordon")
+
+    def drain(self, node_id: str) -> dict[str, Any]:
+        """No new sessions on the node, and its idle workspaces moved to other nodes (each checked by
+        checksum): `{"node", "moved", "kept", "workspaces": [...]}`."""
+        return self._object("POST", f"/v1/nodes/{_segment(node_id)}/drain", timeout=DRAIN_TIMEOUT)

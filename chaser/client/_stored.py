@@ -26,6 +26,8 @@ from chaser.client._resources import (
 if TYPE_CHECKING:
     from chaser.client._client import ChaserClient
 
+MOVE_TIMEOUT = httpx.Timeout(3600.0, connect=10.0)  # a disk streamed node to node, then read back
+
 
 class FilesResource(_Resource):
     def upload(
@@ -174,6 +176,12 @@ class WorkspacesResource(_Resource):
 
     def rename(self, workspace: str, name: str | None) -> dict[str, Any]:
         return self._object("PUT", f"/v1/workspaces/{_segment(workspace)}/name", json={"name": name})
+
+    def move(self, workspace: str, node_id: str) -> dict[str, Any]:
+        """Move its disk and snapshots to node `node_id`, checked by checksum (an admin key; refused
+        while a session of it is active)."""
+        return self._object("POST", f"/v1/workspaces/{_segment(workspace)}/move", json={"node_id": node_id},
+                            timeout=MOVE_TIMEOUT)
 
     def set_template(self, workspace: str, template: bool) -> dict[str, Any]:
         return self._object("PUT", f"/v1/workspaces/{_segment(workspace)}/template",

@@ -35,3 +35,17 @@ class NodePublic(BaseModel):
 
 class NodesPublic(BaseModel):
     nodes: list[NodePublic]
+
+
+class DrainedWorkspacePublic(BaseModel):
+    workspace_id: str
+    name: str | None = None
+    node_id: str | None = Field(description="The node it moved to (null: it stayed, see error)")
+    error: str | None = Field(None, description="Why it stayed (an active session: `workspace_busy`, …)")
+
+
+class NodeDrainPublic(BaseModel):
+    node: NodePublic
+    moved: int = Field(description="Workspaces moved off the node")
+    kept: int = Field(description="Workspaces still on it (drain again once their sessions ended)")
+    workspaces: list[DrainedWorkspacePublic]

@@ -35,6 +35,24 @@ class WorkspacePublic(BaseModel):
     active_session_id: str | None = None
     last_session_id: str | None = None
     network: NetworkPolicyPublic | None = None  # null: its sessions get the server default
+    node_id: str | None = Field(default=None, description="The node holding its disk (null: none yet)")
+
+
+class WorkspaceMove(RequestModel):
+    node_id: str = Field(min_length=1, max_length=64, pattern=r"^node_[0-9a-f]+$",
+                         description="The node to move the disk and its snapshots to (`chaser nodes list`)")
+
+
+class WorkspaceMovePublic(BaseModel):
+    workspace_id: str
+    from_node_id: str | None = Field(description="Where its disk was (null: nowhere yet)")
+    node_id: str = Field(description="Where its disk is now")
+    moved: bool = Field(description="false: it was there already, or had no disk yet (only its node was set)")
+    files: int = Field(0, description="Files moved: the disk, snapshots, saved VM states")
+    bytes: int = Field(0, description="Data bytes streamed (a disk's holes and zero blocks are not)")
+    sha256: str | None = Field(None, description="Over every moved file's path and checksum, as the target read "
+                                                 "them back; equal to the sender's or nothing moved")
+    duration_ms: int = 0
 
 
 class WorkspaceDeletedPublic(BaseModel):

@@ -21,6 +21,7 @@ from chaser.service.pty import Terminals
 from chaser.service.ratelimit import RateLimiter, rate_limiter_for
 from chaser.service.reaper import Reaper
 from chaser.service.sessions import SessionManager
+from chaser.service.workspace_move import WorkspaceMover
 from chaser.service.workspaces import WorkspaceManager
 from chaser.store import Database
 
@@ -43,6 +44,7 @@ class Services:
     forwarding: ForwardService
     rate_limiter: RateLimiter
     placement: Placement  # where an API replica sends a request
+    mover: WorkspaceMover  # a workspace's disk to another node; draining a node
 
 
 def build_services(settings: Settings, runtime: Runtime | None = None, *,
@@ -62,8 +64,10 @@ def build_services(settings: Settings, runtime: Runtime | None = None, *,
         live.image_digest for live in sessions.live.values() if live.image_digest})
     nodes = NodeRegistry(db, settings, audit, capacity=node_capacity)
     sessions = SessionManager(db, settings, runtime, workspaces, images=images, nodes=nodes)
+    placement = Placement(db, settings)
     return Services(settings=settings, db=db, audit=audit, keys=keys, workspaces=workspaces, sessions=sessions,
                     nodes=nodes, disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings),
                     terminals=Terminals(sessions), forwarding=ForwardService(sessions),
-                    rate_limiter=rate_limiter_for(settings), placement=Placement(db, settings))
+                    rate_limiter=rate_limiter_for(settings), placement=placement,
+                    mover=WorkspaceMover(sessions, nodes, placement))

@@ -83,10 +83,20 @@ class Placement:
             return node
         return self._target(found.id, found.advertise_url, found.lost_at is not None, what=f"workspace {workspace_id}")
 
-    def _target(self, node_id: str, url: str | None, lost: bool, *, what: str) -> NodeTarget:
+    def node_target(self, node_id: str) -> NodeTarget:
+        """Where node `node_id` is reached: NodeNotFound, or NodeUnavailable when it is lost."""
+        with self.db.session() as s:
+            found = s.execute(select(NodeRow.id, NodeRow.advertise_url, NodeRow.lost_at)
+                              .where(NodeRow.id == node_id)).first()
+        if found is None:
+            raise errors.NodeNotFound(f"no node {node_id!r} (see `chaser nodes list`)")
+        return self._target(found.id, found.advertise_url, found.lost_at is not None, what=None)
+
+    def _target(self, node_id: str, url: str | None, lost: bool, *, what: str | None) -> NodeTarget:
         if lost or not url:
             reason = "is lost (no heartbeat)" if lost else "advertises no URL"
-            raise errors.NodeUnavailable(f"{what} is on node {node_id}, which {reason}")
+            where = f"{what} is on node {node_id}, which" if what else f"node {node_id}"
+            raise errors.NodeUnavailable(f"{where} {reason}")
         return NodeTarget(id=node_id, url=url.rstrip("/"))
 
     # --- a new session ------------------------------------------------------------------------

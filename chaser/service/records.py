@@ -50,6 +50,7 @@ class WorkspaceRecord(Record):
     created_at: datetime
     source_workspace_id: str | None
     network: dict[str, Any] | None
+    node_id: str | None  # the node holding its disk (None: none yet)
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,162 @@ def test_cordon_keeps_new_sessions_off_a_node(cluster, apis):
 
 
 # --- processes that die -------------------------------------------------------------------------
+# --- workspace moves and drains -------------------------------------------------------------------
+
+def cli(cluster: Cluster, replica: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CHASER_")}
+    env.update(CHASER_API_URL=cluster.replicas[replica].url, CHASER_API_KEY=cluster.admin_key,
+               CHASER_CONFIG=str(cluster.base / f"cli-{replica}.json"))
+    return subprocess.run([*CHASER, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def workspace_dirs(node: Process) -> set[str]:
+    root = node.home / "workspaces"
+    return {path.name for path in root.iterdir()} if root.is_dir() else set()
+
+
+def node_of(cluster: Cluster, host: str) -> Process:
+    return next(node for node in cluster.nodes if node.host == host)
+
+
+def session_on(api: httpx.Client, workspace: str) -> dict:
+    return create(api, workspace=workspace)
+
+
+def test_workspace_move_with_checksum(cluster, apis):
+    ids = node_ids(cluster, apis[0])
+    hosts = {node_id: host for host, node_id in ids.items()}
+    workspace = check(apis[0].post("/v1/workspaces", json={"name": "movable"}))
+    session = session_on(apis[0], "movable")
+    source, target = session["node_id"], next(n for n in ids.values() if n != session["node_id"])
+    run(apis[0], session["id"], "head -c 3000000 /dev/urandom > /workspace/blob && echo first > /workspace/note")
+    before = run(apis[0], session["id"], "sha256sum /workspace/blob")["output"].split()[0]
+    check(apis[1].post("/v1/workspaces/movable/snapshots", json={"name": "first"}))
+    run(apis[0], session["id"], "echo second > /workspace/note && sync")
+
+    busy = apis[1].post("/v1/workspaces/movable/move", json={"node_id": target})
+    assert busy.status_code == 409 and busy.json()["code"] == "workspace_busy", busy.text
+    check(apis[0].delete(f"/v1/sessions/{session['id']}"))
+
+    # Bad input: nothing moves.
+    for body, status, code in (({"node_id": "node_0000"}, 404, "node_not_found"),
+                               ({"node_id": "elsewhere"}, 400, None), ({}, 400, None),
+                               ({"node_id": target, "extra": 1}, 400, None)):
+        refused = apis[0].post("/v1/workspaces/movable/move", json=body)
+        assert refused.status_code == status, refused.text
+        assert code is None or refused.json()["code"] == code
+    reader = check(apis[0].post("/v1/keys", json={"name": "ws-only", "scopes": ["workspaces.write"]}))["key"]
+    forbidden = apis[0].post("/v1/workspaces/movable/move", json={"node_id": target},
+                             headers={"Authorization": f"Bearer {reader}"})
+    assert forbidden.status_code == 403, forbidden.text
+    check(apis[0].post(f"/v1/nodes/{target}/cordon"))
+    try:
+        cordoned = apis[0].post("/v1/workspaces/movable/move", json={"node_id": target})
+        assert cordoned.status_code == 409 and cordoned.json()["code"] == "node_not_accepting", cordoned.text
+    finally:
+        check(apis[0].post(f"/v1/nodes/{target}/uncordon"))
+    assert check(apis[0].get("/v1/workspaces/movable"))["node_id"] == source
+
+    # The move, with the CLI through replica 2.
+    moved = cli(cluster, 1, "workspaces", "move", "movable", "--node", target, "--json")
+    assert moved.returncode == 0, moved.stderr
+    result = json.loads(moved.stdout)
+    assert result["moved"] and result["from_node_id"] == source and result["node_id"] == target
+    assert result["files"] >= 2 and len(result["sha256"]) == 64 and result["bytes"] >= 3_000_000
+    assert check(apis[1].get("/v1/workspaces/movable"))["node_id"] == target
+    assert workspace["id"] not in workspace_dirs(node_of(cluster, hosts[source]))
+    target_dir = node_of(cluster, hosts[target]).home / "workspaces" / workspace["id"]
+    assert (target_dir / "disk.img").is_file() and list((target_dir / "snapshots").glob("*.img"))
+    assert not [name for name in workspace_dirs(node_of(cluster, hosts[target])) if name.startswith(".incoming")]
+    again = cli(cluster, 0, "workspaces", "move", "movable", "--node", target, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["moved"] is False, again.stderr
+
+    # Its sessions now start where its disk is, with its files; its snapshot came along.
+    after = session_on(apis[1], "movable")
+    assert after["node_id"] == target
+    assert run(apis[1], after["id"], "sha256sum /workspace/blob")["output"].split()[0] == before
+    assert run(apis[0], after["id"], "cat /workspace/note")["output"] == "second\n"
+    check(apis[0].delete(f"/v1/sessions/{after['id']}"))
+    check(apis[0].post("/v1/workspaces/movable/snapshots/first/restore", json={}))
+    restored = session_on(apis[0], "movable")
+    assert restored["node_id"] == target
+    assert run(apis[0], restored["id"], "cat /workspace/note")["output"] == "first\n"
+    check(apis[0].delete(f"/v1/sessions/{restored['id']}"))
+    check(apis[0].delete("/v1/workspaces/movable"))
+    assert workspace["id"] not in workspace_dirs(node_of(cluster, hosts[target]))
+
+
+def test_a_node_refuses_a_bad_or_corrupted_workspace_stream(cluster, apis):
+    """The receiving side alone: a stream whose checksum does not match what was written, or that is
+    malformed, is refused and leaves nothing on the node."""
+    import hashlib
+    import struct
+
+    workspace = check(apis[0].post("/v1/workspaces", json={"name": "stream-target"}))
+    node = cluster.nodes[0]
+    url = f"{node.url}/_node/workspaces/{workspace['id']}/disk"
+
+    def record(kind: bytes, payload: dict) -> bytes:
+        body = json.dumps(payload).encode()
+        return kind + struct.pack(">I", len(body)) + body
+
+    data = b"payload" * 100
+    wrong = hashlib.sha256(b"not it").digest()
+    streams = {
+        "checksum_mismatch": record(b"H", {"files": 1, "bytes": 4096}) + record(
+            b"F", {"path": "disk.img", "size": len(data), "mode": 0o600})
+            + b"D" + struct.pack(">QI", 0, len(data)) + data + b"E" + wrong + b"Z",
+        "invalid_request": record(b"H", {"files": 1, "bytes": 0}) + record(
+            b"F", {"path": "../escape", "size": 1, "mode": 0o600}),
+    }
+    for code, stream in streams.items():
+        answer = httpx.put(url, content=stream, headers={"x-chaser-node-token": NODE_TOKEN}, timeout=60)
+        assert answer.json()["code"] == code, answer.text
+        assert answer.status_code == (502 if code == "checksum_mismatch" else 400)
+    assert httpx.put(url, content=b"Z", timeout=60).status_code == 401  # no token
+    assert not (node.home / "escape").exists() and not (node.home / "workspaces" / "escape").exists()
+    assert not [name for name in workspace_dirs(node) if name.startswith(".incoming") or name == workspace["id"]]
+    check(apis[0].delete(f"/v1/workspaces/{workspace['id']}"))
+
+
+def test_drain_moves_idle_workspaces_and_keeps_busy_ones(cluster, apis):
+    ids = node_ids(cluster, apis[0])
+    drained, other = ids["127.0.0.2"], ids["127.0.0.3"]
+    for name in ("idle", "busy"):
+        check(apis[0].post("/v1/workspaces", json={"name": name}))
+        pinned = check(apis[1].post(f"/v1/workspaces/{name}/move", json={"node_id": drained}))
+        assert pinned["node_id"] == drained and pinned["moved"] is False  # no disk yet: only placed
+    idle = session_on(apis[0], "idle")
+    assert idle["node_id"] == drained
+    run(apis[0], idle["id"], "echo idle-data > /workspace/data && sync")
+    check(apis[0].delete(f"/v1/sessions/{idle['id']}"))
+    busy = session_on(apis[1], "busy")
+    assert busy["node_id"] == drained
+    try:
+        drain = cli(cluster, 0, "nodes", "drain", drained, "--json")
+        assert drain.returncode == 1, drain.stderr  # a workspace stayed
+        result = json.loads(drain.stdout)
+        assert result["node"]["status"] == "draining" and result["moved"] == 1 and result["kept"] == 1
+        by_name = {item["name"]: item for item in result["workspaces"]}
+        assert by_name["idle"]["node_id"] == other and by_name["busy"]["node_id"] is None
+        assert "active session" in by_name["busy"]["error"]
+        assert check(apis[1].get("/v1/workspaces/idle"))["node_id"] == other
+        # Draining: no new sessions there; the moved workspace's session starts on the other node.
+        elsewhere = create(apis[0])
+        assert elsewhere["node_id"] == other
+        check(apis[0].delete(f"/v1/sessions/{elsewhere['id']}"))
+        moved = session_on(apis[1], "idle")
+        assert moved["node_id"] == other
+        assert run(apis[1], moved["id"], "cat /workspace/data")["output"] == "idle-data\n"
+        assert run(apis[0], busy["id"], "echo still-running")["output"] == "still-running\n"
+        check(apis[0].delete(f"/v1/sessions/{moved['id']}"))
+    finally:
+        check(apis[1].post(f"/v1/nodes/{drained}/uncordon"))
+        apis[0].delete(f"/v1/sessions/{busy['id']}")
+    for name in ("idle", "busy"):
+        check(apis[0].delete(f"/v1/workspaces/{name}"))
+
+
 def test_a_killed_replica_leaves_the_other_serving(cluster, apis, spread):
     first = cluster.replicas[0]
     first.signal(signal.SIGKILL)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from chaser.api.deps import AdminKey, ServicesDep
 from chaser.api.routes import AUTH_ERROR_RESPONSES, error_responses
-from chaser.models.nodes import NodeCapacityPublic, NodePublic, NodesPublic
+from chaser.models.nodes import DrainedWorkspacePublic, NodeCapacityPublic, NodeDrainPublic, NodePublic, NodesPublic
 from chaser.models.status import NodeStatus
 from chaser.service.nodes import NodeView
 
@@ -48,3 +50,16 @@ async def cordon_node(node_id: str, services: ServicesDep, admin: AdminKey) -> N
              summary="Uncordon a node: it starts new sessions again (admin)")
 async def uncordon_node(node_id: str, services: ServicesDep, admin: AdminKey) -> NodePublic:
     return node_public(services.nodes.set_status(admin, node_id, NodeStatus.ACTIVE))
+
+
+@router.post("/{node_id}/drain", response_model=NodeDrainPublic, responses=NOT_FOUND,
+             summary="Drain a node: no new sessions, and its idle workspaces move to other nodes, each checked by "
+                     "checksum; those with an active session stay (admin)")
+async def drain_node(node_id: str, services: ServicesDep, admin: AdminKey) -> NodeDrainPublic:
+    items = await services.mover.drain(admin, node_id)
+    moved = sum(item.node_id is not None for item in items)
+    view = await asyncio.to_thread(services.nodes.get, node_id)
+    return NodeDrainPublic(node=node_public(view), moved=moved, kept=len(items) - moved,
+                           workspaces=[DrainedWorkspacePublic(workspace_id=item.workspace_id, name=item.name,
+                                                              node_id=item.node_id, error=item.error)
+                                       for item in items])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Query
 
-from chaser.api.deps import ServicesDep, WorkspacesRead, WorkspacesWrite
+from chaser.api.deps import AdminKey, ServicesDep, WorkspacesRead, WorkspacesWrite
 from chaser.api.routes import AUTH_ERROR_RESPONSES, START_ERROR_RESPONSES, error_responses
 from chaser.models import WorkspaceCreate, WorkspaceDeletedPublic, WorkspacePublic
 from chaser.models.workspaces import (
@@ -14,6 +14,8 @@ from chaser.models.workspaces import (
     SnapshotCreate,
     SnapshotDeletedPublic,
     SnapshotRestore,
+    WorkspaceMove,
+    WorkspaceMovePublic,
     WorkspaceNamePublic,
     WorkspaceRename,
     WorkspaceSnapshotPublic,
@@ -40,7 +42,7 @@ def workspace_public(row: WorkspaceRecord, workspaces: WorkspaceManager, *, enfo
     return WorkspacePublic(id=row.id, name=row.name, image=row.image or DEFAULT_IMAGE, template=row.template,
                            source_workspace_id=row.source_workspace_id,
                            created_at=row.created_at, active_session_id=active, last_session_id=last,
-                           network=network)
+                           network=network, node_id=row.node_id)
 
 
 def snapshot_public(row: SnapshotRecord, *, memory: bool = False) -> WorkspaceSnapshotPublic:
@@ -99,6 +101,21 @@ async def rename_workspace(workspace: str, body: WorkspaceRename, services: Serv
     row = services.workspaces.rename(services.workspaces.get(principal, workspace), body.name)
     services.sessions.rename_live(row)
     return WorkspaceNamePublic(id=row.id, name=row.name)
+
+
+@router.post("/{workspace}/move", response_model=WorkspaceMovePublic,
+             responses=error_responses(400, (403, "Not an admin key (`forbidden`)"), 404,
+                                       (409, "A session of it is active (`workspace_busy`), or the target node "
+                                             "is cordoned or draining (`node_not_accepting`)"),
+                                       (502, "The checksum read back on the target differs (`checksum_mismatch`); "
+                                             "the workspace stays where it was"),
+                                       (503, "The source or the target node is lost (`node_unavailable`)"), 507),
+             summary="Move a workspace's disk and snapshots to another node, checked by checksum (admin)")
+async def move_workspace(workspace: str, body: WorkspaceMove, services: ServicesDep,
+                         admin: AdminKey) -> WorkspaceMovePublic:
+    row = services.workspaces.get(admin, workspace)
+    result = await services.mover.move(row, body.node_id, principal=admin)
+    return WorkspaceMovePublic(**result.to_dict())
 
 
 @router.put("/{workspace}/template", response_model=WorkspaceTemplatePublic, responses=error_responses(404),

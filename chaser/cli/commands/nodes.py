@@ -16,7 +16,7 @@ from chaser.cli.commands._common import (
     print_table,
 )
 
-app = typer.Typer(help="Nodes: list, cordon, uncordon (an admin key).", no_args_is_help=True)
+app = typer.Typer(help="Nodes: list, cordon, uncordon, drain (an admin key).", no_args_is_help=True)
 
 JsonOption = typer.Option(False, "--json", help=JSON_OPTION_HELP)
 
@@ -69,3 +69,24 @@ def cordon_node(node_id: str = typer.Argument(..., metavar="NODE"), as_json: boo
 def uncordon_node(node_id: str = typer.Argument(..., metavar="NODE"), as_json: bool = JsonOption) -> None:
     """NODE starts new sessions again."""
     _set(node_id, cordon=False, as_json=as_json)
+
+
+@app.command("drain")
+@api_command
+def drain_node(node_id: str = typer.Argument(..., metavar="NODE"), as_json: bool = JsonOption) -> None:
+    """No new sessions on NODE, and its idle workspaces move to other nodes (each checked by checksum).
+    A workspace with an active session stays (exit status 1): drain again once it ended."""
+    with make_client() as client:
+        result = client.nodes.drain(node_id)
+    if as_json:
+        print_json(result)
+        raise typer.Exit(1 if result.get("kept") else 0)
+    node = result.get("node") or {}
+    console().print(f"node {node.get('id')} ({node.get('name')}) is {node.get('status')}: "
+                    f"{result.get('moved')} workspaces moved, {result.get('kept')} kept", markup=False)
+    for item in result.get("workspaces") or []:
+        name = item.get("name") or item.get("workspace_id")
+        where = f"→ {item.get('node_id')}" if item.get("node_id") else f"stayed: {item.get('error')}"
+        console().print(f"  {name} {where}", markup=False)
+    if result.get("kept"):
+        raise typer.Exit(1)

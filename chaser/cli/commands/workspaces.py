@@ -21,7 +21,8 @@ from chaser.cli.commands._common import (
     split_multi,
 )
 
-app = typer.Typer(help="Workspaces: create, list, get, rename, template, delete, snapshots.", no_args_is_help=True)
+app = typer.Typer(help="Workspaces: create, list, get, rename, template, move, delete, snapshots.",
+                  no_args_is_help=True)
 snapshots_app = typer.Typer(help="Workspace snapshots: list, create, restore, delete.", no_args_is_help=True)
 app.add_typer(snapshots_app, name="snapshots")
 
@@ -124,6 +125,32 @@ def rename_workspace(
     else:
         console().print(f"workspace {result.get('id')} is now named {result.get('name')!r}"
                         if result.get("name") else f"workspace {result.get('id')} has no name", markup=False)
+
+
+@app.command("move")
+@api_command
+def move_workspace(
+    workspace: str = WorkspaceArgument,
+    node: str = typer.Option(..., "--node", metavar="NODE", help="The node to move it to (`chaser nodes list`)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Move a workspace's disk and snapshots to another node (an admin key), checked by checksum.
+    Refused while a session of it is active."""
+    with make_client() as client:
+        result = client.workspaces.move(workspace, node)
+    if as_json:
+        print_json(result)
+    elif not result.get("moved"):
+        console().print(f"workspace {result.get('workspace_id')} is on node {result.get('node_id')}", markup=False)
+    else:
+        console().print(
+            f"workspace {result.get('workspace_id')} moved from node {result.get('from_node_id')} to node "
+            f"{result.get('node_id')}: {result.get('files')} files, {_mib(result.get('bytes'))} MiB in "
+            f"{float(result.get('duration_ms') or 0) / 1000:.1f}s, sha256 {result.get('sha256')}", markup=False)
+
+
+def _mib(value: object) -> str:
+    return f"{int(value or 0) / (1 << 20):.1f}" if isinstance(value, int | float) else "?"
 
 
 @app.command("template")
