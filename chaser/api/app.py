@@ -42,7 +42,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
         return create_replica(settings)
     if (runtime is None) == (runtime_factory is None):
         raise ValueError("pass one of runtime or runtime_factory")
-    services = build_services(settings, runtime, node_capacity=node_capacity)
+    services = build_services(settings, runtime, node_capacity=node_capacity, node=node)
     readiness = {"runtime": False}  # the runtime prepared the host (/readyz)
 
     @asynccontextmanager

@@ -48,9 +48,10 @@ class Services:
 
 
 def build_services(settings: Settings, runtime: Runtime | None = None, *,
-                   node_capacity: Callable[[], NodeCapacity] | None = None) -> Services:
+                   node_capacity: Callable[[], NodeCapacity] | None = None, node: bool = False) -> Services:
     """Open the database (migrated to head) and wire the services; the runtime may come later.
-    `node_capacity`: what this node registers (default: the host's CPUs, memory and disk)."""
+    `node_capacity`: what this node registers (default: the host's CPUs, memory and disk);
+    `node`: a `chaser node`, whose requests the replicas charged to the keys' rate limits."""
     make_private(settings.home)  # 0700; an existing home readable by others is tightened (one log line)
     db = Database(settings.effective_database_url)
     db.upgrade()
@@ -69,5 +70,5 @@ def build_services(settings: Settings, runtime: Runtime | None = None, *,
                     nodes=nodes, disks=WorkspaceDisks(sessions), reaper=Reaper(sessions), images=images,
                     commands=CommandService(sessions, settings), files=FileService(sessions, settings),
                     terminals=Terminals(sessions), forwarding=ForwardService(sessions),
-                    rate_limiter=rate_limiter_for(settings), placement=placement,
+                    rate_limiter=rate_limiter_for(settings, db, node=node), placement=placement,
                     mover=WorkspaceMover(sessions, nodes, placement))

@@ -4,14 +4,16 @@ Each key has a bucket of `burst` tokens, refilled at `per_minute / 60` tokens a
 second; every authenticated request takes one (a stream or WebSocket: once, when
 it opens). An empty bucket refuses with the seconds until the next token.
 
-`RateLimiter` is the seam: this process keeps its buckets in memory
-(`TokenBucketLimiter`), which is right for one API process. API replicas need a
-shared implementation (a database or Redis holding the same bucket per key id)
-behind the same `acquire`.
+`RateLimiter` is the seam. One API process keeps its buckets in memory
+(`TokenBucketLimiter`). API replicas (CHASER_LOCAL_RUNTIME=false) share each key's
+bucket in the database (`DatabaseTokenBucketLimiter`: the row locked for the
+update, so two replicas' requests are taken one after the other). A `chaser node`
+charges nothing: its requests come through a replica, which charged them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -19,9 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from chaser.config import Settings
+from sqlalchemy.exc import IntegrityError
 
-__all__ = ["RateDecision", "RateLimiter", "TokenBucketLimiter", "rate_limiter_for"]
+from chaser.config import Settings
+from chaser.store import Database
+from chaser.store.tables import RateBucket
+
+__all__ = ["DatabaseTokenBucketLimiter", "NoRateLimit", "RateDecision", "RateLimiter", "TokenBucketLimiter",
+           "rate_limiter_for"]
 
 # Past this many buckets, full ones are dropped (a full bucket is the same as none).
 PRUNE_AT = 10_000
@@ -87,16 +94,9 @@ class TokenBucketLimiter:
                 if len(self._buckets) >= PRUNE_AT:
                     self._prune(now)
                 bucket = self._buckets[key_id] = _Bucket(float(self.burst), now)
-            else:
-                bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
-                bucket.at = now
-            allowed = bucket.tokens >= 1.0
-            if allowed:
-                bucket.tokens -= 1.0
-            retry_after = 0 if allowed else max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
-            return RateDecision(allowed=allowed, limit=self.burst, remaining=int(bucket.tokens),
-                                reset_s=math.ceil((self.burst - bucket.tokens) / self.rate),
-                                retry_after_s=retry_after)
+            bucket.tokens, decision = take_one(bucket.tokens, bucket.at, now, rate=self.rate, burst=self.burst)
+            bucket.at = now
+            return decision
 
     def _prune(self, now: float) -> None:
         for key_id, bucket in list(self._buckets.items()):
@@ -104,7 +104,58 @@ class TokenBucketLimiter:
                 del self._buckets[key_id]
 
 
-def rate_limiter_for(settings: Settings) -> RateLimiter:
-    if settings.rate_limit_per_minute == 0:
+def take_one(tokens: float, at: float, now: float, *, rate: float, burst: int) -> tuple[float, RateDecision]:
+    """A bucket holding `tokens` at time `at`, refilled to `now`, asked for one: (tokens left, decision)."""
+    tokens = min(float(burst), tokens + max(0.0, now - at) * rate)
+    allowed = tokens >= 1.0
+    if allowed:
+        tokens -= 1.0
+    retry_after = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate))
+    return tokens, RateDecision(allowed=allowed, limit=burst, remaining=int(tokens),
+                                reset_s=math.ceil((burst - tokens) / rate), retry_after_s=retry_after)
+
+
+class DatabaseTokenBucketLimiter:
+    """The same buckets in the shared database (`rate_buckets`): one short transaction a request,
+    in a thread. `clock`: seconds since the epoch (every replica's must agree: NTP)."""
+
+    def __init__(self, db: Database, per_minute: int, burst: int | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        if per_minute <= 0:
+            raise ValueError("per_minute must be positive (use NoRateLimit to turn limits off)")
+        self.db = db
+        self.rate = per_minute / 60.0
+        self.burst = burst or per_minute
+        self.clock = clock
+
+    async def acquire(self, key_id: str) -> RateDecision:
+        return await asyncio.to_thread(self.take, key_id)
+
+    def take(self, key_id: str) -> RateDecision:
+        for _ in range(3):  # a first request of the key from two replicas at once: one insert wins
+            try:
+                return self._take(key_id)
+            except IntegrityError:
+                continue
+        return self._take(key_id)
+
+    def _take(self, key_id: str) -> RateDecision:
+        with self.db.session() as s:
+            row = s.get(RateBucket, key_id, with_for_update=True)  # held until this transaction ends
+            now = self.clock()
+            if row is None:
+                row = RateBucket(key_id=key_id, tokens=float(self.burst), at=now)
+                s.add(row)
+            row.tokens, decision = take_one(row.tokens, row.at, now, rate=self.rate, burst=self.burst)
+            row.at = max(row.at, now)
+            return decision
+
+
+def rate_limiter_for(settings: Settings, db: Database | None = None, *, node: bool = False) -> RateLimiter:
+    """Per process role: none on a node (the replica charged the request), the database's on an
+    API replica, in memory otherwise."""
+    if settings.rate_limit_per_minute == 0 or node:
         return NoRateLimit()
+    if not settings.local_runtime and db is not None:
+        return DatabaseTokenBucketLimiter(db, settings.rate_limit_per_minute, settings.rate_limit_burst)
     return TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from chaser.models.status import ACTIVE_STATUSES, SessionStatus
 from chaser.service.audit import AuditLog
+from chaser.service.ratelimit import DatabaseTokenBucketLimiter
 from chaser.store import Account, Base, Database, SessionRow, Workspace
 from chaser.store.claims import WorkspaceGone, claim_workspace
 from chaser.store.db import MIGRATION_LOCK_KEY, alembic_config
@@ -264,6 +265,32 @@ def test_concurrent_claims_of_one_workspace_one_wins(pg):
     assert {holder for holder in results.values() if holder is not None} == set(winners)
     with pg.session() as s:
         assert s.scalars(sa.select(SessionRow.id).where(SessionRow.workspace_id == "ws_dev")).all() == winners
+
+
+def test_replicas_take_from_one_bucket_at_once(pg):
+    """Two replicas' limiters on one PostgreSQL, 24 requests of one new key at once: exactly the
+    bucket's 10 pass (its row is locked for each take; the first insert of the key wins once)."""
+    pg.upgrade()
+    replicas = [DatabaseTokenBucketLimiter(pg, 1, 10) for _ in range(2)]  # a token a minute: no refill here
+    count = 24
+    barrier = threading.Barrier(count)
+    allowed: list[bool] = []
+    failures: list[BaseException] = []
+
+    def request(index: int) -> None:
+        try:
+            barrier.wait(30)
+            allowed.append(replicas[index % 2].take("key_shared").allowed)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=request, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures and len(allowed) == count
+    assert allowed.count(True) == 10
 
 
 def check(response: httpx.Response, status: int | None = None) -> Any:

@@ -10,7 +10,8 @@ import pytest
 from starlette.testclient import WebSocketDenialResponse
 
 from chaser.config import Settings
-from chaser.service.ratelimit import TokenBucketLimiter
+from chaser.service.ratelimit import DatabaseTokenBucketLimiter, NoRateLimit, TokenBucketLimiter, rate_limiter_for
+from chaser.store import Database
 from tests.support.api import assert_error
 
 MCP_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
@@ -51,6 +52,39 @@ def test_token_bucket_refills_at_its_rate():
     assert limiter.take("key_a").allowed
     clock.now += 3600  # never more than the bucket holds
     assert [limiter.take("key_a").allowed for _ in range(4)] == [True, True, True, False]
+
+
+def test_replicas_share_each_keys_bucket_in_the_database(tmp_path):
+    """Two API replicas on one database: one bucket per key, whichever replica is asked (the same
+    sequence of answers as one in-memory bucket). PostgreSQL under concurrency: tests/integration/
+    test_postgres.py."""
+    db = Database(f"sqlite:///{tmp_path / 'chaser.db'}")
+    db.upgrade()
+    clock = FakeClock()
+    replicas = [DatabaseTokenBucketLimiter(db, 60, 3, clock=clock) for _ in range(2)]
+    decisions = [replicas[index % 2].take("key_a") for index in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+    assert decisions[3].retry_after_s == 1
+    assert replicas[1].take("key_b").allowed
+    clock.now += 1.0
+    assert replicas[1].take("key_a").allowed and not replicas[0].take("key_a").allowed
+    clock.now -= 30  # a replica whose clock is behind refills nothing, takes nothing back
+    assert not replicas[0].take("key_a").allowed
+    clock.now += 3600
+    assert [replicas[i % 2].take("key_a").allowed for i in range(4)] == [True, True, True, False]
+    db.dispose()
+
+
+def test_each_role_gets_its_limiter(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'chaser.db'}")
+    one = Settings(home=tmp_path / "one", database_url=f"sqlite:///{tmp_path / 'chaser.db'}")
+    replica = one.model_copy(update={"local_runtime": False})
+    assert isinstance(rate_limiter_for(one, db), TokenBucketLimiter)
+    assert isinstance(rate_limiter_for(replica, db), DatabaseTokenBucketLimiter)
+    assert isinstance(rate_limiter_for(one, db, node=True), NoRateLimit)  # its replicas charged the request
+    assert isinstance(rate_limiter_for(one.model_copy(update={"rate_limit_per_minute": 0}), db), NoRateLimit)
+    db.dispose()
 
 
 def test_rate_limit_zero_turns_it_off(make_harness):
