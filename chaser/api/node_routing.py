@@ -5,6 +5,7 @@ What needs a VM goes to the node that runs it, as the client sent it (chaser/api
 | request | goes to |
 |---|---|
 | `/v1/sessions/{id}/…` (exec, commands, SSE, stdin, kill, files, PTY, tunnels, pause, fork), its DELETE | its node |
+| `POST /v1/sessions/bulk-terminate` | each named session's node, its own ids (a lost node's: rows ended here) |
 | `/s/{id}/forward/…`, `{id}.{CHASER_BASE_DOMAIN}` (the forwarding gateway) | the session's node |
 | `POST /v1/sessions`, `POST /v1/exec` | its workspace's node, else the best of K (chaser/service/placement.py) |
 | a change to a workspace whose disk is on a node (delete, snapshots, clone, rename) | that node |
@@ -29,7 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chaser import errors
 from chaser.api.auth import principal_from
 from chaser.api.node_proxy import NodeProxy, refuse
+from chaser.api.ratelimit import check_rate
 from chaser.config import Settings
+from chaser.models.sessions import BulkTerminateCreate, BulkTerminateFailure, BulkTerminatePublic
 from chaser.service.container import Services
 from chaser.service.forward import host_session
 from chaser.service.placement import NodeTarget
@@ -40,6 +43,7 @@ SESSION_PATH = re.compile(r"^/v1/sessions/(?P<id>[^/]+)(?P<rest>/.*)?$")
 FORWARD_PATH = re.compile(r"^/s/(?P<id>[^/]+)/")
 WORKSPACE_PATH = re.compile(r"^/v1/workspaces/(?P<ref>[^/]+)(?P<rest>/.*)?$")
 CREATE_PATHS = frozenset({"/v1/sessions", "/v1/exec"})
+BULK_TERMINATE = "/v1/sessions/bulk-terminate"
 MAX_ROUTED_BODY = 1 << 20  # a create's JSON is small; larger ones are the node's to refuse
 
 
@@ -60,6 +64,9 @@ class NodeRoutingMiddleware:
             error = errors.FeatureNotImplemented("the E2B API is served by `chaser server` with a local runtime, "
                                                  "not by an API replica (CHASER_LOCAL_RUNTIME=false)")
             await refuse(scope, receive, send, error)
+            return
+        if path == BULK_TERMINATE and scope.get("method") == "POST" and scope["type"] == "http":
+            await self.bulk_terminate(scope, receive, send)
             return
         try:
             target, body = await self.route(scope, receive)
@@ -89,7 +96,7 @@ class NodeRoutingMiddleware:
             return await asyncio.to_thread(self.placement.session_target, session_id), None
         if match := SESSION_PATH.match(path):
             if match["id"] == "bulk-terminate" or (not match["rest"] and method == "GET"):
-                return None, None  # rows; bulk terminate ends rows, their nodes stop the VMs (heartbeat)
+                return None, None  # rows (a bulk terminate's POST: `bulk_terminate`)
             return await asyncio.to_thread(self.placement.session_target, match["id"]), None
         if method == "POST" and path in CREATE_PATHS:
             body = await read_body(receive)
@@ -168,6 +175,65 @@ class NodeRoutingMiddleware:
                    if name.lower() not in ("connection", "transfer-encoding", "content-encoding", "content-length")]
         await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": answer.content})
+
+    # --- bulk terminate ----------------------------------------------------------------------------
+    async def bulk_terminate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The sessions it names, found in the database, ended on their nodes — each node gets a bulk
+        terminate of its own ids (the caller's key), so the VMs stop now; sessions of a lost node (or
+        of none) end as rows. A body or key this cannot use: this replica's route answers the error."""
+        body = await read_body(receive)
+        principal = await self.principal(scope)
+        try:
+            request = BulkTerminateCreate.model_validate_json(body or b"{}")
+        except ValueError:
+            request = None
+        if principal is None or request is None or not principal.has("sessions.write"):
+            await self.app(scope, replay(body, receive), send)
+            return
+        try:
+            await check_rate(self.services.rate_limiter, principal.key_id)
+            targets, failed = await asyncio.to_thread(self.services.sessions.bulk_targets, principal, request)
+            by_node: dict[NodeTarget | None, list[str]] = {}
+            for session_id in targets:
+                try:
+                    node = await asyncio.to_thread(self.placement.session_target, session_id)
+                except errors.NodeUnavailable:
+                    node = None  # its node is lost: its row ends here, the node stops the VM if it returns
+                by_node.setdefault(node, []).append(session_id)
+            terminated: list[str] = []
+            for node, ids in by_node.items():
+                if node is None:
+                    await self.terminate_rows(principal, ids, request.force, terminated, failed)
+                    continue
+                part = json.dumps({"ids": ids, "force": request.force}).encode()
+                try:
+                    answer = await self.proxy.buffered(scope, node, part)
+                    if answer.status_code >= 300:
+                        raise errors.NodeError(answer.text[:200], code="node_error", status=answer.status_code)
+                    result = answer.json()
+                    terminated += result["terminated"]
+                    failed += [(item["id"], item["code"], item["message"]) for item in result["failed"]]
+                except (errors.ChaserError, ValueError, KeyError, TypeError) as exc:
+                    error = exc if isinstance(exc, errors.ChaserError) else errors.NodeUnavailable(str(exc))
+                    failed += [(session_id, error.code, f"node {node.id}: {error.message}") for session_id in ids]
+        except errors.ChaserError as error:
+            await refuse(scope, receive, send, error)
+            return
+        payload = BulkTerminatePublic(terminated=terminated, failed=[
+            BulkTerminateFailure(id=item_id, code=code, message=message) for item_id, code, message in failed])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload.model_dump_json().encode()})
+
+    async def terminate_rows(self, principal: Any, ids: list[str], force: bool, terminated: list[str],
+                             failed: list[tuple[str, str, str]]) -> None:
+        """Sessions no node answers for (or ids of no session): this replica ends their rows."""
+        for session_id in ids:
+            try:
+                await self.services.sessions.terminate(principal, session_id, force=force)
+                terminated.append(session_id)
+            except errors.ChaserError as exc:
+                failed.append((session_id, exc.code, exc.message))
 
     # --- helpers ----------------------------------------------------------------------------------
     async def principal(self, scope: Scope) -> Any:

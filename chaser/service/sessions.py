@@ -465,26 +465,32 @@ class SessionManager:
                 await asyncio.to_thread(self.suspender.discard, live.id)  # a saved state, a resumed VM's disk
         log.info("session %s %s (%s)", live.id, status, reason)
 
-    async def bulk_terminate(self, principal: Principal, request: BulkTerminateCreate
-                             ) -> tuple[builtins.list[str], builtins.list[tuple[str, str, str]]]:
+    def bulk_targets(self, principal: Principal, request: BulkTerminateCreate
+                     ) -> tuple[builtins.list[str], builtins.list[tuple[str, str, str]]]:
+        """The sessions a bulk terminate names (ids, the workspaces' active sessions, or all active
+        ones), from the database: an API replica, which holds none, finds the same ones; and
+        (ref, code, message) of each workspace ref that resolves to none."""
         targets: dict[str, None] = {}
         failed: builtins.list[tuple[str, str, str]] = []
         if request.session_type not in (None, "sandbox"):
             return [], []
         for session_id in request.ids or []:
             targets[session_id] = None
+        workspace_ids = set()
         for ref in request.workspaces or []:
             try:
-                workspace = self.workspaces.get(principal, ref)
+                workspace_ids.add(self.workspaces.get(principal, ref).id)
             except errors.ChaserError as exc:
                 failed.append((ref, exc.code, exc.message))
-                continue
-            for live in list(self.live.values()):
-                if live.workspace_id == workspace.id and live.account_id == principal.account_id:
-                    targets[live.id] = None
-        if request.all:
+        if workspace_ids or request.all:
             for row in self.list(principal, status="active"):
-                targets[row.id] = None
+                if request.all or row.workspace_id in workspace_ids:
+                    targets[row.id] = None
+        return list(targets), failed
+
+    async def bulk_terminate(self, principal: Principal, request: BulkTerminateCreate
+                             ) -> tuple[builtins.list[str], builtins.list[tuple[str, str, str]]]:
+        targets, failed = await asyncio.to_thread(self.bulk_targets, principal, request)
 
         async def one(session_id: str) -> tuple[str, errors.ChaserError | None]:
             try:

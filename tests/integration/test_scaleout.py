@@ -434,6 +434,51 @@ def test_drain_moves_idle_workspaces_and_keeps_busy_ones(cluster, apis):
         check(apis[0].delete(f"/v1/workspaces/{name}"))
 
 
+def test_bulk_terminate_through_a_replica_ends_sessions_on_their_nodes(cluster, apis):
+    ids = node_ids(cluster, apis[0])
+    check(apis[0].post("/v1/workspaces", json={"name": "bulk"}))
+    check(apis[0].post("/v1/workspaces/bulk/move", json={"node_id": ids["127.0.0.2"]}))  # placed, no disk yet
+    check(apis[0].post(f"/v1/nodes/{ids['127.0.0.2']}/cordon"))
+    try:
+        other = create(apis[0])  # on 127.0.0.3
+    finally:
+        check(apis[0].post(f"/v1/nodes/{ids['127.0.0.2']}/uncordon"))
+    in_workspace = session_on(apis[1], "bulk")
+    assert {other["node_id"], in_workspace["node_id"]} == set(ids.values())
+    before = {node.name: len(qemu_pids_under(node.home)) for node in cluster.nodes}
+    answer = check(apis[1].post("/v1/sessions/bulk-terminate",
+                                json={"ids": [other["id"], "ses_0000000000000000"], "workspaces": ["bulk", "nope"]}))
+    assert sorted(answer["terminated"]) == sorted([other["id"], in_workspace["id"]])
+    assert {item["id"]: item["code"] for item in answer["failed"]} == {
+        "ses_0000000000000000": "session_not_found", "nope": "workspace_not_found"}
+    for session in (other, in_workspace):
+        assert check(apis[0].get(f"/v1/sessions/{session['id']}"))["status"] == "terminated"
+    wait_until(lambda: all(len(qemu_pids_under(node.home)) < before[node.name] for node in cluster.nodes), 60,
+               interval=0.2, message="the VMs did not stop")
+    check(apis[0].delete("/v1/workspaces/bulk"))
+
+
+def test_replicas_share_a_keys_rate_limit(cluster, apis):
+    """Each key has one bucket in the database, whichever replica it asks (and a node, behind
+    them, charges nothing again)."""
+    limited = [cluster.add_replica(CHASER_RATE_LIMIT_PER_MINUTE="1", CHASER_RATE_LIMIT_BURST="4")
+               for _ in range(2)]
+    try:
+        key = check(apis[0].post("/v1/keys", json={"name": "rate-limited"}))["key"]
+        headers = {"Authorization": f"Bearer {key}"}
+        answers = [httpx.get(f"{limited[index % 2].url}/v1/sessions", headers=headers, timeout=30)
+                   for index in range(6)]
+        assert [answer.status_code for answer in answers] == [200, 200, 200, 200, 429, 429], \
+            [answer.text for answer in answers]
+        assert [answer.headers["x-ratelimit-remaining"] for answer in answers[:4]] == ["3", "2", "1", "0"]
+        assert answers[4].json()["code"] == "rate_limited" and int(answers[4].headers["Retry-After"]) >= 1
+        assert check(apis[1].get("/v1/sessions"))  # the admin key's own bucket is untouched
+    finally:
+        for replica in limited:
+            replica.stop()
+            cluster.replicas.remove(replica)
+
+
 def test_a_killed_replica_leaves_the_other_serving(cluster, apis, spread):
     first = cluster.replicas[0]
     first.signal(signal.SIGKILL)
