@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -37,7 +38,7 @@ async def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     del credentials  # declared for the OpenAPI security scheme; principal_from reads the header itself
-    principal = principal_from(services.keys, request.headers)
+    principal = await asyncio.to_thread(principal_from, services.keys, request.headers)  # a database read
     note_principal(principal)  # the audit log's "who" of this request
     await charge(request, principal)  # its rate limit (429 rate_limited)
     return principal

@@ -380,14 +380,14 @@ class SessionManager:
     async def live_session(self, principal: Principal, session_id: str) -> LiveSession:
         """The running session, or 404 / 409 session_not_running / 503 vm_crashed."""
         audit.note_principal(principal)  # what it does next (exec, files, PTY) is this caller's
-        row = self.get(principal, session_id)
+        row = await asyncio.to_thread(self.get, principal, session_id)
         live = self.live.get(session_id)
         if live is not None and live.paused and not live.terminating:
             await self.suspender.wake(live, principal=principal)  # wake on request
-            row = self.get(principal, session_id)
+            row = await asyncio.to_thread(self.get, principal, session_id)
         if live is not None and row.status == SessionStatus.STARTING:
             await self._wait_running(live)
-            row = self.get(principal, session_id)
+            row = await asyncio.to_thread(self.get, principal, session_id)
         if live is None or live.terminating or live.vm is None or row.status != SessionStatus.RUNNING:
             raise session_not_running(session_id, row.status if row.status != SessionStatus.RUNNING else "stopping")
         if live.vm.crashed:

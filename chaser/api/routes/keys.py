@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Body
 
 from chaser.api.deps import KeysRead, KeysWrite, ServicesDep
@@ -20,7 +22,8 @@ def key_public(row: KeyRecord) -> KeyPublic:
 
 @router.get("", response_model=KeysPublic, summary="List the account's API keys")
 async def list_keys(services: ServicesDep, principal: KeysRead) -> KeysPublic:
-    return KeysPublic(keys=[key_public(row) for row in services.keys.list(principal.account_id)])
+    rows = await asyncio.to_thread(services.keys.list, principal.account_id)
+    return KeysPublic(keys=[key_public(row) for row in rows])
 
 
 @router.post("", response_model=KeyCreatedPublic, responses=error_responses(400),
@@ -28,7 +31,8 @@ async def list_keys(services: ServicesDep, principal: KeysRead) -> KeysPublic:
 async def create_key(services: ServicesDep, principal: KeysWrite,
                      body: KeyCreate | None = Body(default=None)) -> KeyCreatedPublic:
     body = body or KeyCreate()
-    created = services.keys.create_for(principal, name=body.name, scopes=body.scopes, key_format=body.format)
+    created = await asyncio.to_thread(services.keys.create_for, principal, name=body.name, scopes=body.scopes,
+                                      key_format=body.format)
     row = created.row
     return KeyCreatedPublic(id=row.id, key=created.key, key_prefix=row.key_prefix, name=row.name,
                             scopes=list(row.scopes or []), full_access=row.full_access)
@@ -37,5 +41,5 @@ async def create_key(services: ServicesDep, principal: KeysWrite,
 @router.delete("/{key_id}", response_model=KeyRevokedPublic, responses=error_responses(404),
                 summary="Revoke an API key")
 async def revoke_key(key_id: str, services: ServicesDep, principal: KeysWrite) -> KeyRevokedPublic:
-    row = services.keys.revoke(principal, key_id)
+    row = await asyncio.to_thread(services.keys.revoke, principal, key_id)
     return KeyRevokedPublic(id=row.id, revoked=True)

@@ -32,24 +32,24 @@ def node_public(view: NodeView) -> NodePublic:
 
 @router.get("", response_model=NodesPublic, summary="List the nodes (admin)")
 async def list_nodes(services: ServicesDep, _admin: AdminKey) -> NodesPublic:
-    return NodesPublic(nodes=[node_public(view) for view in services.nodes.views()])
+    return NodesPublic(nodes=[node_public(view) for view in await asyncio.to_thread(services.nodes.views)])
 
 
 @router.get("/{node_id}", response_model=NodePublic, responses=NOT_FOUND, summary="Get a node (admin)")
 async def get_node(node_id: str, services: ServicesDep, _admin: AdminKey) -> NodePublic:
-    return node_public(services.nodes.get(node_id))
+    return node_public(await asyncio.to_thread(services.nodes.get, node_id))
 
 
 @router.post("/{node_id}/cordon", response_model=NodePublic, responses=NOT_FOUND,
              summary="Cordon a node: it starts no new sessions (503 `node_cordoned`); running ones carry on (admin)")
 async def cordon_node(node_id: str, services: ServicesDep, admin: AdminKey) -> NodePublic:
-    return node_public(services.nodes.set_status(admin, node_id, NodeStatus.CORDONED))
+    return node_public(await asyncio.to_thread(services.nodes.set_status, admin, node_id, NodeStatus.CORDONED))
 
 
 @router.post("/{node_id}/uncordon", response_model=NodePublic, responses=NOT_FOUND,
              summary="Uncordon a node: it starts new sessions again (admin)")
 async def uncordon_node(node_id: str, services: ServicesDep, admin: AdminKey) -> NodePublic:
-    return node_public(services.nodes.set_status(admin, node_id, NodeStatus.ACTIVE))
+    return node_public(await asyncio.to_thread(services.nodes.set_status, admin, node_id, NodeStatus.ACTIVE))
 
 
 @router.post("/{node_id}/drain", response_model=NodeDrainPublic, responses=NOT_FOUND,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
@@ -66,7 +67,7 @@ async def list_sessions(
     request: Request, services: ServicesDep, principal: SessionsRead,
     status: Literal["active", "all", "starting", "running", "paused", "terminated", "failed"] = Query("active"),
 ) -> SessionsPublic:
-    rows = services.sessions.list(principal, status=status)
+    rows = await asyncio.to_thread(services.sessions.list, principal, status=status)
     url = public_base(request)
     return SessionsPublic(sessions=[session_public(row, url) for row in rows], total=len(rows))
 
@@ -82,10 +83,10 @@ async def bulk_terminate(services: ServicesDep, principal: SessionsWrite,
 @router.get("/{session_id}", response_model=SessionPublic, summary="Get a session", responses=error_responses(404))
 async def get_session(session_id: str, request: Request, services: ServicesDep,
                       principal: SessionsRead) -> SessionPublic:
-    row = services.sessions.get(principal, session_id)
+    row = await asyncio.to_thread(services.sessions.get, principal, session_id)
     if row.status == "running":
         await services.sessions.check_crashed(session_id)
-        row = services.sessions.get(principal, session_id)
+        row = await asyncio.to_thread(services.sessions.get, principal, session_id)
     return session_public(row, public_base(request))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Body, Query
 
 from chaser.api.deps import AdminKey, ServicesDep, WorkspacesRead, WorkspacesWrite
@@ -56,14 +58,19 @@ def snapshot_public(row: SnapshotRecord, *, memory: bool = False) -> WorkspaceSn
 async def create_workspace(services: ServicesDep, principal: WorkspacesWrite,
                            body: WorkspaceCreate | None = Body(default=None)) -> WorkspacePublic:
     row = await services.disks.create_workspace(principal, body or WorkspaceCreate())
-    return workspace_public(row, services.workspaces, enforced=services.sessions.network.enforced())
+    return await asyncio.to_thread(workspace_public, row, services.workspaces,
+                                   enforced=services.sessions.network.enforced())
 
 
 @router.get("", response_model=list[WorkspacePublic], summary="List workspaces (a JSON list)")
 async def list_workspaces(services: ServicesDep, principal: WorkspacesRead) -> list[WorkspacePublic]:
     enforced = services.sessions.network.enforced()
-    return [workspace_public(row, services.workspaces, enforced=enforced)
-            for row in services.workspaces.list(principal)]
+
+    def listed() -> list[WorkspacePublic]:
+        return [workspace_public(row, services.workspaces, enforced=enforced)
+                for row in services.workspaces.list(principal)]
+
+    return await asyncio.to_thread(listed)
 
 
 @router.post("/bulk-delete", response_model=BulkDeleteWorkspacesPublic,
@@ -81,15 +88,16 @@ async def bulk_delete_workspaces(services: ServicesDep, principal: WorkspacesWri
 @router.get("/{workspace}", response_model=WorkspacePublic, responses=error_responses(404),
             summary="Get a workspace by id or name")
 async def get_workspace(workspace: str, services: ServicesDep, principal: WorkspacesRead) -> WorkspacePublic:
-    return workspace_public(services.workspaces.get(principal, workspace), services.workspaces,
-                            enforced=services.sessions.network.enforced())
+    enforced = services.sessions.network.enforced()
+    row = await asyncio.to_thread(services.workspaces.get, principal, workspace)
+    return await asyncio.to_thread(workspace_public, row, services.workspaces, enforced=enforced)
 
 
 @router.delete("/{workspace}", response_model=WorkspaceDeletedPublic, responses=error_responses(404, 409),
                summary="Delete a workspace, its disk and snapshots (409 while a session runs, unless force=true)")
 async def delete_workspace(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                            force: bool = Query(False)) -> WorkspaceDeletedPublic:
-    row = services.workspaces.get(principal, workspace)
+    row = await asyncio.to_thread(services.workspaces.get, principal, workspace)
     await services.disks.delete_workspace(principal, row, force=force)
     return WorkspaceDeletedPublic(id=row.id, deleted=True)
 
@@ -98,7 +106,8 @@ async def delete_workspace(workspace: str, services: ServicesDep, principal: Wor
             summary="Rename a workspace (null clears the name; 409 workspace_exists if taken)")
 async def rename_workspace(workspace: str, body: WorkspaceRename, services: ServicesDep,
                            principal: WorkspacesWrite) -> WorkspaceNamePublic:
-    row = services.workspaces.rename(services.workspaces.get(principal, workspace), body.name)
+    row = await asyncio.to_thread(services.workspaces.get, principal, workspace)
+    row = await asyncio.to_thread(services.workspaces.rename, row, body.name)
     services.sessions.rename_live(row)
     return WorkspaceNamePublic(id=row.id, name=row.name)
 
@@ -113,7 +122,7 @@ async def rename_workspace(workspace: str, body: WorkspaceRename, services: Serv
              summary="Move a workspace's disk and snapshots to another node, checked by checksum (admin)")
 async def move_workspace(workspace: str, body: WorkspaceMove, services: ServicesDep,
                          admin: AdminKey) -> WorkspaceMovePublic:
-    row = services.workspaces.get(admin, workspace)
+    row = await asyncio.to_thread(services.workspaces.get, admin, workspace)
     result = await services.mover.move(row, body.node_id, principal=admin)
     return WorkspaceMovePublic(**result.to_dict())
 
@@ -122,7 +131,8 @@ async def move_workspace(workspace: str, body: WorkspaceMove, services: Services
             summary="Mark a workspace as a template (or not)")
 async def set_workspace_template(workspace: str, body: WorkspaceTemplateSet, services: ServicesDep,
                                  principal: WorkspacesWrite) -> WorkspaceTemplatePublic:
-    row = services.workspaces.set_template(services.workspaces.get(principal, workspace), body.template)
+    row = await asyncio.to_thread(services.workspaces.get, principal, workspace)
+    row = await asyncio.to_thread(services.workspaces.set_template, row, body.template)
     return WorkspaceTemplatePublic(id=row.id, template=row.template)
 
 
@@ -130,9 +140,12 @@ async def set_workspace_template(workspace: str, body: WorkspaceTemplateSet, ser
             summary="List a workspace's snapshots (a JSON list, oldest first)")
 async def list_snapshots(workspace: str, services: ServicesDep,
                          principal: WorkspacesRead) -> list[WorkspaceSnapshotPublic]:
-    row = services.workspaces.get(principal, workspace)
-    return [snapshot_public(snapshot, memory=services.workspaces.has_memory(snapshot))
-            for snapshot in services.workspaces.list_snapshots(row)]
+    def listed() -> list[WorkspaceSnapshotPublic]:
+        row = services.workspaces.get(principal, workspace)
+        return [snapshot_public(snapshot, memory=services.workspaces.has_memory(snapshot))
+                for snapshot in services.workspaces.list_snapshots(row)]
+
+    return await asyncio.to_thread(listed)
 
 
 @router.post("/{workspace}/snapshots", response_model=WorkspaceSnapshotPublic,
@@ -141,7 +154,7 @@ async def list_snapshots(workspace: str, services: ServicesDep,
                      "memory=true keeps the running session's memory too")
 async def create_snapshot(workspace: str, services: ServicesDep, principal: WorkspacesWrite,
                           body: SnapshotCreate | None = Body(default=None)) -> WorkspaceSnapshotPublic:
-    row = services.workspaces.get(principal, workspace)
+    row = await asyncio.to_thread(services.workspaces.get, principal, workspace)
     request = body or SnapshotCreate()
     snapshot = await services.disks.create_snapshot(principal, row, name=request.name, memory=request.memory)
     return snapshot_public(snapshot, memory=services.workspaces.has_memory(snapshot))
@@ -153,7 +166,7 @@ async def create_snapshot(workspace: str, services: ServicesDep, principal: Work
                      "a memory snapshot's processes resume in a new session")
 async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep, principal: WorkspacesWrite,
                            body: SnapshotRestore | None = Body(default=None)) -> WorkspaceSnapshotPublic:
-    row = services.workspaces.get(principal, workspace)
+    row = await asyncio.to_thread(services.workspaces.get, principal, workspace)
     restored = await services.disks.restore_snapshot(principal, row, snapshot,
                                                         force=(body or SnapshotRestore()).force)
     return snapshot_public(restored, memory=services.workspaces.has_memory(restored))
@@ -164,6 +177,6 @@ async def restore_snapshot(workspace: str, snapshot: str, services: ServicesDep,
                summary="Delete a snapshot")
 async def delete_snapshot(workspace: str, snapshot: str, services: ServicesDep,
                           principal: WorkspacesWrite) -> SnapshotDeletedPublic:
-    row = services.workspaces.get(principal, workspace)
+    row = await asyncio.to_thread(services.workspaces.get, principal, workspace)
     deleted = await services.disks.delete_snapshot(principal, row, snapshot)
     return SnapshotDeletedPublic(id=deleted.id, workspace_id=deleted.workspace_id)
