@@ -6,6 +6,7 @@ fails when the table and these fields differ)."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9._/-]{0,63}")
 
 GIB = 1024**3
 
@@ -185,6 +189,12 @@ class Settings(BaseSettings):
         None, description="This server's node name in `GET /v1/nodes` (docs/operations.md, \"Nodes\"); unset: "
         "the host name.",
     )
+    node_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels this node registers (`GET /v1/nodes`), a JSON object such as "
+        '`{"zone": "a", "kvm": "true"}`; `chaser node --label KEY=VALUE` adds one. Keys and values: '
+        "letters, digits, `._-/`, up to 63 characters (values may be empty).",
+    )
     node_heartbeat_s: float = Field(
         10, gt=0,
         description="How often this server writes its node's heartbeat to the database and looks for "
@@ -345,6 +355,15 @@ class Settings(BaseSettings):
         False,
         description="Allow `oci:`, `oci-archive:`, `docker-archive:` references (host paths) through the API.",
     )
+
+    @field_validator("node_labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+                raise ValueError(f"node label {key!r}={value!r}: keys and values are letters, digits and ._-/, "
+                                 "up to 63 characters (a key starts with a letter or digit)")
+        return labels
 
     @field_validator("e2b_ingress_port", mode="before")
     @classmethod

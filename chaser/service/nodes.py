@@ -148,7 +148,7 @@ class NodeRegistry:
                 row = NodeRow(id=self.id, status=NodeStatus.ACTIVE, created_at=now)
                 s.add(row)
             row.name, row.advertise_url, row.version, row.labels = (self.name, self.advertised_url,
-                                                                   __version__, {})
+                                                                   __version__, dict(self.settings.node_labels))
             row.capacity_vcpus, row.capacity_memory_mib = capacity.vcpus, capacity.memory_mib
             row.capacity_disk_mib, row.capacity_sessions = capacity.disk_mib, capacity.sessions
             if row.status not in REFUSING:

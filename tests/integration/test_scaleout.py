@@ -278,6 +278,48 @@ def test_cordon_keeps_new_sessions_off_a_node(cluster, apis):
 
 
 # --- processes that die -------------------------------------------------------------------------
+def test_a_node_over_tls_with_labels(postgres, tmp_path):
+    """A node serving HTTPS (its certificate, for 127.0.0.4), reached by a replica that trusts it
+    (CHASER_NODE_CA_BUNDLE): exec and the PTY WebSocket (wss to the node) through the replica; the
+    labels it registers. A cluster of its own: the module's replicas do not trust this certificate."""
+    from websockets.sync.client import connect
+
+    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=node",
+                    "-addext", "subjectAltName=IP:127.0.0.4", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tls = Cluster(base=tmp_path / "tls", database_url=postgres.create_database(), common_env={
+        "CHASER_NODE_LABELS": json.dumps({"zone": "test"})})
+    try:
+        node = tls.add_node("127.0.0.4", tls=(cert, key), args=("--label", "disk=ssd"))
+        replica = tls.add_replica(CHASER_NODE_CA_BUNDLE=str(cert))
+        untrusting = tls.add_replica()
+        with tls.client(replica) as api, tls.client(untrusting) as other:
+            [listed] = check(api.get("/v1/nodes"))["nodes"]
+            assert listed["advertise_url"] == node.url and node.url.startswith("https://")
+            assert listed["labels"] == {"zone": "test", "disk": "ssd"}
+            session = create(api)
+            assert run(api, session["id"], "echo over-tls")["output"] == "over-tls\n"
+            url = f"ws://127.0.0.1:{replica.port}/v1/sessions/{session['id']}/pty"
+            with connect(url, additional_headers={"Authorization": f"Bearer {tls.admin_key}"}, open_timeout=60) as ws:
+                ws.send(b"echo tls-$((6*7))\n")
+                seen = b""
+                deadline = time.monotonic() + 30
+                while b"tls-42" not in seen:
+                    message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+                    seen += message if isinstance(message, bytes) else b""
+            # A replica that does not trust the node's certificate does not talk to it.
+            refused = other.post(f"/v1/sessions/{session['id']}/exec", json={"command": "true"})
+            assert refused.status_code == 503 and refused.json()["code"] == "node_unavailable", refused.text
+            # Plain HTTP to the node's port gets no answer from the API.
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.4:{node.port}/readyz", timeout=10).raise_for_status()
+            check(api.delete(f"/v1/sessions/{session['id']}"))
+    finally:
+        tls.stop()
+    wait_until(lambda: not qemu_pids_under(node.home), 30, interval=0.2, message="QEMU left behind")
+
+
 # --- workspace moves and drains -------------------------------------------------------------------
 
 def cli(cluster: Cluster, replica: int, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,6 +10,7 @@ import contextlib
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -54,15 +55,18 @@ class Process:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     logs: list[Path] = field(default_factory=list)
+    tls: tuple[Path, Path] | None = None  # (certificate, key): a node serving HTTPS
+    args: list[str] = field(default_factory=list)  # more arguments of `chaser node`
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
         if self.node:
+            tls = ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] if self.tls else []
             return [sys.executable, "-m", "chaser.cli.main", "node", "--listen", f"{self.host}:{self.port}",
-                    "--advertise-url", self.url, "--data-dir", str(self.home)]
+                    "--advertise-url", self.url, "--data-dir", str(self.home), *tls, *self.args]
         return [sys.executable, "-m", "chaser.cli.commands.server", "--host", self.host, "--port", str(self.port)]
 
     def start(self, timeout: float = 120) -> Process:
@@ -80,7 +84,8 @@ class Process:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log()}")
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            verify = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
+            return httpx.get(f"{self.url}/readyz", timeout=2, verify=verify).status_code == 200
 
         try:
             wait_until(ready, timeout, interval=0.1, ignore=(httpx.HTTPError,), message=f"{self.name} is ready")
@@ -131,10 +136,12 @@ class Cluster:
         return {"CHASER_DATABASE_URL": self.database_url, "CHASER_NODE_TOKEN": NODE_TOKEN,
                 "CHASER_E2B_INGRESS_PORT": "0", "PYTHONUNBUFFERED": "1", **self.common_env, **extra}
 
-    def add_node(self, host: str, **env: str) -> Process:
+    def add_node(self, host: str, *, tls: tuple[Path, Path] | None = None, args: tuple[str, ...] = (),
+                 **env: str) -> Process:
         index = len(self.nodes) + 1
         node = Process(name=f"node{index}", home=self.base / f"node{index}", host=host, node=True,
-                       env=self.env(CHASER_NODE_NAME=f"node{index}", CHASER_WARM_POOL_SIZE="0", **env))
+                       env=self.env(CHASER_NODE_NAME=f"node{index}", CHASER_WARM_POOL_SIZE="0", **env),
+                       tls=tls, args=list(args))
         self.nodes.append(node)
         return node.start()
 

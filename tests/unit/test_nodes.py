@@ -266,3 +266,24 @@ def test_the_nodes_cli(harness, monkeypatch):
     assert json.loads(runner.invoke(main.app, ["nodes", "uncordon", node_id, "--json"]).stdout)["status"] == "active"
     missing = runner.invoke(main.app, ["nodes", "cordon", "node_nope"])
     assert missing.exit_code == 1 and "node_not_found" in missing.stderr
+
+
+def test_node_labels_are_checked_and_merged_with_the_command_line(tmp_path, monkeypatch, capsys):
+    from pydantic import ValidationError
+
+    from chaser.cli.commands.server import node_settings
+    from chaser.config import Settings
+
+    with pytest.raises(ValidationError, match="node label"):
+        Settings(home=tmp_path, node_labels={"bad key": "x"})
+    with pytest.raises(ValidationError, match="node label"):
+        Settings(home=tmp_path, node_labels={"zone": "a" * 64})
+    monkeypatch.setenv("CHASER_NODE_TOKEN", "a-node-token-of-enough-length")
+    monkeypatch.setenv("CHASER_NODE_LABELS", '{"zone": "a", "disk": "hdd"}')
+    settings = node_settings("postgresql+psycopg://u:p@127.0.0.1/db", "http://127.0.0.2:8081", None, tmp_path,
+                             None, None, ["disk=ssd", "kvm="])
+    assert settings.node_labels == {"zone": "a", "disk": "ssd", "kvm": ""}
+    with pytest.raises(SystemExit):
+        node_settings("postgresql+psycopg://u:p@127.0.0.1/db", "http://127.0.0.2:8081", None, tmp_path,
+                      None, None, ["no-equals-sign"])
+    assert "KEY=VALUE" in capsys.readouterr().err

@@ -27,7 +27,8 @@ def _row(node: dict[str, Any]) -> dict[str, Any]:
             "heartbeat": f"{float(node.get('heartbeat_age_s') or 0):.0f}s ago",
             "running": f"{node.get('sessions_running', 0)}/{capacity.get('sessions', '?')}",
             "resources": f"{capacity.get('vcpus', '?')} vCPU, {capacity.get('memory_mib', '?')} MiB",
-            "name": f"{node.get('name')}{' (this)' if node.get('current') else ''}"}
+            "name": f"{node.get('name')}{' (this)' if node.get('current') else ''}",
+            "labels": ",".join(f"{key}={value}" for key, value in sorted((node.get("labels") or {}).items()))}
 
 
 @app.command("list")
@@ -43,8 +44,8 @@ def list_nodes(as_json: bool = JsonOption,
     print_table(
         [_row(node) for node in nodes],
         [("id", "ID"), ("name", "NAME"), ("state", "STATUS"), ("heartbeat", "HEARTBEAT"), ("running", "SESSIONS"),
-         ("resources", "CAPACITY"), ("version", "VERSION"), ("started_at", "STARTED")],
-        empty="no nodes", wide=wide, wide_only={"version", "resources"}, flex={"name"},
+         ("resources", "CAPACITY"), ("labels", "LABELS"), ("version", "VERSION"), ("started_at", "STARTED")],
+        empty="no nodes", wide=wide, wide_only={"version", "resources", "labels"}, flex={"name"},
     )
 
 

@@ -249,7 +249,8 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def node_settings(database_url: str | None, advertise_url: str | None, listen: str | None,
-                  data_dir: Path | None, tls_cert: Path | None, tls_key: Path | None):
+                  data_dir: Path | None, tls_cert: Path | None, tls_key: Path | None,
+                  labels: list[str] | None = None):
     """The settings `chaser node` runs with: a shared database, a node token and an advertised URL
     are required; restarts keep VMs (CHASER_KEEP_VMS_ON_EXIT defaults to true on a node)."""
     from pydantic import ValidationError
@@ -271,6 +272,11 @@ def node_settings(database_url: str | None, advertise_url: str | None, listen: s
     if "CHASER_KEEP_VMS_ON_EXIT" not in os.environ:
         overrides["keep_vms_on_exit"] = True
     try:
+        if labels:
+            given = {key: value for key, _, value in (label.partition("=") for label in labels)}
+            if any("=" not in label for label in labels):
+                raise ValueError("--label takes KEY=VALUE")
+            overrides["node_labels"] = {**Settings().node_labels, **given}
         settings = Settings(**overrides)
         host, port = split_listen(settings.node_listen)
         settings = settings.model_copy(update={"host": host, "port": port})
@@ -288,14 +294,15 @@ def node_settings(database_url: str | None, advertise_url: str | None, listen: s
 
 
 def serve_node(database_url: str | None = None, advertise_url: str | None = None, listen: str | None = None,
-               data_dir: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+               data_dir: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
+               labels: list[str] | None = None) -> None:
     """Run this machine's VM runtime for the API replicas, in the foreground."""
     import uvicorn
 
     from chaser.assembly import create_app
     from chaser.datadir import use_private_umask
 
-    settings = node_settings(database_url, advertise_url, listen, data_dir, tls_cert, tls_key)
+    settings = node_settings(database_url, advertise_url, listen, data_dir, tls_cert, tls_key, labels)
     use_private_umask()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tls = settings.tls_cert is not None
@@ -324,9 +331,11 @@ def node_command(
     tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate to serve HTTPS with "
                                   "(env CHASER_TLS_CERT)."),
     tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert (env CHASER_TLS_KEY)."),
+    labels: list[str] = typer.Option(None, "--label", metavar="KEY=VALUE", help="A label this node registers "
+                                     "(repeatable; added to CHASER_NODE_LABELS)."),
 ) -> None:
     """Run this machine's sandboxes for the API replicas (needs CHASER_NODE_TOKEN)."""
-    serve_node(database_url, advertise_url, listen, data_dir, tls_cert, tls_key)
+    serve_node(database_url, advertise_url, listen, data_dir, tls_cert, tls_key, labels)
 
 
 app = typer.Typer(help="Run the API server.", add_completion=False)
