@@ -52,7 +52,7 @@ def create_api(settings: Settings, *, runtime: Runtime | None = None,
             services.sessions.attach_runtime(runtime_factory())
         await services.sessions.runtime.prepare_host()  # e.g. removes a dead server's namespaces
         readiness["runtime"] = True
-        await asyncio.to_thread(services.mover.remove_incoming)  # moves a crash cut short
+        await asyncio.to_thread(services.mover.remove_leftovers)  # of moves a crash cut short
         await asyncio.to_thread(services.nodes.register)  # before recovery: it knows its own sessions by it
         await recovery.adopt_running(services.sessions)  # VMs an earlier process left running
         services.reaper.recover_on_start()

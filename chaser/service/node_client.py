@@ -16,6 +16,7 @@ from chaser.service.placement import NodeTarget
 
 NODE_TOKEN_HEADER = "x-chaser-node-token"
 CONNECT_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 300.0  # a node silent this long (no byte read or written) is given up on
 
 
 def tls_verify(settings: Settings) -> ssl.SSLContext | bool:
@@ -31,7 +32,7 @@ class NodeClient:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
                                              verify=tls_verify(self.settings), trust_env=False)
         return self._client
 

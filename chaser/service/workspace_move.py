@@ -237,12 +237,24 @@ class WorkspaceMover:
         async with self.sessions.workspace_lock(workspace_id):
             await asyncio.to_thread(shutil.rmtree, self.workspaces.disk_path(workspace_id).parent, ignore_errors=True)
 
-    def remove_incoming(self) -> None:
-        """At start: moves cut short by a crash left their partial copies."""
+    def remove_leftovers(self) -> None:
+        """At start: the partial copies of moves a crash cut short, and the old copies of workspaces
+        that moved away (a crash between the row's update and the removal). A directory whose row
+        names no node, or that has no row, is kept: it may be the only copy."""
         base = self.settings.workspaces_dir
-        if base.is_dir():
-            for path in base.glob(f"{INCOMING_PREFIX}*"):
-                shutil.rmtree(path, ignore_errors=True)
+        if not base.is_dir():
+            return
+        for path in base.glob(f"{INCOMING_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+        names = [path.name for path in base.iterdir() if path.name.startswith("ws_")]
+        if not names:
+            return
+        with self.db.session() as s:
+            elsewhere = s.scalars(select(Workspace.id).where(
+                Workspace.id.in_(names), Workspace.node_id.is_not(None), Workspace.node_id != self.nodes.id)).all()
+        for workspace_id in elsewhere:
+            log.warning("removing the old copy of workspace %s: its disk moved to another node", workspace_id)
+            shutil.rmtree(base / workspace_id, ignore_errors=True)
 
     # --- draining ---------------------------------------------------------------------------------
     async def drain(self, principal: Principal, node_id: str) -> list[DrainItem]:

@@ -287,3 +287,24 @@ def test_node_labels_are_checked_and_merged_with_the_command_line(tmp_path, monk
         node_settings("postgresql+psycopg://u:p@127.0.0.1/db", "http://127.0.0.2:8081", None, tmp_path,
                       None, None, ["no-equals-sign"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_start_removes_cut_moves_and_copies_that_moved_away_only(harness):
+    from chaser.store import NodeRow, Workspace
+    from chaser.store.tables import utcnow
+
+    services, base = harness.services, harness.settings.workspaces_dir
+    now = utcnow()
+    with services.db.session() as s:
+        s.add(NodeRow(id="node_0ther", name="other", version="x", labels={}, capacity_vcpus=1,
+                      capacity_memory_mib=1, capacity_disk_mib=1, capacity_sessions=1, status="active",
+                      last_heartbeat_at=now, started_at=now))
+        for workspace_id, node_id in (("ws_a1", "node_0ther"), ("ws_b2", services.nodes.id), ("ws_d4", None)):
+            s.add(Workspace(id=workspace_id, account_id="personal", name=workspace_id, template=False,
+                            node_id=node_id))
+    for name in (".incoming-ws_a1-0123", "ws_a1", "ws_b2", "ws_c3", "ws_d4"):
+        (base / name).mkdir(parents=True)
+        (base / name / "disk.img").write_bytes(b"x")
+    services.mover.remove_leftovers()
+    # Moved away: removed. Its own, one of no node, one with no row (maybe the only copy): kept.
+    assert sorted(path.name for path in base.iterdir()) == ["ws_b2", "ws_c3", "ws_d4"]
