@@ -237,29 +237,37 @@ def test_a_second_claim_waits_for_the_first_and_loses(pg):
     assert result == {"holder": "ses_first"}
 
 
+def at_once(count: int, call: Any) -> list[Any]:
+    """`call(index)` in `count` threads released together: their results in index order (a
+    failure in any thread fails the test)."""
+    barrier = threading.Barrier(count)
+    results: dict[int, Any] = {}
+    failures: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(30)
+            results[index] = call(index)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures and len(results) == count, failures
+    return [results[index] for index in range(count)]
+
+
 def test_concurrent_claims_of_one_workspace_one_wins(pg):
     pg.upgrade()
     with pg.session() as s:
         s.add(Account(id="acct", name="acct"))
         s.add(Workspace(id="ws_dev", account_id="acct", name="dev", template=False))
     count = 8
-    barrier = threading.Barrier(count)
-    results: dict[str, str | None] = {}
-    failures: list[BaseException] = []
-
-    def contender(index: int) -> None:
-        try:
-            barrier.wait(30)
-            results[f"ses_{index}"] = claim(pg, f"ses_{index}")
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=contender, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures and len(results) == count
+    results = dict(zip((f"ses_{index}" for index in range(count)),
+                       at_once(count, lambda index: claim(pg, f"ses_{index}")), strict=True))
     winners = [session_id for session_id, holder in results.items() if holder is None]
     assert len(winners) == 1
     assert {holder for holder in results.values() if holder is not None} == set(winners)
@@ -272,24 +280,7 @@ def test_replicas_take_from_one_bucket_at_once(pg):
     bucket's 10 pass (its row is locked for each take; the first insert of the key wins once)."""
     pg.upgrade()
     replicas = [DatabaseTokenBucketLimiter(pg, 1, 10) for _ in range(2)]  # a token a minute: no refill here
-    count = 24
-    barrier = threading.Barrier(count)
-    allowed: list[bool] = []
-    failures: list[BaseException] = []
-
-    def request(index: int) -> None:
-        try:
-            barrier.wait(30)
-            allowed.append(replicas[index % 2].take("key_shared").allowed)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=request, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures and len(allowed) == count
+    allowed = at_once(24, lambda index: replicas[index % 2].take("key_shared").allowed)
     assert allowed.count(True) == 10
 
 

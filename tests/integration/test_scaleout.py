@@ -143,6 +143,16 @@ def test_exec_files_and_sse_through_either_replica(apis, spread):
             "status"] != "running", 30, interval=0.2, message="the killed command ends")
 
 
+def pty_output_until(ws, marker: bytes, timeout: float = 30) -> bytes:
+    """What a PTY WebSocket sent until `marker` appeared (TimeoutError after `timeout`)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        seen += message if isinstance(message, bytes) else b""
+    return seen
+
+
 def test_pty_through_either_replica(cluster, apis, spread):
     from websockets.sync.client import connect
 
@@ -151,12 +161,7 @@ def test_pty_through_either_replica(cluster, apis, spread):
         with connect(url, additional_headers={"Authorization": f"Bearer {cluster.admin_key}"},
                      open_timeout=60) as ws:
             ws.send(b"echo pty-$((6*7)); stty size\n")
-            seen = b""
-            deadline = time.monotonic() + 30
-            while b"24 80" not in seen:
-                message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
-                seen += message if isinstance(message, bytes) else b""
-            assert b"pty-42" in seen
+            assert b"pty-42" in pty_output_until(ws, b"24 80")
             ws.send(b"exit 0\n")
     # A refusal on the node reaches the client as the same denied upgrade.
     from websockets.exceptions import InvalidStatus
@@ -303,11 +308,7 @@ def test_a_node_over_tls_with_labels(postgres, tmp_path):
             url = f"ws://127.0.0.1:{replica.port}/v1/sessions/{session['id']}/pty"
             with connect(url, additional_headers={"Authorization": f"Bearer {tls.admin_key}"}, open_timeout=60) as ws:
                 ws.send(b"echo tls-$((6*7))\n")
-                seen = b""
-                deadline = time.monotonic() + 30
-                while b"tls-42" not in seen:
-                    message = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
-                    seen += message if isinstance(message, bytes) else b""
+                pty_output_until(ws, b"tls-42")
             # A replica that does not trust the node's certificate does not talk to it.
             refused = other.post(f"/v1/sessions/{session['id']}/exec", json={"command": "true"})
             assert refused.status_code == 503 and refused.json()["code"] == "node_unavailable", refused.text
