@@ -33,7 +33,7 @@ SCRIPTS = {
     "interactive": ([], ["--keystrokes", "10", "--requests", "5", "--mib", "1"]),
     "network": ([], ["--restores", "2", "--idle-vms", "1", "--megabytes", "8"]),
     "pause": ([], ["--rounds", "1"]),
-    "scaleout": ([], ["--creates", "3", "--round-trips", "5"]),
+    "scaleout": ([], ["--creates", "3", "--round-trips", "5", "--move-mib", "8"]),
 }
 
 

@@ -1,9 +1,10 @@
 """Scale-out benchmark (docs/performance.md, "Scale-out"): `--creates` sessions created at once,
 each with one exec, through an API replica in front of one `chaser node`, then of two (sessions
 per second, and where they landed); and the exec round trip through a replica to a node on
-another address against a single `chaser server` process (the ratio).
+another address against a single `chaser server` process (the ratio); and a workspace's move
+between the nodes (`--move-mib` of data, there and back: seconds, MB/s streamed).
 
-    .venv/bin/python bench/scaleout.py [--creates 20] [--round-trips 50]
+    .venv/bin/python bench/scaleout.py [--creates 20] [--round-trips 50] [--move-mib 256]
 
 Starts its own PostgreSQL (tests/support/postgres.py), nodes on 127.0.0.2 and 127.0.0.3 and a
 replica on 127.0.0.1 (tests/support/cluster.py), and a single-process server; prints one JSON
@@ -97,7 +98,33 @@ def warm_up(api: httpx.Client) -> None:
     api.delete(f"/v1/sessions/{session['id']}").raise_for_status()
 
 
-def through_replica(base: Path, postgres: PostgresServer, creates: int, trips: int) -> dict:
+def workspace_move(api: httpx.Client, mib: int) -> dict:
+    """A workspace holding `mib` MiB of random data (plus its ext4) moved to the other node and back."""
+    workspace = api.post("/v1/workspaces", json={"name": "bench-move"})
+    workspace.raise_for_status()
+    try:
+        session = api.post("/v1/sessions", json={"workspace": "bench-move"})
+        session.raise_for_status()
+        sid, origin = session.json()["id"], session.json()["node_id"]
+        command = f"head -c {mib * MIB} /dev/urandom > /workspace/data && sync"
+        api.post(f"/v1/sessions/{sid}/exec", json={"command": command, "timeout_ms": 600_000}).raise_for_status()
+        api.delete(f"/v1/sessions/{sid}").raise_for_status()
+        other = next(node["id"] for node in api.get("/v1/nodes").json()["nodes"] if node["id"] != origin)
+        moves = []
+        for target in (other, origin):
+            started = time.monotonic()
+            moved = api.post("/v1/workspaces/bench-move/move", json={"node_id": target})
+            moved.raise_for_status()
+            moves.append((moved.json(), time.monotonic() - started))
+    finally:
+        api.delete("/v1/workspaces/bench-move", params={"force": "true"})
+    result = moves[0][0]
+    return {"data_mib": mib, "files": result["files"], "bytes_streamed": result["bytes"],
+            "seconds": [round(wall, 2) for _, wall in moves],
+            "mb_per_s": [round(moved["bytes"] / 1e6 / wall, 1) for moved, wall in moves]}
+
+
+def through_replica(base: Path, postgres: PostgresServer, creates: int, trips: int, move_mib: int) -> dict:
     cluster = Cluster(base=base / "cluster", database_url=postgres.create_database())
     try:
         first = cluster.add_node("127.0.0.2", **node_env(creates))
@@ -115,12 +142,13 @@ def through_replica(base: Path, postgres: PostgresServer, creates: int, trips: i
             finally:
                 api.post(f"/v1/nodes/{first_id}/uncordon").raise_for_status()
             two_nodes = burst(api, creates)
+            move = workspace_move(api, move_mib)
     finally:
         cluster.stop()
     for node in cluster.nodes:
         if qemu_pids_under(node.home):
             raise RuntimeError(f"QEMU left behind under {node.home}")
-    return {"one_node": one_node, "two_nodes": two_nodes, "exec_round_trip_ms": rtt}
+    return {"one_node": one_node, "two_nodes": two_nodes, "exec_round_trip_ms": rtt, "workspace_move": move}
 
 
 def single_process(base: Path, trips: int) -> dict:
@@ -139,12 +167,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--creates", type=int, default=20)
     parser.add_argument("--round-trips", type=int, default=50)
+    parser.add_argument("--move-mib", type=int, default=256, help="data in the workspace that is moved")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="chaser-bench-scaleout-"))
     postgres = PostgresServer()
     try:
         postgres.start()
-        cluster = through_replica(base, postgres, args.creates, args.round_trips)
+        cluster = through_replica(base, postgres, args.creates, args.round_trips, args.move_mib)
         single = single_process(base, args.round_trips)
     finally:
         postgres.stop()
@@ -156,6 +185,7 @@ def main() -> None:
         "two_over_one_node_sessions_per_s": round(two["sessions_per_s"] / one["sessions_per_s"], 2),
         "exec_round_trip_ms": {"replica_to_node": cluster["exec_round_trip_ms"], "single_process": single},
         "replica_over_single_exec_rtt": round(cluster["exec_round_trip_ms"]["median"] / single["median"], 2),
+        "workspace_move": cluster["workspace_move"],
         "note": "both nodes run on this machine's cores (TCG here): two nodes spread the sessions but add no "
                 "CPU, so the two-node rate shows routing and placement, not more capacity",
     }, indent=2))
