@@ -8,7 +8,7 @@ What needs a VM goes to the node that runs it, as the client sent it (chaser/api
 | `POST /v1/sessions/bulk-terminate` | each named session's node, its own ids (a lost node's: rows ended here) |
 | `/s/{id}/forward/…`, `{id}.{CHASER_BASE_DOMAIN}` (the forwarding gateway) | the session's node |
 | `POST /v1/sessions`, `POST /v1/exec` | its workspace's node, else the best of K (chaser/service/placement.py) |
-| a change to a workspace whose disk is on a node (delete, snapshots, clone, rename) | that node |
+| a change to a workspace whose disk is on a node (delete, snapshots, clone, rename, move); its snapshots | that node |
 | `POST /v1/images` (pull), `/v1/images/prune`, `DELETE /v1/images/…` | every node that accepts sessions |
 | `GET /v1/images` | the least loaded node |
 
@@ -105,6 +105,13 @@ class NodeRoutingMiddleware:
             return await self.image_nodes(method), None
         if method != "GET" and (path == "/v1/workspaces" or WORKSPACE_PATH.match(path)):
             return await self.workspace_route(scope, receive, path)
+        if (match := WORKSPACE_PATH.match(path)) and match["rest"] == "/snapshots":
+            # Which snapshots hold memory only the disk's node can tell (its files); a lost node's
+            # list still comes from the rows.
+            try:
+                return await self.workspace_route(scope, receive, path)
+            except errors.NodeUnavailable:
+                return None, None
         return None, None
 
     # --- new sessions -----------------------------------------------------------------------------

@@ -353,6 +353,7 @@ def test_workspace_move_with_checksum(cluster, apis):
     before = run(apis[0], session["id"], "sha256sum /workspace/blob")["output"].split()[0]
     check(apis[1].post("/v1/workspaces/movable/snapshots", json={"name": "first"}))
     run(apis[0], session["id"], "echo second > /workspace/note && sync")
+    check(apis[0].post("/v1/workspaces/movable/snapshots", json={"name": "with-memory", "memory": True}))
 
     busy = apis[1].post("/v1/workspaces/movable/move", json={"node_id": target})
     assert busy.status_code == 409 and busy.json()["code"] == "workspace_busy", busy.text
@@ -387,6 +388,9 @@ def test_workspace_move_with_checksum(cluster, apis):
     assert workspace["id"] not in workspace_dirs(node_of(cluster, hosts[source]))
     target_dir = node_of(cluster, hosts[target]).home / "workspaces" / workspace["id"]
     assert (target_dir / "disk.img").is_file() and list((target_dir / "snapshots").glob("*.img"))
+    assert list((target_dir / "snapshots").glob("*.state/meta.json"))  # the saved memory came along
+    listed = {item["name"]: item["memory"] for item in check(apis[1].get("/v1/workspaces/movable/snapshots"))}
+    assert listed == {"first": False, "with-memory": True}
     assert not [name for name in workspace_dirs(node_of(cluster, hosts[target])) if name.startswith(".incoming")]
     again = cli(cluster, 0, "workspaces", "move", "movable", "--node", target, "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["moved"] is False, again.stderr
