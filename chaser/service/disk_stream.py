@@ -253,8 +253,11 @@ class Receiver:
         if not 0 <= size <= MAX_FILE_BYTES:
             raise StreamError(f"file {path!r} has an impossible size {size}")
         target = self.root.joinpath(*relative.parts)
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o700 or 0o600)
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o700 or 0o600)
+        except (FileExistsError, NotADirectoryError):
+            raise StreamError(f"file {path!r} comes twice, or inside another file") from None
         os.ftruncate(fd, size)
         self._file = (relative.as_posix(), size, fd)
         self._digest = FileDigest(size)

@@ -17,6 +17,7 @@ Any process may be asked (the route, a drain): one that is not the disk's node h
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -215,6 +216,11 @@ class WorkspaceMover:
                 raise errors.ChecksumMismatch(str(exc)) from None
             except StreamError as exc:
                 raise errors.InvalidRequest(f"the workspace stream is not valid: {exc}") from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise errors.InsufficientStorage(f"node {self.nodes.id} ran out of disk space receiving "
+                                                     f"workspace {workspace_id}") from None
+                raise
             finally:
                 receiver.close()
                 await asyncio.to_thread(shutil.rmtree, incoming, ignore_errors=True)

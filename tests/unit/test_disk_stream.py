@@ -91,6 +91,8 @@ FILE = record(b"F", {"path": "disk.img", "size": 10, "mode": 0o600})
     (HEADER + FILE + data(1, b"x"), "not aligned"),
     (HEADER + data(0, b"x"), "data outside a file"),
     (HEADER + FILE + FILE, "before the last one ended"),
+    (HEADER + FILE + data(0, b"0123456789") + b"E" + b"\0" * 32, "differs"),
+
     (HEADER + FILE + b"Z", "ended inside a file"),
     (HEADER + b"Q", "unknown record type"),
     (HEADER + b"H" + struct.pack(">I", 1 << 20), "too long"),
@@ -103,6 +105,18 @@ def test_a_malformed_stream_is_refused(tmp_path, stream, message):
         receiver.feed(stream)
         receiver.finish()
     receiver.close()
+
+
+def test_a_file_twice_or_inside_a_file_is_refused(tmp_path):
+    content = b"0123456789"
+    (tmp_path / "one").write_bytes(content)
+    whole = FILE + data(0, content) + b"E" + file_digest(tmp_path / "one")
+    inside = record(b"F", {"path": "disk.img/inner", "size": 1, "mode": 0o600})
+    for stream in (HEADER + whole + whole, HEADER + whole + inside):
+        receiver = Receiver(tmp_path / f"dst-{len(stream)}")
+        with pytest.raises(StreamError, match="twice, or inside another file"):
+            receiver.feed(stream)
+        receiver.close()
 
 
 def test_a_cut_stream_or_a_wrong_count_is_refused(tmp_path):
