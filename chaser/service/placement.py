@@ -110,7 +110,7 @@ class Placement:
                 NodeRow.last_heartbeat_at >= fresh, NodeRow.advertise_url.is_not(None))).all()
             load = dict(s.execute(select(SessionRow.node_id, func.count()).where(
                 SessionRow.status.in_(ACTIVE_STATUSES), SessionRow.node_id.is_not(None))
-                .group_by(SessionRow.node_id)).tuples().all())
+                .group_by(SessionRow.node_id)).all())
             # A node that ran the image has it in its cache (no pull): the cheapest image affinity.
             with_image = set(s.scalars(select(SessionRow.node_id).where(
                 SessionRow.image == image).distinct()).all()) if image else set()

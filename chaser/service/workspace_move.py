@@ -88,6 +88,10 @@ class WorkspaceMover:
         current = await asyncio.to_thread(self._node_of, workspace.id)
         if current == node_id:
             return MoveResult(workspace_id=workspace.id, from_node_id=current, node_id=node_id, moved=False)
+        if current is None and node_id == self.nodes.id and self.sessions.has_runtime:
+            # To this node, which holds the disk if anyone does: only its row changes.
+            await asyncio.to_thread(self.nodes.get, node_id)  # a node we are (NodeNotFound otherwise)
+            return await asyncio.to_thread(self._pin, workspace, NodeTarget(id=node_id, url=""))
         target = await asyncio.to_thread(self.target_node, node_id)
         if current is None and not self._disk_here(workspace.id):
             return await asyncio.to_thread(self._pin, workspace, target)  # no disk anywhere yet
@@ -137,9 +141,13 @@ class WorkspaceMover:
         return self.sessions.has_runtime and self.workspaces.disk_path(workspace_id).parent.exists()
 
     def _pin(self, workspace: WorkspaceRecord, target: NodeTarget) -> MoveResult:
-        pinned = self.placement.pin_workspace(workspace.id, target)
-        if pinned.id != target.id:
-            raise errors.Conflict(f"workspace {workspace.name or workspace.id} was just placed on node {pinned.id}; "
+        """A workspace of no node given to `target` (guarded: unless a session just placed it)."""
+        with self.db.session() as s:
+            s.execute(update(Workspace).where(Workspace.id == workspace.id, Workspace.node_id.is_(None))
+                      .values(node_id=target.id).execution_options(synchronize_session=False))
+            pinned = s.scalar(select(Workspace.node_id).where(Workspace.id == workspace.id))
+        if pinned != target.id:
+            raise errors.Conflict(f"workspace {workspace.name or workspace.id} was just placed on node {pinned}; "
                                   "move it from there", code="workspace_moved")
         return MoveResult(workspace_id=workspace.id, from_node_id=None, node_id=target.id, moved=False)
 

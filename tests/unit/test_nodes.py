@@ -308,3 +308,28 @@ def test_a_start_removes_cut_moves_and_copies_that_moved_away_only(harness):
     services.mover.remove_leftovers()
     # Moved away: removed. Its own, one of no node, one with no row (maybe the only copy): kept.
     assert sorted(path.name for path in base.iterdir()) == ["ws_b2", "ws_c3", "ws_d4"]
+
+
+def test_a_single_server_moves_a_workspace_only_to_itself(harness):
+    """One server, no other node: a move to itself places the workspace here (its row only); any
+    other node is unknown; the route is for admin keys; bad bodies are refused."""
+    node_id = harness.services.nodes.id
+    admin = {"Authorization": f"Bearer {harness.admin_key}"}
+    workspace = ok(harness.client.post("/v1/workspaces", json={"name": "here"}, headers=admin))
+    assert workspace["node_id"] is None
+    moved = ok(harness.client.post("/v1/workspaces/here/move", json={"node_id": node_id}, headers=admin))
+    assert moved == {**moved, "workspace_id": workspace["id"], "node_id": node_id, "moved": False}
+    assert ok(harness.client.get("/v1/workspaces/here", headers=admin))["node_id"] == node_id
+    again = ok(harness.client.post("/v1/workspaces/here/move", json={"node_id": node_id}, headers=admin))
+    assert again["moved"] is False and again["from_node_id"] == node_id
+    unknown = harness.client.post("/v1/workspaces/here/move", json={"node_id": "node_0000"}, headers=admin)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "node_not_found"
+    for body in ({}, {"node_id": "here"}, {"node_id": node_id, "force": True}, {"node_id": 7}):
+        refused = harness.client.post("/v1/workspaces/here/move", json=body, headers=admin)
+        assert refused.status_code == 400 and set(refused.json()) == {"code", "message"}, refused.text
+    scoped = harness.key("workspaces.read", "workspaces.write")
+    forbidden = harness.client.post("/v1/workspaces/here/move", json={"node_id": node_id}, headers=scoped)
+    assert forbidden.status_code == 403 and forbidden.json()["code"] == "forbidden"
+    drained = ok(harness.client.post(f"/v1/nodes/{node_id}/drain", headers=admin))
+    assert drained["node"]["status"] == "draining" and drained["moved"] == 0 and drained["kept"] == 1
+    assert "no node accepts" in drained["workspaces"][0]["error"]  # nowhere else to go
