@@ -273,12 +273,16 @@ class NodeTokenRequired(ChaserError):
     status = 401
 
 
-class AgentError(ChaserError):
-    """The agent answered with an error; keeps its code and status."""
+class PassedOnError(ChaserError):
+    """Another party's refusal, passed on with its code and status."""
 
     def __init__(self, message: str, *, code: str, status: int) -> None:
         super().__init__(message, code=code)
         self.status = status
+
+
+class AgentError(PassedOnError):
+    """The agent answered with an error; keeps its code and status."""
 
 
 class ImageConversionFailed(ChaserError):
@@ -288,12 +292,8 @@ class ImageConversionFailed(ChaserError):
     status = 500
 
 
-class NodeError(ChaserError):
+class NodeError(PassedOnError):
     """Another node refused a request this one sent it; keeps that node's code and status."""
-
-    def __init__(self, message: str, *, code: str, status: int) -> None:
-        super().__init__(message, code=code)
-        self.status = status
 
 
 class ChecksumMismatch(ChaserError):

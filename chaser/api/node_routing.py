@@ -215,14 +215,13 @@ class NodeRoutingMiddleware:
                 part = json.dumps({"ids": ids, "force": request.force}).encode()
                 try:
                     answer = await self.proxy.buffered(scope, node, part)
-                    if answer.status_code >= 300:
-                        raise errors.NodeError(answer.text[:200], code="node_error", status=answer.status_code)
-                    result = answer.json()
-                    terminated += result["terminated"]
-                    failed += [(item["id"], item["code"], item["message"]) for item in result["failed"]]
-                except (errors.ChaserError, ValueError, KeyError, TypeError) as exc:
-                    error = exc if isinstance(exc, errors.ChaserError) else errors.NodeUnavailable(str(exc))
-                    failed += [(session_id, error.code, f"node {node.id}: {error.message}") for session_id in ids]
+                    result = BulkTerminatePublic.model_validate_json(answer.content)
+                except (errors.NodeUnavailable, ValueError) as exc:  # its sessions stay as they are
+                    reason = exc.message if isinstance(exc, errors.ChaserError) else f"answered {answer.status_code}"
+                    failed += [(session_id, "node_unavailable", f"node {node.id}: {reason}") for session_id in ids]
+                    continue
+                terminated += result.terminated
+                failed += [(item.id, item.code, item.message) for item in result.failed]
         except errors.ChaserError as error:
             await refuse(scope, receive, send, error)
             return

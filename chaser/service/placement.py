@@ -73,15 +73,22 @@ class Placement:
         """Give a workspace of no node to `node` unless another replica gave it one first: the node
         it has now. Two replicas placing one workspace at once send both requests to one node, whose
         workspace lock makes them one session."""
+        self.pin(workspace_id, node.id)
         with self.db.session() as s:
-            s.execute(update(Workspace).where(Workspace.id == workspace_id, Workspace.node_id.is_(None))
-                      .values(node_id=node.id).execution_options(synchronize_session=False))
             found = s.execute(select(NodeRow.id, NodeRow.advertise_url, NodeRow.lost_at)
                               .join(Workspace, Workspace.node_id == NodeRow.id)
                               .where(Workspace.id == workspace_id)).first()
         if found is None:  # deleted meanwhile: the node answers 404
             return node
         return self._target(found.id, found.advertise_url, found.lost_at is not None, what=f"workspace {workspace_id}")
+
+    def pin(self, workspace_id: str, node_id: str) -> str | None:
+        """Give a workspace of no node to `node_id` (a guarded UPDATE): the node it has now."""
+        with self.db.session() as s:
+            s.execute(update(Workspace).where(Workspace.id == workspace_id, Workspace.node_id.is_(None))
+                      .values(node_id=node_id).execution_options(synchronize_session=False))
+            pinned: str | None = s.scalar(select(Workspace.node_id).where(Workspace.id == workspace_id))
+        return pinned
 
     def node_target(self, node_id: str) -> NodeTarget:
         """Where node `node_id` is reached: NodeNotFound, or NodeUnavailable when it is lost."""

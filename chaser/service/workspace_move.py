@@ -91,10 +91,10 @@ class WorkspaceMover:
         if current is None and node_id == self.nodes.id and self.sessions.has_runtime:
             # To this node, which holds the disk if anyone does: only its row changes.
             await asyncio.to_thread(self.nodes.get, node_id)  # a node we are (NodeNotFound otherwise)
-            return await asyncio.to_thread(self._pin, workspace, NodeTarget(id=node_id, url=""))
+            return await asyncio.to_thread(self._pin, workspace, node_id)
         target = await asyncio.to_thread(self.target_node, node_id)
         if current is None and not self._disk_here(workspace.id):
-            return await asyncio.to_thread(self._pin, workspace, target)  # no disk anywhere yet
+            return await asyncio.to_thread(self._pin, workspace, target.id)  # no disk anywhere yet
         if current not in (None, self.nodes.id) or not self.sessions.has_runtime:
             assert current is not None
             source = await asyncio.to_thread(self.placement.node_target, current)
@@ -140,16 +140,13 @@ class WorkspaceMover:
     def _disk_here(self, workspace_id: str) -> bool:
         return self.sessions.has_runtime and self.workspaces.disk_path(workspace_id).parent.exists()
 
-    def _pin(self, workspace: WorkspaceRecord, target: NodeTarget) -> MoveResult:
-        """A workspace of no node given to `target` (guarded: unless a session just placed it)."""
-        with self.db.session() as s:
-            s.execute(update(Workspace).where(Workspace.id == workspace.id, Workspace.node_id.is_(None))
-                      .values(node_id=target.id).execution_options(synchronize_session=False))
-            pinned = s.scalar(select(Workspace.node_id).where(Workspace.id == workspace.id))
-        if pinned != target.id:
+    def _pin(self, workspace: WorkspaceRecord, node_id: str) -> MoveResult:
+        """A workspace of no node given to `node_id` (guarded: unless a session just placed it)."""
+        pinned = self.placement.pin(workspace.id, node_id)
+        if pinned != node_id:
             raise errors.Conflict(f"workspace {workspace.name or workspace.id} was just placed on node {pinned}; "
                                   "move it from there", code="workspace_moved")
-        return MoveResult(workspace_id=workspace.id, from_node_id=None, node_id=target.id, moved=False)
+        return MoveResult(workspace_id=workspace.id, from_node_id=None, node_id=node_id, moved=False)
 
     # --- on the node holding the disk ---------------------------------------------------------------
     async def send(self, workspace: WorkspaceRecord, target: NodeTarget) -> MoveResult:
